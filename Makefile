@@ -1,0 +1,39 @@
+# make repro : set up .venv, restore data/ (verified against data.dvc), run the whole DVC pipeline
+# make test  : set up .venv, lint, run the test suite
+# make smoke : the whole pipeline on a tiny profile, in a scratch copy (.smoke/)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export HF_HUB_OFFLINE := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup data repro test smoke lab clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	@touch $@
+
+data: setup
+	$(BIN)/synthdet data
+
+repro: data
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/pytest -q -n 2 --durations=10
+
+smoke: data
+	$(BIN)/synthdet smoke
+
+lab: setup
+	$(BIN)/jupyter lab --allow-root notebooks
+
+clean:
+	rm -rf artifacts reports metrics plots .smoke

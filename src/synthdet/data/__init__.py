@@ -1,0 +1,1 @@
+"""Data sources, the manifest every stage reads, splits and robust image decoding."""

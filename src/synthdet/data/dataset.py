@@ -1,0 +1,64 @@
+"""A torch Dataset over manifest rows that never dies on a bad file."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from synthdet.data.imageio import ImageDecodeError, load_rgb
+
+log = logging.getLogger(__name__)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def make_transform(input_size: int, train: bool, hflip: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+    """Resize to the model input (if needed), optional flip, then ImageNet normalisation.
+
+    No random crop or colour jitter by default: those change the very pixel statistics a detector
+    relies on, and GenImage's baselines train without them.
+    """
+    steps: list = [v2.PILToTensor(), v2.Resize((input_size, input_size), antialias=True)]
+    if train and hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return v2.Compose(steps)
+
+
+class ManifestDataset(Dataset):
+    """Rows of a manifest -> (image tensor, label, row index).
+
+    A file that fails to decode at run time (it passed indexing but was damaged since) is logged
+    and replaced by the next decodable row, so one bad file never ends an epoch; the bad paths are
+    collected in ``self.failures``.
+    """
+
+    def __init__(self, rows: pd.DataFrame, transform: Callable[[Image.Image], torch.Tensor],
+                 image_transform: Callable[[Image.Image], Image.Image] | None = None) -> None:
+        self.paths = rows["path"].tolist()
+        self.labels = rows["label"].astype(int).tolist()
+        self.transform, self.image_transform = transform, image_transform
+        self.failures: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        for offset in range(min(len(self.paths), 64)):
+            i = (index + offset) % len(self.paths)
+            try:
+                img = load_rgb(self.paths[i])
+            except ImageDecodeError as exc:
+                if self.paths[i] not in self.failures:
+                    log.warning("skipping unreadable image: %s", exc)
+                self.failures[self.paths[i]] = exc.problem
+                continue
+            if self.image_transform is not None:
+                img = self.image_transform(img)
+            return self.transform(img), self.labels[i], i
+        raise RuntimeError(f"64 consecutive unreadable images from {self.paths[index]}; is the data there?")

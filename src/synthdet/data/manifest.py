@@ -1,0 +1,119 @@
+"""The manifest: one row per image, the only thing stages pass about images.
+
+Columns (see ``COLUMNS``): where the file is, its label (0 real "nature" / 1 fake "ai"), which
+subset/split/generator/family/content/class it belongs to, what the file is (size, format, mode,
+JPEG quality, sha256) and whether it is usable (``status`` "ok" or why not).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from synthdet.data.imageio import STATUS_OK, ImageDecodeError, inspect_image, sha256_file
+
+COLUMNS = [
+    "path", "label", "subset", "split", "generator", "family", "content", "class", "source", "group",
+    "width", "height", "format", "mode", "jpeg_quality", "sha256", "status", "error",
+]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+LABEL_DIRS = {"nature": 0, "ai": 1}
+SPLIT_DIRS = ("train", "val")
+
+
+class LayoutError(ValueError):
+    """A folder that does not have the expected ``<subset>/{train,val}/{ai,nature}`` layout."""
+
+
+def describe_file(path: Path) -> dict:
+    """Decode ``path`` fully and return the file columns of its manifest row."""
+    row: dict = {"sha256": None, "width": None, "height": None, "format": None, "mode": None,
+                 "jpeg_quality": None, "status": STATUS_OK, "error": ""}
+    try:
+        row["sha256"] = sha256_file(path) if path.stat().st_size else None
+        info = inspect_image(path)
+        row.update(width=info.width, height=info.height, format=info.format, mode=info.mode,
+                   jpeg_quality=info.jpeg_quality)
+    except ImageDecodeError as exc:
+        row.update(status=exc.status, error=exc.problem)
+    except OSError as exc:
+        row.update(status="unreadable", error=str(exc))
+    return row
+
+
+def describe_files(paths: Iterable[Path], desc: str = "index", workers: int | None = None) -> list[dict]:
+    paths = list(paths)
+    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        return list(tqdm(pool.map(describe_file, paths), total=len(paths), desc=desc))
+
+
+def index_genimage_tree(root: Path, subsets: Iterable[str] | None = None) -> pd.DataFrame:
+    """Index a GenImage-layout tree: ``root/<subset>/{train,val}/{ai,nature}/<image>``.
+
+    ``val`` is GenImage's test set and is recorded as split ``test``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root}: folder does not exist")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir())
+    wanted = list(subsets) if subsets is not None else found
+    missing = [s for s in wanted if s not in found]
+    if missing:
+        raise LayoutError(f"{root}: subsets {missing} not found (found: {found})")
+    records = []
+    for subset in wanted:
+        for split in SPLIT_DIRS:
+            for label_dir, label in LABEL_DIRS.items():
+                folder = root / subset / split / label_dir
+                if not folder.is_dir():
+                    raise LayoutError(
+                        f"{folder}: missing; expected {root}/<subset>/{{train,val}}/{{ai,nature}}"
+                    )
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                        records.append({"path": path.as_posix(), "label": label, "subset": subset,
+                                        "split": "test" if split == "val" else "train"})
+    if not records:
+        raise LayoutError(f"{root}: no images found under {wanted}")
+    files = describe_files([Path(r["path"]) for r in records])
+    return normalise(pd.DataFrame([{**r, **f} for r, f in zip(records, files, strict=True)]))
+
+
+def normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """Add missing columns, fix dtypes and column order, sort by path (stable across runs)."""
+    df = df.copy()
+    for col in COLUMNS:
+        if col not in df:
+            df[col] = None
+    df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+    df["label"] = df["label"].astype("int8")
+    for col in ("width", "height", "jpeg_quality"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int32")
+    return df.sort_values(["subset", "path"], kind="stable").reset_index(drop=True)
+
+
+def write_manifest(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.part")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: manifest not found; run the download stage first")
+    df = pd.read_parquet(path)
+    missing = [c for c in COLUMNS if c not in df]
+    if missing:
+        raise ValueError(f"{path}: not a synthdet manifest (missing columns {missing})")
+    return df
+
+
+def usable(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == STATUS_OK]

@@ -1,0 +1,79 @@
+"""Deterministic, seeded, grouped splits and the leakage check.
+
+Crops of one original image share a ``group`` and always land in the same split; an image's
+bytes (sha256) must never appear in two splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+
+class LeakageError(ValueError):
+    """The same image (by content hash or by group) sits in two splits."""
+
+
+def group_assignment(groups: pd.Series, fraction: float, seed: int, name: str = "holdout") -> pd.Series:
+    """True for the rows whose group falls in the seeded ``fraction`` of groups.
+
+    Each group's fate depends only on (seed, group name): adding or removing other groups never
+    moves it, so splits stay stable as a dataset grows.
+    """
+    def score(group: str) -> float:
+        h = hashlib.sha256(f"{seed}:{name}:{group}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64
+
+    unique = pd.Series(groups.unique())
+    chosen = set(unique[unique.map(score) < fraction])
+    return groups.isin(chosen)
+
+
+def assign_splits(df: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
+    """Carve a validation split out of ``train`` by group; ``test`` is left as the dataset gave it."""
+    out = df.copy()
+    groups = out["group"].fillna(out["path"]).astype(str)
+    is_train = out["split"] == "train"
+    to_val = is_train & group_assignment(groups, val_fraction, seed, "val")
+    out.loc[to_val, "split"] = "val"
+    return out
+
+
+def find_leaks(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose sha256 or group occurs in more than one split."""
+    leaks = []
+    for key in ("sha256", "group"):
+        col = df[key].dropna()
+        splits = df.loc[col.index].groupby(col)["split"].nunique()
+        bad = set(splits[splits > 1].index)
+        if bad:
+            leaks.append(df[df[key].isin(bad)].assign(leak_key=key))
+    return pd.concat(leaks) if leaks else df.iloc[0:0].assign(leak_key=pd.Series(dtype=str))
+
+
+def check_no_leaks(df: pd.DataFrame, on_leak: str = "error") -> pd.DataFrame:
+    """Apply the ``split.on_leak`` policy: ``error`` raises, ``drop`` removes the leaking rows."""
+    leaks = find_leaks(df)
+    if leaks.empty:
+        return df
+    example = leaks.iloc[0]
+    message = (f"{leaks['path'].nunique()} images share their {example['leak_key']} across splits, "
+               f"e.g. {example['path']} ({example['split']})")
+    if on_leak == "error":
+        raise LeakageError(message)
+    if on_leak == "drop":
+        return df[~df["path"].isin(set(leaks["path"]))]
+    raise ValueError(f"split.on_leak must be 'error' or 'drop', not {on_leak!r}")
+
+
+def split_counts(df: pd.DataFrame) -> pd.DataFrame:
+    return df.pivot_table(index=["subset", "split"], columns="label", values="path", aggfunc="count",
+                          fill_value=0).rename(columns={0: "real", 1: "fake"})
+
+
+def rng_for(seed: int, *names: str) -> np.random.Generator:
+    """A numpy generator keyed by seed and names, independent of call order."""
+    digest = hashlib.sha256(":".join([str(seed), *names]).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))

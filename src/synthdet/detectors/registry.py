@@ -1,0 +1,49 @@
+"""Name -> builder registry. Every detector maps (N, 3, H, W) images to (N,) fake logits."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_detector(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"detector {name!r} registered twice")
+        _REGISTRY[name] = builder
+        return builder
+    return wrap
+
+
+def list_detectors() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_detector(name: str, img_size: int = 224, weights: str | None = None, **kwargs) -> nn.Module:
+    """Build a registered detector, or any timm model by its timm name, with one fake logit.
+
+    ``weights`` points at a local checkpoint (no hub downloads happen: HF_HUB_OFFLINE=1).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if name in _REGISTRY:
+        model = _REGISTRY[name](img_size=img_size, **kwargs)
+    else:
+        from synthdet.detectors.timm_backbones import TimmDetector
+        model = TimmDetector(name, img_size=img_size, **kwargs)
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: detector weights not found")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or len(missing) > 2:  # a new head may be missing, nothing else
+            raise ValueError(f"{path}: weights do not fit {name} (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+    return model

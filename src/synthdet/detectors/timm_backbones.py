@@ -1,0 +1,45 @@
+"""GenImage's generic backbones from timm: ResNet-50, DeiT-S, Swin-T (and any other timm name).
+
+Trained from scratch here: pretrained weights cannot be downloaded, but ``weights`` in
+``params.yaml`` can point at a local checkpoint.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+from synthdet.detectors.registry import register_detector
+
+_TRANSFORMERS = ("vit_", "deit_", "swin", "beit", "eva", "cait", "xcit")
+
+
+class TimmDetector(nn.Module):
+    def __init__(self, timm_name: str, img_size: int = 224, **kwargs) -> None:
+        super().__init__()
+        if timm_name.startswith(_TRANSFORMERS):
+            kwargs.setdefault("img_size", img_size)
+        self.model = timm.create_model(timm_name, pretrained=False, num_classes=1, **kwargs)
+        self.timm_name = timm_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).squeeze(1)
+
+
+@register_detector("resnet50")
+def resnet50(img_size: int = 224, **kwargs) -> nn.Module:
+    return TimmDetector("resnet50", img_size=img_size, **kwargs)
+
+
+@register_detector("deit_s")
+def deit_s(img_size: int = 224, **kwargs) -> nn.Module:
+    return TimmDetector("deit_small_patch16_224", img_size=img_size, **kwargs)
+
+
+@register_detector("swin_t")
+def swin_t(img_size: int = 224, **kwargs) -> nn.Module:
+    """Swin-T's 7x7 windows need a 224 input; smaller inputs get windows that tile them."""
+    if img_size % 224 and "window_size" not in kwargs:
+        kwargs["window_size"] = max(1, img_size // 32)
+    return TimmDetector("swin_tiny_patch4_window7_224", img_size=img_size, **kwargs)

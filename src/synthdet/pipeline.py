@@ -1,0 +1,139 @@
+"""One function per DVC stage. Notebooks pass parameters in; nothing here reads params.yaml."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from synthdet.data import embedded
+from synthdet.data.archives import atomic_write_bytes
+from synthdet.data.imageio import load_rgb
+from synthdet.data.manifest import index_genimage_tree, normalise, read_manifest, usable, write_manifest
+from synthdet.data.splits import assign_splits, check_no_leaks
+from synthdet.degrade import scaled_conditions
+from synthdet.generators.build import build_benchmark
+from synthdet.metrics import metrics_table
+from synthdet.train import TrainConfig, load_detector, predict, train_detector
+
+
+def download_embedded(data_root: Path, out: Path, prepare: dict, benchmark: dict, seed: int) -> pd.DataFrame:
+    """Reals from ``data_root`` (``data/embedded``) -> crops -> fakes -> GenImage tree -> manifest."""
+    reals = embedded.prepare_reals(
+        data_root, out / "reals", size=benchmark["image_size"], scale=prepare["crop_scale"],
+        max_crops=prepare["max_crops_per_image"], min_side=prepare["min_side"],
+    )
+    reals["group"] = reals["original"]
+    write_manifest(normalise(reals.assign(label=0, subset="pool", split=None, generator="real",
+                                          family="real")), out / "reals.parquet")
+    labels = build_benchmark(
+        usable(reals) if "status" in reals else reals, out / "benchmark", data_root / "weights",
+        benchmark["subsets"], benchmark["images_per_subset"], benchmark["test_fraction"], seed,
+        benchmark["image_size"], batch_size=benchmark["generator_batch_size"],
+        generator_train_images=benchmark.get("generator_train_images"),
+    )
+    embedded.write_attribution(data_root, out / "ATTRIBUTION.md")
+    manifest = index_genimage_tree(out / "benchmark", list(benchmark["subsets"]))
+    manifest = manifest.drop(columns=[c for c in labels.columns if c != "path"]).merge(labels, on="path", how="left")
+    manifest = normalise(manifest)
+    write_manifest(manifest, out / "manifest.parquet")
+    return manifest
+
+
+def download_genimage_tree(source: Path, out: Path, subsets: list[str] | None) -> pd.DataFrame:
+    """Index an already extracted GenImage tree (``<subset>/{train,val}/{ai,nature}``)."""
+    manifest = index_genimage_tree(source, subsets)
+    manifest["generator"] = np.where(manifest["label"] == 1, manifest["subset"], "real")
+    manifest["family"] = np.where(manifest["label"] == 1, manifest["subset"], "real")
+    manifest["content"] = "photo"
+    stem = manifest["path"].map(lambda p: Path(p).stem)
+    manifest["class"] = stem.str.extract(r"^(n\d{8})_", expand=False)
+    manifest["group"] = np.where(manifest["label"] == 0, stem, manifest["path"])
+    manifest = normalise(manifest)
+    write_manifest(manifest, out / "manifest.parquet")
+    return manifest
+
+
+def split(manifest_path: Path, out: Path, val_fraction: float, seed: int, on_leak: str) -> pd.DataFrame:
+    df = read_manifest(manifest_path)
+    bad = df[df["status"] != "ok"]
+    df = check_no_leaks(assign_splits(usable(df), val_fraction, seed), on_leak)
+    write_manifest(df, out)
+    bad.to_csv(out.with_name("quarantine.csv"), index=False)
+    return df
+
+
+def train(splits_path: Path, out_dir: Path, model: str, train_subset: str, cfg: dict, seed: int,
+          model_kwargs: dict | None = None) -> dict:
+    df = read_manifest(splits_path)
+    if train_subset not in set(df["subset"]):
+        raise ValueError(f"train_subset {train_subset!r} not in the manifest ({sorted(set(df['subset']))})")
+    rows = df[df["subset"] == train_subset]
+    tc = TrainConfig(model=model, seed=seed, model_kwargs=model_kwargs or {}, **cfg)
+    t0 = time.perf_counter()
+    result = train_detector(rows[rows["split"] == "train"], rows[rows["split"] == "val"], tc, out_dir)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def degrade(splits_path: Path, out: Path, image_size: int, cfg: dict) -> pd.DataFrame:
+    """Write a degraded copy of every test image for every condition (lossless PNG)."""
+    df = read_manifest(splits_path)
+    test = df[df["split"] == "test"]
+    conditions = scaled_conditions(image_size, cfg["reference_size"], cfg["lowres"], cfg["jpeg_quality"],
+                                   cfg["blur_sigma"])
+    rows = []
+    common = os.path.commonpath(test["path"].tolist())
+    for cond in conditions:
+        for r in tqdm(test.itertuples(index=False), total=len(test), desc=cond.name):
+            if cond.kind == "clean":
+                path = r.path
+            else:
+                rel = Path(os.path.relpath(r.path, common)).with_suffix(".png")
+                path = (out / cond.name / rel).as_posix()
+                if not Path(path).exists():
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    cond.apply(load_rgb(r.path)).save(path + ".part.png")
+                    os.replace(path + ".part.png", path)
+            rows.append({"path": path, "source_path": r.path, "label": r.label, "subset": r.subset,
+                         "condition": cond.name, "kind": cond.kind, "paper_value": cond.value,
+                         "effective_value": cond.effective})
+    table = pd.DataFrame(rows)
+    table.to_parquet(out / "degraded.parquet", index=False)
+    return table
+
+
+def evaluate(model_path: Path, degraded_path: Path, out_dir: Path, n_bootstrap: int, seed: int,
+             batch_size: int = 128, num_workers: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores for every (test image, condition); metrics per (condition, subset)."""
+    model, cfg = load_detector(model_path)
+    table = pd.read_parquet(degraded_path)
+    table["score"] = predict(model, table, cfg["input_size"], batch_size, num_workers=num_workers)
+    table["model"] = cfg["model"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out_dir / "scores.parquet", index=False)
+    scored = table.dropna(subset=["score"])
+    metrics = metrics_table(scored, ["condition", "subset"], n_bootstrap=n_bootstrap, seed=seed)
+    return table, metrics
+
+
+def sample_grid(paths: list[str], cols: int = 8) -> Image.Image:
+    """Tile images (all the same size) into one picture for the notebooks."""
+    imgs = [load_rgb(p) for p in paths]
+    w, h = imgs[0].size
+    rows = -(-len(imgs) // cols)
+    grid = Image.new("RGB", (cols * w, rows * h))
+    for i, im in enumerate(imgs):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def write_json(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n").encode())
