@@ -32,7 +32,8 @@ SMOKE_OVERRIDES = {
 def deep_update(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        out[key] = deep_update(base.get(key, {}), value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = deep_update(base[key], value) if nested else value
     return out
 
 
@@ -84,8 +85,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_workspace(dest: Path, overrides: dict, data: Path | None = None) -> Path:
-    """A throw-away copy of the tracked repository with ``overrides`` applied to params.yaml."""
+def make_workspace(dest: Path, overrides: dict, data: Path | None = None, copy_data: bool = False) -> Path:
+    """A throw-away copy of the tracked repository with ``overrides`` applied to params.yaml.
+
+    ``data/`` is linked (or copied) in from ``data`` (default: this repository's own).
+    """
     repo = Path.cwd()
     files = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
     if dest.exists():
@@ -98,7 +102,9 @@ def make_workspace(dest: Path, overrides: dict, data: Path | None = None) -> Pat
     params = yaml.safe_load((dest / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(deep_update(params, overrides), sort_keys=False))
     data = data or repo / "data"
-    if data.exists():
+    if copy_data:
+        shutil.copytree(data, dest / "data")
+    elif data.exists():
         (dest / "data").symlink_to(data.resolve(), target_is_directory=True)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=smoke", "-c", "user.email=smoke@localhost", "commit", "-qm", "smoke"]):

@@ -8,6 +8,7 @@ fixed-size RGB crops with per-image labels; it is what the ``download`` stage ru
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import json
 import re
@@ -277,6 +278,7 @@ def prepare_reals(
     ``status`` saying why, so the table accounts for every original file.
     """
     rows: list[dict] = []
+    seen: dict[str, str] = {}  # sha256 of a written crop -> its path: identical crops are kept once
     for source in sources:
         src_dir = root / "raw" / source
         if not src_dir.is_dir():
@@ -285,7 +287,7 @@ def prepare_reals(
         for path in tqdm(files, desc=f"prepare {source}"):
             rel = path.relative_to(src_dir).as_posix()
             if source == "lfw":
-                rows += _prepare_lfw(path, out, size)
+                rows += [_dedupe(r, seen) for r in _prepare_lfw(path, out, size)]
                 continue
             content, cls = _content_and_class(source, rel)
             base = {"source": source, "original": f"{source}/{rel}", "content": content,
@@ -300,8 +302,18 @@ def prepare_reals(
             for k, crop in enumerate(crops):
                 target = out / source / f"{Path(rel).with_suffix('').as_posix().replace('/', '__')}_{k}.png"
                 _save_png(crop, target)
-                rows.append({**base, "status": "ok", "error": "", "path": target.as_posix()})
+                rows.append(_dedupe({**base, "status": "ok", "error": "", "path": target.as_posix()}, seen))
     return pd.DataFrame(rows)
+
+
+def _dedupe(row: dict, seen: dict[str, str]) -> dict:
+    """Mark a crop whose bytes were already written (the same picture shipped twice)."""
+    digest = hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest()
+    if digest in seen:
+        Path(row["path"]).unlink()
+        return {**row, "status": "duplicate", "error": f"same pixels as {seen[digest]}", "path": None}
+    seen[digest] = row["path"]
+    return row
 
 
 def _crops_for(path: Path, size: int, scale: int, max_crops: int, min_side: int) -> list[Image.Image]:

@@ -28,6 +28,10 @@ from synthdet.generators.common import images_to_tensor, tensor_to_images
 PRETRAINED_CONTENT = {"gan_face": "face", "omniart_eyes": "painting"}
 
 
+class GeneratorCollapsedError(RuntimeError):
+    """A generator that repeats images: duplicates would leak between train and test."""
+
+
 def split_reals(reals: pd.DataFrame, test_fraction: float, seed: int) -> pd.DataFrame:
     """Global train/test split of the real pool, by original image (crops stay together)."""
     out = reals.copy()
@@ -49,7 +53,8 @@ class _Trained:
     def vae(self, cfg: dict) -> vae.ConvVAE:
         if "vae" not in self.cache:
             model = vae.ConvVAE(ch=cfg.get("width", 32))
-            self.cache["vae"] = vae.train_vae(model, self.x, cfg["epochs"], self.bs, self.seed)
+            self.cache["vae"] = vae.train_vae(model, self.x, cfg["epochs"], self.bs, self.seed,
+                                              beta=cfg.get("beta", 0.02))
         return self.cache["vae"]  # type: ignore[return-value]
 
 
@@ -64,7 +69,7 @@ def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weig
             cls = dcgan.DCGANGenerator if kind == "dcgan" else upsample_gan.UpsampleGenerator
             gen = cls(nz=cfg.get("nz", 100), ngf=cfg.get("width", 32), size=size)
             trained.cache[key] = dcgan.train_gan(gen, trained.x, cfg["epochs"], trained.bs, trained.seed, desc=name)
-        return dcgan.sample_gan(trained.cache[key], n, seed)
+        return dcgan.sample_gan(trained.cache[key], n, seed, batch_size=trained.bs, batch_stats=True)
     if kind == "vae":
         return vae.sample_vae(trained.vae(cfg), n, seed, latent_hw=size // 8)
     if kind == "vq_autoencoder":
@@ -85,7 +90,8 @@ def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weig
         x = dcgan.sample_gan(gen, n, seed)
         return x if x.shape[-1] == size else torch.nn.functional.interpolate(x, size=(size, size), mode="area")
     if kind == "omniart_eyes":
-        return pretrained.sample_eyes(pretrained.load_omniart_eyes(str(weights / "generator_model_state.pth")), n, seed, size)
+        eyes = pretrained.load_omniart_eyes(str(weights / "generator_model_state.pth"))
+        return pretrained.sample_eyes(eyes, n, seed, size)
     raise ValueError(f"unknown generator {kind!r} for subset {name!r}")
 
 
@@ -118,18 +124,25 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
     rows, timings = [], {}
     for name, cfg in tqdm(subsets.items(), desc="subsets"):
         t0 = time.perf_counter()
+        written: set[bytes] = set()
         for split, folder in (("train", "train"), ("test", "val")):
             pool, n = pools[split], n_per[split]
             chosen = pool.iloc[np.sort(rng_for(seed, name, split, "reals").choice(len(pool), n, replace=False))]
 
-            def recon_source(k: int, pool: pd.DataFrame = pool, split: str = split) -> torch.Tensor:
+            def recon_source(k: int, pool: pd.DataFrame = pool, split: str = split, name: str = name) -> torch.Tensor:
                 idx = np.sort(rng_for(seed, name, split, "recon").choice(len(pool), k, replace=False))
                 return _load(pool["path"].iloc[idx].tolist())
 
             fakes = tensor_to_images(make_fakes(name, cfg, n, split, trained, weights, recon_source, image_size))
             for i, arr in enumerate(fakes):
                 path = out / name / folder / "ai" / f"{name}_{folder}_{i:05d}.png"
-                atomic_write_bytes(path, _png_bytes(arr))
+                png = _png_bytes(arr)
+                if png in written:
+                    raise GeneratorCollapsedError(
+                        f"{name}: {path.name} repeats an earlier sample; the generator has collapsed. "
+                        f"Train it longer (embedded.benchmark.subsets.{name}.epochs) or change the seed.")
+                written.add(png)
+                atomic_write_bytes(path, png)
                 rows.append({"path": path.as_posix(), "generator": cfg["generator"], "family": cfg["family"],
                              "content": PRETRAINED_CONTENT.get(cfg["generator"], "mixed"), "class": None,
                              "source": cfg["generator"], "group": path.as_posix()})

@@ -83,8 +83,13 @@ def train_gan(
 
 
 @torch.no_grad()
-def sample_gan(generator: nn.Module, n: int, seed: int, batch_size: int = 256) -> torch.Tensor:
+def sample_gan(generator: nn.Module, n: int, seed: int, batch_size: int = 256,
+               batch_stats: bool = False) -> torch.Tensor:
+    """Seeded samples. ``batch_stats`` normalises with each batch's statistics, as the DCGAN
+    recipe samples; a briefly trained GAN's running averages are too far off to use."""
     g = torch.Generator().manual_seed(seed)
+    generator.train(batch_stats)
     out = [generator(torch.randn(min(batch_size, n - i), generator.nz, 1, 1, generator=g))
            for i in range(0, n, batch_size)]
+    generator.eval()
     return torch.cat(out)

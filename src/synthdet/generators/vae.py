@@ -57,7 +57,7 @@ class ConvVAE(nn.Module):
 
 
 def train_vae(vae: ConvVAE, reals: torch.Tensor, epochs: int, batch_size: int, seed: int,
-              lr: float = 1e-3, beta: float = 1e-3) -> ConvVAE:
+              lr: float = 1e-3, beta: float = 0.02) -> ConvVAE:
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)

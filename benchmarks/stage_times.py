@@ -1,0 +1,54 @@
+"""Wall time and peak memory of each DVC stage of `make repro` on this machine.
+
+Usage: python benchmarks/stage_times.py [--force] > benchmarks/results/stage_times_<machine>.json
+Each stage runs as `dvc repro -s <stage>` in its own process; peak memory is the largest
+resident set of that process tree (ru_maxrss of the waited-for children, in MiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+STAGES = ["download", "split", "train", "degrade", "evaluate"]
+
+
+def run_stage(stage: str, force: bool) -> dict:
+    code = (
+        "import resource, subprocess, sys;"
+        f"r = subprocess.run(['dvc', 'repro', '-s', '{stage}'] + (['--force'] if {force} else []));"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)"
+    )
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"stage {stage} failed:\n{proc.stderr[-2000:]}")
+    peak_kib = int(proc.stderr.strip().splitlines()[-1])
+    return {"stage": stage, "seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--force", action="store_true", help="rerun stages that are up to date")
+    args = parser.parse_args()
+    rows = []
+    for stage in STAGES:
+        rows.append(run_stage(stage, args.force))
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    result = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "stages": rows,
+        "total_seconds": round(sum(r["seconds"] for r in rows), 1),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

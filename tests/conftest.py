@@ -1,0 +1,145 @@
+"""Fabricated miniature data in the exact layouts the real sources use."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synthdet.generators.dcgan import DCGANGenerator
+from synthdet.generators.pretrained import EyeGenerator
+
+
+def noise_image(seed: int, size: tuple[int, int] = (96, 72), mode: str = "RGB") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (size[1] // 8 + 1, size[0] // 8 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(base).resize(size, Image.Resampling.BICUBIC)
+    return img.convert(mode)
+
+
+def rcc_bytes(files: dict[str, bytes], compress: set[str] = frozenset()) -> bytes:
+    """A Qt resource archive (format version 2) holding ``files``: a writer for the tests."""
+    tree: dict = {}
+    for path, data in files.items():
+        node = tree
+        *dirs, leaf = path.split("/")
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[leaf] = data
+    names, name_off = bytearray(), {}
+
+    def name_offset(name: str) -> int:
+        if name not in name_off:
+            name_off[name] = len(names)
+            encoded = name.encode("utf-16-be")
+            names.extend(struct.pack(">HI", len(name), 0) + encoded)
+        return name_off[name]
+
+    data_blob = bytearray()
+    nodes: list[bytes] = []
+    nodes.append(b"")  # root placeholder
+    pending = [(0, "", tree)]
+    while pending:
+        index, name, node = pending.pop(0)
+        if isinstance(node, dict):
+            first = len(nodes)
+            children = sorted(node.items())
+            nodes.extend([b""] * len(children))
+            nodes[index] = struct.pack(">IHIIQ", name_offset(name) if name else 0, 2, len(children), first, 0)
+            for k, (child_name, child) in enumerate(children):
+                pending.append((first + k, child_name, child))
+        else:
+            payload, flags = node, 0
+            if name in compress:
+                payload, flags = struct.pack(">I", len(node)) + zlib.compress(node), 1
+            off = len(data_blob)
+            data_blob.extend(struct.pack(">I", len(payload)) + payload)
+            nodes[index] = struct.pack(">IHHHIQ", name_offset(name), flags, 0, 0, off, 0)
+    tree_blob = b"".join(nodes)
+    header = 20
+    tree_off, data_off = header, header + len(tree_blob)
+    names_off = data_off + len(data_blob)
+    header_blob = b"qres" + struct.pack(">IIII", 2, tree_off, data_off, names_off)
+    return header_blob + tree_blob + bytes(data_blob) + bytes(names)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _cutout(seed: int, size: int = 90) -> Image.Image:
+    img = noise_image(seed, (size, size)).convert("RGBA")
+    alpha = Image.new("L", (size, size), 0)
+    alpha.paste(255, (10, 10, size - 10, size - 10))
+    img.putalpha(alpha)
+    return img
+
+
+def make_embedded_data(root: Path, n: int = 6) -> Path:
+    """``data/embedded`` in miniature: every real source's file layout plus loadable weights."""
+    raw = root / "raw"
+    land = raw / "endless_sky/usr/share/games/endless-sky/images/land"
+    land.mkdir(parents=True)
+    for i in range(n):
+        noise_image(i, (720 // 3, 360 // 3)).save(land / f"desert{i}.jpg", quality=90)
+    stamps = raw / "tuxpaint/usr/share/tuxpaint/stamps/animals/birds"
+    stamps.mkdir(parents=True)
+    for i in range(n):
+        _cutout(100 + i).save(stamps / f"bird{i}.png")
+    _cutout(199, size=30).save(stamps / "tiny.png")  # too small: recorded, not used
+    for k, (sub, content) in enumerate((("categorization/resource/images/tools", "hammer"),
+                                        ("details/resource/image", "Monet"))):
+        d = raw / "gcompris" / sub
+        d.mkdir(parents=True)
+        for i in range(n):
+            noise_image(200 + 10 * k + i, (140, 140)).save(d / f"{content}{i}.webp", lossless=True)
+    noise_image(200, (140, 140)).save(d / "Monet_copy.webp", lossless=True)  # the same picture twice
+    portraits = raw / "wesnoth/usr/share/games/wesnoth/1.16/data/core/images/portraits/humans"
+    portraits.mkdir(parents=True)
+    for i in range(n):
+        _cutout(300 + i, 120).save(portraits / f"mage{i}.png")
+    (raw / "lfw/skimage/data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.save(raw / "lfw/skimage/data/lfw_subset.npy", rng.random((200, 25, 25)))
+    (raw / "foolbox/foolbox/data").mkdir(parents=True)
+    for i in range(n):
+        noise_image(400 + i, (224, 224)).save(raw / f"foolbox/foolbox/data/imagenet_{i:02d}_{i * 7}.jpg")
+    (root / "weights").mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save({"netG_state_dict": DCGANGenerator(nz=100, ngf=64, size=64).state_dict()}, root / "weights/weights.tar")
+    torch.save(EyeGenerator().state_dict(), root / "weights/generator_model_state.pth")
+    (root / "licenses").mkdir()
+    (root / "licenses/endless-sky-data.copyright").write_text("Files: *\nLicense: CC-BY-SA-4.0\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def embedded_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_embedded_data(tmp_path_factory.mktemp("data") / "embedded")
+
+
+def make_genimage_tree(root: Path, subsets: tuple[str, ...] = ("imagenet_ai_0419_sdv4", "imagenet_glide"),
+                       per_folder: int = 4) -> Path:
+    """GenImage's extracted layout: ImageNet JPEG reals, PNG fakes (some upper-case .PNG)."""
+    k = 0
+    for subset in subsets:
+        for split in ("train", "val"):
+            for label in ("ai", "nature"):
+                folder = root / subset / split / label
+                folder.mkdir(parents=True)
+                for i in range(per_folder):
+                    k += 1
+                    img = noise_image(k, (64, 64))
+                    if label == "nature":
+                        img.save(folder / f"n0{1440764 + i}_{k}.JPEG", quality=75)
+                    else:
+                        img.save(folder / (f"{k}_sdv4_{i:05d}.png" if i % 2 else f"GLIDE_{k}.PNG"), format="PNG")
+    return root

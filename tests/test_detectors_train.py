@@ -1,0 +1,90 @@
+import pandas as pd
+import pytest
+import torch
+
+from synthdet.detectors import create_detector, list_detectors
+from synthdet.train import TrainConfig, load_detector, predict, train_detector
+from tests.conftest import noise_image
+
+
+@pytest.mark.parametrize("name", ["resnet50", "deit_s", "swin_t"])
+def test_registered_detectors_forward_backward(name):
+    model = create_detector(name, img_size=32)
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2,)
+    out.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_any_timm_name_and_errors(tmp_path):
+    assert {"resnet50", "deit_s", "swin_t"} <= set(list_detectors())
+    assert create_detector("resnet18", img_size=32)(torch.randn(2, 3, 32, 32)).shape == (2,)
+    with pytest.raises(RuntimeError, match="no_such_model|Unknown model"):
+        create_detector("no_such_model")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        create_detector("resnet18", weights=str(tmp_path / "missing.pt"))
+
+
+@pytest.fixture()
+def tiny_rows(tmp_path):
+    rows = []
+    for i in range(24):
+        label = i % 2
+        img = noise_image(i, (32, 32))
+        if label:  # fakes: a visible checkerboard, learnable in a few steps
+            import numpy as np
+            a = np.asarray(img).copy()
+            a[::2, ::2] = 255
+            from PIL import Image
+            img = Image.fromarray(a)
+        p = tmp_path / f"img{i}.png"
+        img.save(p)
+        rows.append({"path": str(p), "label": label})
+    return pd.DataFrame(rows)
+
+
+def _cfg(**kw):
+    base = dict(model="resnet18", input_size=32, epochs=2, batch_size=8, lr=1e-3, num_workers=0, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_is_deterministic_and_resumes(tiny_rows, tmp_path):
+    train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
+    full = train_detector(train, val, _cfg(), tmp_path / "a")
+    again = train_detector(train, val, _cfg(), tmp_path / "b")
+    assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in again["history"]]
+    train_detector(train, val, _cfg(epochs=1), tmp_path / "c")
+    ckpt = torch.load(tmp_path / "c/checkpoints/last.pt", weights_only=False)
+    assert ckpt["epoch"] == 1
+    # a different configuration never resumes from this checkpoint: had it resumed, it would have
+    # nothing left to do and would return the old history unchanged
+    other = train_detector(train, val, _cfg(epochs=1, lr=5e-4), tmp_path / "c")
+    assert other["history"][0]["train_loss"] != ckpt["history"][0]["train_loss"]
+
+
+def test_resume_continues_where_it_stopped(tiny_rows, tmp_path, capsys):
+    train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
+    full = train_detector(train, val, _cfg(), tmp_path / "full")
+    cfg = _cfg()
+    cfg_one = _cfg(epochs=1)
+    # simulate an interruption: write the 1-epoch checkpoint under the 2-epoch fingerprint
+    train_detector(train, val, cfg_one, tmp_path / "part")
+    ckpt = torch.load(tmp_path / "part/checkpoints/last.pt", weights_only=False)
+    import hashlib
+    ckpt["fingerprint"] = cfg.fingerprint(hashlib.sha256("\n".join(sorted(train["path"])).encode()).hexdigest())
+    torch.save(ckpt, tmp_path / "part/checkpoints/last.pt")
+    resumed = train_detector(train, val, cfg, tmp_path / "part")
+    assert "resuming" in capsys.readouterr().out
+    assert len(resumed["history"]) == 2
+    assert resumed["history"][0]["train_loss"] == full["history"][0]["train_loss"]
+
+
+def test_a_file_broken_after_indexing_does_not_stop_training(tiny_rows, tmp_path):
+    rows = tiny_rows.copy()
+    open(rows.path.iloc[3], "wb").close()  # became zero-byte
+    result = train_detector(rows.iloc[:16], rows.iloc[16:], _cfg(epochs=1), tmp_path / "t")
+    assert list(result["failures"]) == [rows.path.iloc[3]]
+    model, cfg = load_detector(tmp_path / "t/detector.pt")
+    scores = predict(model, rows, cfg["input_size"])
+    assert pd.isna(scores[3]) and pd.notna(scores).sum() == len(rows) - 1

@@ -1,0 +1,69 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from synthdet.data.embedded import prepare_reals
+from synthdet.data.manifest import index_genimage_tree
+from synthdet.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
+from synthdet.generators.build import build_benchmark
+from synthdet.generators.common import images_to_tensor, tensor_to_images
+
+
+def _reals(n=16, size=32):
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, 3, size, size, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("cls", [dcgan.DCGANGenerator, upsample_gan.UpsampleGenerator])
+def test_gans_train_and_sample_deterministically(cls):
+    gen = dcgan.train_gan(cls(nz=8, ngf=8, size=32), _reals(), epochs=1, batch_size=8, seed=0, ndf=8)
+    a, b = dcgan.sample_gan(gen, 5, seed=3), dcgan.sample_gan(gen, 5, seed=3)
+    assert a.shape == (5, 3, 32, 32) and torch.equal(a, b) and a.abs().max() <= 1
+    assert not torch.equal(a, dcgan.sample_gan(gen, 5, seed=4))
+
+
+def test_vae_vq_and_latent_diffusion():
+    x = _reals(size=32)
+    v = vae.train_vae(vae.ConvVAE(ch=8, n_down=2), x, epochs=1, batch_size=8, seed=0)
+    assert vae.sample_vae(v, 3, 0, latent_hw=8).shape == (3, 3, 32, 32)
+    q = vq_autoencoder.train_vq(vq_autoencoder.VQAutoencoder(ch=8, codebook_size=16, code_dim=8), x, 1, 8, 0)
+    assert vq_autoencoder.reconstruct(q, x[:4]).shape == (4, 3, 32, 32)
+    lat = latent_diffusion.encode_latents(v, x)
+    unet, scale = latent_diffusion.train_ldm(latent_diffusion.LatentUNet(in_ch=4, ch=16, emb=32), lat, 1, 8, 0)
+    s = latent_diffusion.sample_ldm(unet, v, scale, 3, seed=0, latent_hw=8, ddim_steps=4)
+    assert s.shape == (3, 3, 32, 32) and torch.isfinite(s).all()
+
+
+def test_pretrained_weight_formats_load_on_cpu(embedded_data):
+    face = pretrained.load_gan_face(str(embedded_data / "weights/weights.tar"))
+    assert dcgan.sample_gan(face, 2, 0).shape == (2, 3, 64, 64)
+    eyes = pretrained.load_omniart_eyes(str(embedded_data / "weights/generator_model_state.pth"))
+    assert pretrained.sample_eyes(eyes, 3, 0, 64).shape == (3, 3, 64, 64)
+
+
+def test_image_tensor_roundtrip_is_exact():
+    imgs = [np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8) for i in range(3)]
+    assert np.array_equal(tensor_to_images(images_to_tensor(imgs)), np.stack(imgs))
+
+
+def test_build_benchmark_writes_balanced_genimage_layout(embedded_data, tmp_path):
+    reals = prepare_reals(embedded_data, tmp_path / "reals")
+    reals = reals[reals.status == "ok"].assign(group=lambda d: d["original"])
+    subsets = {"dcgan": {"generator": "dcgan", "family": "gan", "epochs": 1, "width": 8},
+               "vqae": {"generator": "vq_autoencoder", "family": "vq", "epochs": 1, "width": 8},
+               "gan_face": {"generator": "gan_face", "family": "gan"}}
+    labels = build_benchmark(reals, tmp_path / "bench", embedded_data / "weights", subsets, images_per_subset=20,
+                             test_fraction=0.25, seed=0, image_size=64, batch_size=8)
+    df = index_genimage_tree(tmp_path / "bench").drop(columns=["group", "family"]).merge(
+        labels[["path", "group", "family"]], on="path")
+    counts = df.groupby(["subset", "split", "label"]).size()
+    assert (counts.xs(("train",), level=[1]) == 15).all() and (counts.xs(("test",), level=[1]) == 5).all()
+    assert set(df["width"]) == {64} and set(df["mode"]) == {"RGB"} and set(df["format"]) == {"PNG"}
+    # reals of one original never straddle train and test
+    real = df[df.label == 0]
+    assert real.groupby("group")["split"].nunique().max() == 1
+    again = build_benchmark(reals, tmp_path / "bench2", embedded_data / "weights", subsets, 20, 0.25, 0, 64, 8)
+    a = pd.Series([open(p, "rb").read() for p in labels.path])
+    b = pd.Series([open(p, "rb").read() for p in again.path])
+    assert (a == b).all(), "the same seed must give byte-identical benchmarks"

