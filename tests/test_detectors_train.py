@@ -6,15 +6,48 @@ from synthdet.detectors import create_detector, list_detectors
 from synthdet.train import TrainConfig, load_detector, predict, train_detector
 from tests.conftest import noise_image
 
+ZOO = ["resnet50", "deit_s", "swin_t", "resnet50_nodown", "cnnspot", "spec", "f3net", "gramnet", "npr"]
 
-@pytest.mark.parametrize("name", ["resnet50", "deit_s", "swin_t"])
+
+@pytest.mark.parametrize("name", ZOO)
 def test_registered_detectors_forward_backward(name):
+    assert name in list_detectors()
     model = create_detector(name, img_size=32)
     x = torch.randn(2, 3, 32, 32)
     out = model(x)
     assert out.shape == (2,)
     out.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_detector_specific_pieces():
+    import numpy as np
+    from PIL import Image
+
+    from synthdet.detectors.f3net import FAD, LFS, dct_matrix
+    from synthdet.detectors.npr import npr_residual
+    from synthdet.detectors.spec import log_spectrum
+
+    d = dct_matrix(8)
+    assert torch.allclose(d @ d.T, torch.eye(8), atol=1e-5)  # orthonormal DCT
+    x = torch.randn(2, 3, 16, 16)
+    fad = FAD(16)
+    with torch.no_grad():
+        fad.learnable.zero_()  # base masks only: the "all" band reconstructs the image exactly
+    assert torch.allclose(fad(x)[:, 9:12], x, atol=1e-4)
+    assert LFS()(x).shape == (2, 6, 5, 5)
+    # NPR: an image upsampled by nearest neighbour has zero residual; noise does not
+    up = torch.nn.functional.interpolate(torch.randn(1, 3, 8, 8), scale_factor=2.0, mode="nearest")
+    assert npr_residual(up).abs().max() == 0 and npr_residual(x).abs().max() > 0
+    # Spec: a periodic pattern concentrates its spectrum in a few peaks
+    assert log_spectrum(x).shape == x.shape
+    # CNNSpot carries its blur + JPEG augmentation
+    aug = create_detector("cnnspot", img_size=64).train_augment
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    import random
+    random.seed(0)
+    changed = [np.abs(np.asarray(aug(img), float) - np.asarray(img, float)).mean() > 0 for _ in range(20)]
+    assert 5 < sum(changed) < 20  # each of blur / JPEG applies with probability 0.5
 
 
 def test_any_timm_name_and_errors(tmp_path):

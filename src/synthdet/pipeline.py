@@ -102,8 +102,8 @@ def degrade(splits_path: Path, out: Path, image_size: int, cfg: dict) -> pd.Data
                     cond.apply(load_rgb(r.path)).save(path + ".part.png")
                     os.replace(path + ".part.png", path)
             rows.append({"path": path, "source_path": r.path, "label": r.label, "subset": r.subset,
-                         "condition": cond.name, "kind": cond.kind, "paper_value": cond.value,
-                         "effective_value": cond.effective})
+                         "generator": r.generator, "content": r.content, "condition": cond.name,
+                         "kind": cond.kind, "paper_value": cond.value, "effective_value": cond.effective})
     table = pd.DataFrame(rows)
     table.to_parquet(out / "degraded.parquet", index=False)
     return table
@@ -121,6 +121,22 @@ def evaluate(model_path: Path, degraded_path: Path, out_dir: Path, n_bootstrap: 
     scored = table.dropna(subset=["score"])
     metrics = metrics_table(scored, ["condition", "subset"], n_bootstrap=n_bootstrap, seed=seed)
     return table, metrics
+
+
+def run(splits_path: Path, degraded_path: Path, out_dir: Path, model: str, train_subset: str, train_cfg: dict,
+        seed: int, model_kwargs: dict | None = None, n_bootstrap: int = 0, batch_size: int = 128,
+        num_workers: int = 0, degraded_subsets: str = "train_subset") -> pd.DataFrame:
+    """One cell-run of the tables: train, then score every clean test image of every subset and
+    the degraded test images of ``train_subset`` (or of every subset with ``degraded_subsets="all"``)."""
+    result = train(splits_path, out_dir, model, train_subset, train_cfg, seed, model_kwargs)
+    detector, cfg = load_detector(out_dir / "detector.pt")
+    table = pd.read_parquet(degraded_path)
+    if degraded_subsets == "train_subset":
+        table = table[(table["condition"] == "clean") | (table["subset"] == train_subset)].reset_index(drop=True)
+    table["score"] = predict(detector, table, cfg["input_size"], batch_size, num_workers=num_workers)
+    table = table.assign(model=model, train_subset=train_subset, seed=seed, train_seconds=result["seconds"])
+    table.to_parquet(out_dir / "scores.parquet", index=False)
+    return table
 
 
 def sample_grid(paths: list[str], cols: int = 8) -> Image.Image:

@@ -98,7 +98,9 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     fingerprint = cfg.fingerprint(data_key)
 
     model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, **cfg.model_kwargs).to(device)
-    train_ds = ManifestDataset(train_rows, make_transform(cfg.input_size, train=True, hflip=cfg.hflip))
+    # a detector whose method is a training augmentation (CNNSpot) carries it as ``train_augment``
+    train_ds = ManifestDataset(train_rows, make_transform(cfg.input_size, train=True, hflip=cfg.hflip),
+                               image_transform=getattr(model, "train_augment", None))
     sampler = DistributedSampler(train_ds, seed=cfg.seed, shuffle=True) if world > 1 else None
     loader = DataLoader(
         train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
