@@ -15,7 +15,12 @@ import subprocess
 import sys
 import time
 
-STAGES = ["download", "split", "train", "degrade", "evaluate"]
+
+
+def all_stages() -> list[str]:
+    """Every stage of dvc.yaml in pipeline order (matrix stages expanded, e.g. xgen@ldm-0)."""
+    out = subprocess.run(["dvc", "stage", "list", "--name-only"], capture_output=True, text=True, check=True)
+    return out.stdout.split()
 
 
 def run_stage(stage: str, force: bool) -> dict:
@@ -36,9 +41,10 @@ def run_stage(stage: str, force: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--force", action="store_true", help="rerun stages that are up to date")
+    parser.add_argument("stages", nargs="*", help="default: every stage of dvc.yaml, in order")
     args = parser.parse_args()
     rows = []
-    for stage in STAGES:
+    for stage in args.stages or all_stages():
         rows.append(run_stage(stage, args.force))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     result = {

@@ -3,7 +3,7 @@ import pytest
 
 from synthdet.data.manifest import LayoutError, index_genimage_tree
 from synthdet.data.splits import LeakageError, assign_splits, check_no_leaks, find_leaks, group_assignment
-from synthdet.pipeline import download_genimage_tree
+from synthdet.pipeline import download_genimage
 from tests.conftest import make_genimage_tree
 
 
@@ -42,7 +42,7 @@ def test_wrong_layout_names_what_was_expected(tmp_path):
 
 def test_genimage_download_groups_imagenet_reals_by_file(tmp_path):
     root = make_genimage_tree(tmp_path / "gi")
-    df = download_genimage_tree(root, tmp_path / "out", None)
+    df = download_genimage(root, tmp_path / "out", None)
     reals = df[df.label == 0]
     assert reals["class"].str.match(r"n\d{8}").all()
     assert (tmp_path / "out/manifest.parquet").exists()

@@ -12,10 +12,17 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthdet.data import embedded
+from synthdet.data import embedded, genimage, imaginet
 from synthdet.data.archives import atomic_write_bytes
 from synthdet.data.imageio import load_rgb
-from synthdet.data.manifest import index_genimage_tree, normalise, read_manifest, usable, write_manifest
+from synthdet.data.manifest import (
+    describe_files,
+    index_genimage_tree,
+    normalise,
+    read_manifest,
+    usable,
+    write_manifest,
+)
 from synthdet.data.splits import assign_splits, check_no_leaks
 from synthdet.degrade import scaled_conditions
 from synthdet.generators.build import build_benchmark
@@ -46,15 +53,63 @@ def download_embedded(data_root: Path, out: Path, prepare: dict, benchmark: dict
     return manifest
 
 
-def download_genimage_tree(source: Path, out: Path, subsets: list[str] | None) -> pd.DataFrame:
-    """Index an already extracted GenImage tree (``<subset>/{train,val}/{ai,nature}``)."""
-    manifest = index_genimage_tree(source, subsets)
-    manifest["generator"] = np.where(manifest["label"] == 1, manifest["subset"], "real")
-    manifest["family"] = np.where(manifest["label"] == 1, manifest["subset"], "real")
+def download_genimage(source: Path, out: Path, subsets: list[str] | None, extract_to: Path | None = None,
+                      checksums: dict[str, str] | None = None) -> pd.DataFrame:
+    """GenImage from ``source`` (split-zip archives, or already extracted subsets) -> manifest.
+
+    Archives are MD5-verified and extracted (resumably) into ``extract_to``; known-corrupt and
+    undecodable images are marked in the manifest and quarantined by the split stage.
+    """
+    extract_to = extract_to or out / "extracted"
+    if subsets is None:
+        subsets = [s for s in genimage.SUBSETS if (source / s).is_dir() or any(source.glob(f"{s}*.zip"))]
+        if not subsets:
+            raise genimage.DataSourceError(f"{source}: no GenImage subset folders or archives found "
+                                           f"(expected names like {list(genimage.SUBSETS)[:2]})")
+    report = genimage.ingest(source, extract_to, subsets, checksums)
+    roots = {s: genimage.subset_root(source, extract_to, s) for s in subsets}
+    manifest = pd.concat([index_genimage_tree(root, [s]) for s, root in roots.items()], ignore_index=True)
+    manifest = genimage.mark_known_corrupt(manifest, roots)
+    names = {s: genimage.SUBSETS.get(s, (s, "unknown")) for s in subsets}
+    fake = manifest["label"] == 1
+    manifest["generator"] = np.where(fake, manifest["subset"].map(lambda s: names[s][0]), "real")
+    manifest["family"] = np.where(fake, manifest["subset"].map(lambda s: names[s][1]), "real")
     manifest["content"] = "photo"
     stem = manifest["path"].map(lambda p: Path(p).stem)
     manifest["class"] = stem.str.extract(r"^(n\d{8})_", expand=False)
-    manifest["group"] = np.where(manifest["label"] == 0, stem, manifest["path"])
+    manifest["group"] = np.where(fake, manifest["path"], stem)  # one ImageNet photo = one group
+    manifest = normalise(manifest)
+    write_manifest(manifest, out / "manifest.parquet")
+    write_json(report, out / "ingest_report.json")
+    return manifest
+
+
+def download_imaginet(root: Path, out: Path, annotations: dict[str, str], perturb: dict, seed: int) -> pd.DataFrame:
+    """ImagiNet from its root folder and annotation files -> manifest (split = the file's role).
+
+    With ``perturb.enabled`` the test images are replaced by the paper's perturbed copies.
+    """
+    frames = []
+    for split_name, rel in annotations.items():
+        ann = imaginet.read_annotations(root / rel)
+        if split_name == "test" and perturb.get("enabled", True):
+            ann = imaginet.build_perturbed(ann, root, out / "perturbed_test", seed, perturb.get("size", 256),
+                                           perturb.get("p_compress", 0.75))
+            bad = ann[ann["status"] != "ok"]
+            ann = ann[ann["status"] == "ok"].drop(columns=["status", "error"])
+        else:
+            ann = ann.assign(path=[(root / r).as_posix() for r in ann["relpath"]])
+            bad = ann.iloc[0:0]
+        frames.append(ann.assign(split=split_name))
+        if len(bad):
+            frames.append(bad.assign(split=split_name, path=bad["source_path"]))
+    # file facts (and status) come from decoding each file again, perturbed or not
+    table = pd.concat(frames, ignore_index=True).drop(columns=["status", "error"], errors="ignore")
+    files = describe_files([Path(p) for p in table["path"]])
+    manifest = pd.concat([table.reset_index(drop=True), pd.DataFrame(files)], axis=1)
+    manifest["subset"] = manifest["content"]
+    manifest["group"] = manifest["relpath"]
+    manifest["source"] = manifest["generator"]
     manifest = normalise(manifest)
     write_manifest(manifest, out / "manifest.parquet")
     return manifest
@@ -72,9 +127,9 @@ def split(manifest_path: Path, out: Path, val_fraction: float, seed: int, on_lea
 def train(splits_path: Path, out_dir: Path, model: str, train_subset: str, cfg: dict, seed: int,
           model_kwargs: dict | None = None) -> dict:
     df = read_manifest(splits_path)
-    if train_subset not in set(df["subset"]):
+    if train_subset != "all" and train_subset not in set(df["subset"]):
         raise ValueError(f"train_subset {train_subset!r} not in the manifest ({sorted(set(df['subset']))})")
-    rows = df[df["subset"] == train_subset]
+    rows = df if train_subset == "all" else df[df["subset"] == train_subset]
     tc = TrainConfig(model=model, seed=seed, model_kwargs=model_kwargs or {}, **cfg)
     t0 = time.perf_counter()
     result = train_detector(rows[rows["split"] == "train"], rows[rows["split"] == "val"], tc, out_dir)

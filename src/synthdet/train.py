@@ -45,9 +45,16 @@ class TrainConfig:
     weights: str | None = None
 
     def fingerprint(self, data_key: str) -> str:
-        """Identifies a run; a checkpoint from another configuration is never resumed."""
+        """Identifies a run: a checkpoint from another configuration, other data or other model
+        and training code is never resumed."""
         keep = {k: v for k, v in asdict(self).items() if k != "num_workers"}
-        return hashlib.sha256(json.dumps([keep, data_key], sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps([keep, data_key, _code_hash()], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _code_hash() -> str:
+    package = Path(__file__).parent
+    files = sorted([package / "train.py", package / "data" / "dataset.py", *(package / "detectors").glob("*.py")])
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 
 def seed_everything(seed: int) -> None:

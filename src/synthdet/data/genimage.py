@@ -1,0 +1,342 @@
+"""GenImage as distributed: one split zip per subset (``.z01`` ... ``.zNN`` + ``.zip``).
+
+``ingest`` verifies every part's MD5 against the community checksums shipped in
+``reference/genimage``, reads the split archive in place (no joined copy on disk), extracts it
+member by member, atomically and resumably, refuses path traversal, and marks the known-corrupt
+images. The extracted tree is then indexed like any GenImage-layout folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from synthdet.data.archives import DataSourceError, safe_member_path
+
+REFERENCE = Path(__file__).parent / "reference" / "genimage"
+
+# subset folder -> (generator as GenImage names it, family)
+SUBSETS: dict[str, tuple[str, str]] = {
+    "imagenet_midjourney": ("Midjourney", "diffusion"),
+    "imagenet_ai_0419_sdv4": ("SD V1.4", "diffusion"),
+    "imagenet_ai_0424_sdv5": ("SD V1.5", "diffusion"),
+    "imagenet_ai_0508_adm": ("ADM", "diffusion"),
+    "imagenet_glide": ("GLIDE", "diffusion"),
+    "imagenet_ai_0424_wukong": ("Wukong", "diffusion"),
+    "imagenet_ai_0419_vqdm": ("VQDM", "vq-diffusion"),
+    "imagenet_ai_0419_biggan": ("BigGAN", "gan"),
+}
+# Google Drive may add "-NNN" before the extension of a downloaded part
+PART_RE = re.compile(r"^(?P<subset>[a-z0-9_]+?)(?:-\d{3})?\.(?P<ext>zip|z\d{2,3})$", re.IGNORECASE)
+
+
+def load_checksums(path: Path = REFERENCE / "checksums.csv") -> dict[str, str]:
+    """Part file name -> MD5. A name listed twice must carry the same checksum."""
+    out: dict[str, str] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            name, md5 = row["originalFilename"].strip(), row["md5Checksum"].strip().lower()
+            if out.get(name, md5) != md5:
+                raise DataSourceError(f"{path}: {name} is listed with two different MD5s")
+            out[name] = md5
+    return out
+
+
+def known_corrupt(subset: str) -> set[str]:
+    """Paths (relative to the extracted root) the community reported corrupt or zero-byte."""
+    path = REFERENCE / "corrupted_files" / f"{subset}.txt"
+    if not path.exists():
+        return set()
+    return {line.strip().removeprefix("./") for line in path.read_text().splitlines() if line.strip()}
+
+
+@dataclass(frozen=True)
+class Part:
+    path: Path
+    canonical: str  # the name without Google Drive's -NNN suffix
+    index: int  # .z01 -> 1 ... ; .zip (the last disk) -> large
+
+
+def find_parts(source: Path, subset: str, checksums: dict[str, str]) -> list[Part]:
+    """The parts of ``subset`` in ``source``, in disk order; errors name what is missing."""
+    parts: dict[str, Part] = {}
+    for path in sorted(source.iterdir()):
+        m = PART_RE.match(path.name)
+        if not m or m["subset"] != subset:
+            continue
+        ext = m["ext"].lower()
+        canonical = f"{subset}.{ext}"
+        if canonical in parts:
+            raise DataSourceError(f"{source}: two files for {canonical}: {parts[canonical].path.name}, {path.name}")
+        parts[canonical] = Part(path, canonical, 10**6 if ext == "zip" else int(ext[1:]))
+    expected = sorted(n for n in checksums if n.startswith(f"{subset}."))
+    missing = [n for n in expected if n not in parts]
+    if not parts:
+        hint = f" (expected {expected[0]} ... {expected[-1]})" if expected else ""
+        raise DataSourceError(f"{source}: no archive parts for {subset}{hint}")
+    if missing:
+        raise DataSourceError(f"{source}: {subset} is missing {len(missing)} of {len(expected)} parts: {missing}")
+    return sorted(parts.values(), key=lambda p: p.index)
+
+
+def md5_file(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_parts(parts: list[Part], checksums: dict[str, str], cache: Path) -> None:
+    """MD5 of every part; results are cached by (size, mtime) so a resumed run does not re-hash."""
+    seen = json.loads(cache.read_text()) if cache.exists() else {}
+    bad = []
+    for part in tqdm(parts, desc="md5"):
+        stat = part.path.stat()
+        key = f"{part.path.name}:{stat.st_size}:{stat.st_mtime_ns}"
+        md5 = seen.get(key) or md5_file(part.path)
+        seen[key] = md5
+        expected = checksums.get(part.canonical)
+        if expected is None:
+            bad.append(f"{part.path.name}: not in the checksum list")
+        elif md5 != expected:
+            bad.append(f"{part.path.name}: md5 {md5}, expected {expected} (re-download this part)")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(seen, indent=1))
+    if bad:
+        raise DataSourceError("GenImage parts failed verification:\n  " + "\n  ".join(bad))
+
+
+class ConcatFile(io.RawIOBase):
+    """A read-only, seekable view of several files one after another (the disks of a split zip)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.sizes = [p.stat().st_size for p in paths]
+        self.starts = [sum(self.sizes[:i]) for i in range(len(paths))]
+        self.total = sum(self.sizes)
+        self.pos = 0
+        self.handles = [open(p, "rb") for p in paths]  # noqa: SIM115 - closed in close()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.total}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - a writable buffer
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self.pos < self.total:
+            i = max(k for k, s in enumerate(self.starts) if s <= self.pos)
+            handle = self.handles[i]
+            handle.seek(self.pos - self.starts[i])
+            n = handle.readinto(view[done : done + min(len(view) - done, self.starts[i] + self.sizes[i] - self.pos)])
+            if not n:
+                break
+            done += n
+            self.pos += n
+        return done
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.close()
+        super().close()
+
+
+@dataclass(frozen=True)
+class ZipEntry:
+    name: str
+    method: int
+    flags: int
+    crc: int
+    compressed_size: int
+    file_size: int
+    disk: int
+    offset: int  # of the local header, relative to its disk
+
+
+class SplitZip:
+    """Reader for ``zip -s`` archives (and ordinary zips), zip64 included, read in place.
+
+    Python's zipfile refuses archives that span disks; here each entry's local header is found
+    on its own disk (``disk start`` in the central directory), and data may run across disks.
+    """
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.name = str(paths[-1])
+        self.file = ConcatFile(paths)
+        self.entries = self._central_directory(len(paths))
+
+    def __enter__(self) -> SplitZip:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def _at(self, disk: int, offset: int, size: int) -> bytes:
+        if disk >= len(self.file.starts):
+            n = len(self.file.starts)
+            raise DataSourceError(f"{self.name}: refers to disk {disk + 1}, but only {n} parts were given")
+        self.file.seek(self.file.starts[disk] + offset)
+        return self.file.read(size)
+
+    def _central_directory(self, n_parts: int) -> list[ZipEntry]:
+        tail_len = min(self.file.total, 65536 + 22)
+        self.file.seek(self.file.total - tail_len)
+        tail = self.file.read(tail_len)
+        i = tail.rfind(b"PK\x05\x06")
+        if i < 0:
+            raise DataSourceError(f"{self.name}: no end-of-central-directory record; the last part is truncated")
+        _, disk_no, cd_disk, _, n_total, cd_size, cd_off, _ = struct.unpack("<IHHHHIIH", tail[i : i + 22])
+        if i >= 20 and tail[i - 20 : i - 16] == b"PK\x06\x07":  # zip64 locator
+            _, z_disk, z_off, _ = struct.unpack("<IIQI", tail[i - 20 : i])
+            rec = self._at(z_disk, z_off, 56)
+            _, _, _, _, disk_no, cd_disk, _, n_total, cd_size, cd_off = struct.unpack("<IQHHIIQQQQ", rec)
+        if disk_no + 1 != n_parts:
+            raise DataSourceError(f"{self.name}: the archive has {disk_no + 1} disks but {n_parts} parts were given")
+        cd = self._at(cd_disk, cd_off, cd_size)
+        entries, pos = [], 0
+        for _ in range(n_total):
+            if cd[pos : pos + 4] != b"PK\x01\x02":
+                raise DataSourceError(f"{self.name}: corrupt central directory at entry {len(entries)}")
+            (flags, method, crc, csize, usize, n_len, x_len, c_len, disk) = struct.unpack(
+                "<8xHH4xIIIHHHH", cd[pos : pos + 36])
+            (offset,) = struct.unpack("<I", cd[pos + 42 : pos + 46])
+            name = cd[pos + 46 : pos + 46 + n_len].decode("utf-8" if flags & 0x800 else "cp437")
+            extra = cd[pos + 46 + n_len : pos + 46 + n_len + x_len]
+            usize, csize, offset, disk = _zip64_fields(extra, usize, csize, offset, disk)
+            entries.append(ZipEntry(name, method, flags, crc, csize, usize, disk, offset))
+            pos += 46 + n_len + x_len + c_len
+        return entries
+
+    def namelist(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def copy_to(self, entry: ZipEntry, dst: io.BufferedWriter, chunk: int = 1 << 20) -> None:
+        """Decompress ``entry`` into ``dst`` and check its CRC-32."""
+        if entry.flags & 0x1:
+            raise DataSourceError(f"{entry.name}: encrypted entries are not supported")
+        if entry.method not in (0, 8):
+            raise DataSourceError(f"{entry.name}: compression method {entry.method} is not supported")
+        head = self._at(entry.disk, entry.offset, 30)
+        if head[:4] != b"PK\x03\x04":
+            raise DataSourceError(f"{entry.name}: no local header where the directory says (corrupt part?)")
+        n_len, x_len = struct.unpack("<HH", head[26:30])
+        self.file.seek(self.file.starts[entry.disk] + entry.offset + 30 + n_len + x_len)
+        inflate = zlib.decompressobj(-15) if entry.method == 8 else None
+        crc, left = 0, entry.compressed_size
+        while left:
+            block = self.file.read(min(chunk, left))
+            if not block:
+                raise DataSourceError(f"{entry.name}: data ends early (truncated part)")
+            left -= len(block)
+            data = inflate.decompress(block) if inflate else block
+            crc = zlib.crc32(data, crc)
+            dst.write(data)
+        if inflate:
+            data = inflate.flush()
+            crc = zlib.crc32(data, crc)
+            dst.write(data)
+        if crc != entry.crc:
+            raise DataSourceError(f"{entry.name}: CRC mismatch (corrupt archive data)")
+
+
+def _zip64_fields(extra: bytes, usize: int, csize: int, offset: int, disk: int) -> tuple[int, int, int, int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, size = struct.unpack("<HH", extra[pos : pos + 4])
+        if tag == 0x0001:
+            body, k = extra[pos + 4 : pos + 4 + size], 0
+            if usize == 0xFFFFFFFF:
+                (usize,), k = struct.unpack("<Q", body[k : k + 8]), k + 8
+            if csize == 0xFFFFFFFF:
+                (csize,), k = struct.unpack("<Q", body[k : k + 8]), k + 8
+            if offset == 0xFFFFFFFF:
+                (offset,), k = struct.unpack("<Q", body[k : k + 8]), k + 8
+            if disk == 0xFFFF:
+                (disk,) = struct.unpack("<I", body[k : k + 4])
+        pos += 4 + size
+    return usize, csize, offset, disk
+
+
+def extract(archive: SplitZip, out: Path, desc: str = "extract") -> dict[str, int]:
+    """Extract every member atomically; members already complete (same size) are skipped."""
+    counts = {"extracted": 0, "skipped": 0}
+    for entry in tqdm(archive.entries, desc=desc):
+        if entry.name.endswith("/"):
+            continue
+        target = safe_member_path(out, entry.name)
+        if target.exists() and target.stat().st_size == entry.file_size:
+            counts["skipped"] += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.part")
+        try:
+            with open(tmp, "wb") as dst:
+                archive.copy_to(entry, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, target)
+        counts["extracted"] += 1
+    return counts
+
+
+def ingest(source: Path, out: Path, subsets: list[str] | None = None,
+           checksums: dict[str, str] | None = None) -> dict[str, dict[str, int]]:
+    """Archives in ``source`` -> verified, extracted subsets under ``out``.
+
+    Subsets already extracted in ``source`` (a folder with ``train/`` and ``val/``) are used as
+    they are. Returns per-subset extraction counts.
+    """
+    checksums = checksums if checksums is not None else load_checksums()
+    report = {}
+    for subset in subsets or list(SUBSETS):
+        if (source / subset / "train").is_dir() and (source / subset / "val").is_dir():
+            report[subset] = {"already_extracted": 1}
+            continue
+        parts = find_parts(source, subset, checksums)
+        verify_parts(parts, checksums, out / ".md5_cache.json")
+        with SplitZip([p.path for p in parts]) as archive:
+            names = {Path(n).parts[0] for n in archive.namelist() if n.strip("/")}
+            if subset not in names:
+                raise DataSourceError(f"{parts[-1].path}: expected a top-level folder {subset}/, found {sorted(names)}")
+            report[subset] = extract(archive, out, desc=subset)
+    return report
+
+
+def subset_root(source: Path, out: Path, subset: str) -> Path:
+    return source if (source / subset / "train").is_dir() else out
+
+
+def mark_known_corrupt(manifest: pd.DataFrame, roots: dict[str, Path]) -> pd.DataFrame:
+    """Set ``status = known_corrupt`` on images the community lists as corrupt."""
+    df = manifest.copy()
+    for subset, root in roots.items():
+        bad = known_corrupt(subset)
+        if not bad:
+            continue
+        rel = df.loc[df["subset"] == subset, "path"].map(lambda p, r=root: os.path.relpath(p, r))
+        hit = rel[rel.isin(bad)].index.intersection(df.index[df["status"] == "ok"])
+        df.loc[hit, ["status", "error"]] = ["known_corrupt", "listed in corrupted_files"]
+    return df

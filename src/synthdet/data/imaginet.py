@@ -1,0 +1,109 @@
+"""ImagiNet (Boychev and Cholakov, 2024): annotation files and the perturbed test set.
+
+Annotation lines are ``path,origin,content,family,specific`` with paths relative to the dataset
+root (``./imagenet/ILSVRC/Data/CLS-LOC/val/...JPEG``, ``./ffhq_stylegan/<uuid>.png``, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from tqdm.auto import tqdm
+
+from synthdet.data.archives import DataSourceError, atomic_write_bytes
+from synthdet.data.imageio import ImageDecodeError, load_rgb
+
+CONTENT = {0: "photos", 1: "paintings", 2: "faces", 3: "uncategorized"}
+FAMILY = {0: "gan", 1: "sd", 2: "midjourney", 3: "dalle3", 4: "real"}
+SPECIFIC = {0: "progan", 1: "stylegan_xl", 2: "stylegan3", 3: "sd_v2.1", 4: "sdxl_v1.0", 5: "animagine_xl",
+            6: "midjourney", 7: "dalle3", 8: "real"}
+FIELDS = ("path", "origin", "content", "family", "specific")
+
+
+def read_annotations(path: Path) -> pd.DataFrame:
+    """Parse one annotation file; every malformed line is reported with its number."""
+    rows, errors = [], []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or (number == 1 and line.lower().startswith("path")):
+            continue
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 5 or not all(p.lstrip("-").isdigit() for p in parts[1:]):
+            errors.append(f"{path}:{number}: expected path,origin,content,family,specific, got {line[:80]!r}")
+            continue
+        rel, origin, content, family, specific = parts[0], *map(int, parts[1:])
+        problems = [name for name, value, table in (("origin", origin, {0: 0, 1: 1}), ("content", content, CONTENT),
+                                                    ("family", family, FAMILY), ("specific", specific, SPECIFIC))
+                    if value not in table]
+        if (origin == 0) != (family == 4) or (origin == 0) != (specific == 8):
+            problems.append("origin disagrees with family/specific")
+        if problems:
+            errors.append(f"{path}:{number}: invalid {', '.join(problems)} in {line[:80]!r}")
+            continue
+        rows.append({"relpath": rel.removeprefix("./"), "label": origin, "content": CONTENT[content],
+                     "family": FAMILY[family], "generator": SPECIFIC[specific], "specific": specific})
+    if errors:
+        raise DataSourceError(f"{len(errors)} bad annotation lines, first: " + "; ".join(errors[:3]))
+    if not rows:
+        raise DataSourceError(f"{path}: no annotation lines")
+    return pd.DataFrame(rows)
+
+
+def _rng(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big"))
+
+
+def perturb(img: Image.Image, rng: np.random.Generator, size: int = 256, p_compress: float = 0.75,
+            quality: tuple[int, int] = (60, 100), max_crop: int = 1000) -> tuple[Image.Image, dict]:
+    """The paper's test-time perturbation: random square crop (side in [size, min(short, max_crop)]),
+    Lanczos resize to ``size``, then with probability ``p_compress`` JPEG or WebP at a random quality."""
+    w, h = img.size
+    short = min(w, h)
+    side = int(rng.integers(min(size, short), max(min(size, short), min(short, max_crop)) + 1))
+    left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    out = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
+    info = {"crop_side": side, "crop_left": left, "crop_top": top, "codec": "none", "quality": None}
+    if rng.random() < p_compress:
+        codec = "JPEG" if rng.random() < 0.5 else "WEBP"
+        q = int(rng.integers(quality[0], quality[1] + 1))
+        buf = io.BytesIO()
+        out.save(buf, format=codec, quality=q)
+        buf.seek(0)
+        with Image.open(buf) as decoded:
+            out = decoded.convert("RGB")
+        info.update(codec=codec.lower(), quality=q)
+    return out, info
+
+
+def build_perturbed(annotations: pd.DataFrame, root: Path, out: Path, seed: int, size: int = 256,
+                    p_compress: float = 0.75) -> pd.DataFrame:
+    """Perturb every annotated image (seeded per path) and store it losslessly as PNG.
+
+    Writes ``out/<relpath>.png`` and ``out/test_perturbed.txt`` in the original annotation format.
+    Undecodable images are kept as rows with a status, never silently dropped.
+    """
+    rows = []
+    for r in tqdm(annotations.itertuples(index=False), total=len(annotations), desc="perturb"):
+        target = out / (r.relpath + ".png")
+        row = r._asdict() | {"source_path": (root / r.relpath).as_posix(), "path": target.as_posix()}
+        try:
+            img, info = perturb(load_rgb(root / r.relpath), _rng(seed, r.relpath), size, p_compress)
+        except ImageDecodeError as exc:
+            rows.append(row | {"status": exc.status, "error": exc.problem, "path": None})
+            continue
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        atomic_write_bytes(target, buf.getvalue())
+        rows.append(row | info | {"status": "ok", "error": ""})
+    table = pd.DataFrame(rows)
+    ok = table[table["status"] == "ok"]
+    lines = [f"./{p}.png,{o},{c},{f},{s}" for p, o, c, f, s in zip(
+        ok["relpath"], ok["label"], ok["content"].map({v: k for k, v in CONTENT.items()}),
+        ok["family"].map({v: k for k, v in FAMILY.items()}), ok["specific"], strict=True)]
+    atomic_write_bytes(out / "test_perturbed.txt", ("\n".join(lines) + "\n").encode())
+    return table

@@ -1,0 +1,114 @@
+"""GenImage as distributed: split zips made with `zip -s`, in a fabricated miniature."""
+
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthdet.data import genimage
+from synthdet.data.archives import DataSourceError
+from synthdet.data.genimage import SplitZip, extract, ingest, load_checksums, md5_file
+from synthdet.pipeline import download_genimage
+from tests.conftest import make_genimage_tree
+
+pytestmark = pytest.mark.skipif(shutil.which("zip") is None, reason="needs Info-ZIP `zip` (apt-get install zip)")
+SUBSET = "imagenet_glide"
+LISTED = "imagenet_glide/train/ai/GLIDE_1000_200_08_808_glide_00033.png"  # in corrupted_files/
+
+
+def _archives(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    tree = make_genimage_tree(tmp_path / "tree", subsets=(SUBSET,), per_folder=3)
+    big = np.random.default_rng(0).integers(0, 256, (220, 220, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tree / SUBSET / "train/ai/big_noise.png")  # > 64 KiB: spans disks
+    Image.fromarray(big[:32, :32]).save(tree / LISTED)
+    (tree / SUBSET / "train/ai/empty.png").write_bytes(b"")  # ADM ships zero-byte PNGs
+    jpg = next((tree / SUBSET / "val/nature").glob("*.JPEG"))
+    jpg.write_bytes(jpg.read_bytes()[:200])  # truncated
+    src = tmp_path / "downloads"
+    src.mkdir()
+    subprocess.run(["zip", "-q", "-r", "-s", "64k", str(src / f"{SUBSET}.zip"), SUBSET], cwd=tree, check=True)
+    parts = sorted(src.iterdir())
+    assert len(parts) >= 3, "the fixture must produce a real multi-part archive"
+    checksums = {p.name: md5_file(p) for p in parts}
+    parts[0].rename(src / parts[0].name.replace(".z01", "-001.z01"))  # Google Drive's renaming
+    return tree, src, checksums
+
+
+def test_split_zip_is_verified_extracted_and_indexed(tmp_path):
+    tree, src, checksums = _archives(tmp_path)
+    out = tmp_path / "extracted"
+    report = ingest(src, out, [SUBSET], checksums)
+    originals = sorted(p.relative_to(tree) for p in tree.rglob("*") if p.is_file())
+    extracted = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert extracted == originals and report[SUBSET]["extracted"] == len(originals)
+    for rel in originals:
+        assert (out / rel).read_bytes() == (tree / rel).read_bytes(), rel
+    # a second run resumes: nothing is extracted twice
+    assert ingest(src, out, [SUBSET], checksums)[SUBSET] == {"extracted": 0, "skipped": len(originals)}
+
+
+def test_interrupted_extraction_resumes_and_never_keeps_half_files(tmp_path):
+    tree, src, checksums = _archives(tmp_path)
+    out = tmp_path / "extracted"
+    ingest(src, out, [SUBSET], checksums)
+    victim = out / SUBSET / "train/ai/big_noise.png"
+    victim.write_bytes(victim.read_bytes()[:1000])  # as if the run died mid-file
+    (victim.parent / ".stale.png.part").write_bytes(b"junk")
+    assert ingest(src, out, [SUBSET], checksums)[SUBSET]["extracted"] == 1
+    assert victim.read_bytes() == (tree / SUBSET / "train/ai/big_noise.png").read_bytes()
+
+
+def test_bad_parts_are_named(tmp_path):
+    _, src, checksums = _archives(tmp_path)
+    wrong = dict(checksums, **{f"{SUBSET}.zip": "0" * 32})
+    with pytest.raises(DataSourceError, match=rf"{SUBSET}.zip: md5 .* expected 0+"):
+        ingest(src, tmp_path / "o1", [SUBSET], wrong)
+    next(src.glob("*.z02")).unlink()
+    with pytest.raises(DataSourceError, match=r"missing 1 of .* parts: \['imagenet_glide.z02'\]"):
+        ingest(src, tmp_path / "o2", [SUBSET], checksums)
+    with pytest.raises(DataSourceError, match="no archive parts for imagenet_midjourney"):
+        ingest(src, tmp_path / "o3", ["imagenet_midjourney"], checksums)
+
+
+def test_download_stage_marks_corrupt_and_known_bad_images(tmp_path):
+    _, src, checksums = _archives(tmp_path)
+    df = download_genimage(src, tmp_path / "out", [SUBSET], checksums=checksums).set_index("path")
+    status = df["status"].rename(lambda p: Path(p).name)
+    assert status["empty.png"] == "empty"
+    assert status[Path(LISTED).name] == "known_corrupt"
+    assert (status == "corrupt").sum() == 1  # the truncated JPEG
+    assert set(df.loc[df.label == 1, "generator"]) == {"GLIDE"}
+
+
+def test_path_traversal_in_an_archive_is_refused(tmp_path):
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("imagenet_glide/train/ai/ok.png", b"fine")
+        zf.writestr("../../outside.png", b"evil")
+    with SplitZip([evil]) as archive, pytest.raises(DataSourceError, match="escapes"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "outside.png").exists()
+
+
+def test_corrupt_archive_data_is_detected(tmp_path):
+    path = tmp_path / "one.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("imagenet_glide/a.bin", b"A" * 5000)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF  # flip a byte inside the stored data
+    path.write_bytes(bytes(data))
+    with SplitZip([path]) as archive, pytest.raises(DataSourceError, match="CRC mismatch"):
+        extract(archive, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("*.bin"))
+
+
+def test_shipped_reference_lists():
+    checksums = load_checksums()
+    assert len(checksums) == 207  # 208 rows, sdv5.z26 listed twice with the same MD5
+    assert {n.split(".")[0] for n in checksums} == set(genimage.SUBSETS)
+    assert len(genimage.known_corrupt("imagenet_ai_0424_sdv5")) == 3648
+    assert "imagenet_ai_0508_adm/train/ai/115_adm_141.PNG" in genimage.known_corrupt("imagenet_ai_0508_adm")
