@@ -1,6 +1,7 @@
 # make repro : set up .venv, restore data/ (verified against data.dvc), run the whole DVC pipeline
 # make test  : set up .venv, lint, run the test suite
 # make smoke : the whole pipeline on a tiny profile, in a scratch copy (.smoke/)
+# make paper : every table over three seeds (profiles/paper.yaml), as a DVC experiment
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup data repro test smoke lab clean
+.PHONY: setup data repro test smoke paper lab clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -23,7 +24,7 @@ data: setup
 
 repro: data
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/synthdet summary
 
 test: setup
 	$(BIN)/ruff check src tests
@@ -31,6 +32,9 @@ test: setup
 
 smoke: data
 	$(BIN)/synthdet smoke
+
+paper: data
+	$(BIN)/synthdet profile paper
 
 lab: setup
 	$(BIN)/jupyter lab --allow-root notebooks

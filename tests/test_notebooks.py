@@ -30,3 +30,17 @@ def test_every_dvc_stage_runs_its_notebook_and_declares_params():
             node = params
             for part in key.split("."):
                 node = node[part]  # KeyError: a declared param that params.yaml lacks
+
+
+def test_profiles_override_only_existing_params():
+    from synthdet.cli import load_profile, set_flags
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for path in sorted((ROOT / "profiles").glob("*.yaml")):
+        flags = set_flags(load_profile(path.stem, ROOT / "profiles"))
+        assert flags and flags[0] == "-S"
+        for flag in flags[1::2]:
+            node = params
+            for part in flag.split("=")[0].split("."):
+                assert part in node, f"{path.name}: {flag} sets a key params.yaml does not have"
+                node = node[part]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synthdet.cli import SMOKE_OVERRIDES, deep_update, make_workspace
+from synthdet.cli import deep_update, load_profile, make_workspace
 from tests.conftest import make_embedded_data
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = deep_update(SMOKE_OVERRIDES, {
+TINY = deep_update(load_profile("smoke", ROOT / "profiles"), {
     "embedded": {"benchmark": {"images_per_subset": 20, "generator_train_images": 64}},
     "train": {"input_size": 32},
 })
@@ -42,6 +42,10 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert all(0 <= v["acc"] <= 1 for k, v in evaluate["clean"].items())
     assert (ws / "plots/accuracy_heatmap.png").stat().st_size > 0
     assert json.loads((ws / "metrics/split.json").read_text())["leaks"] == 0
+    tables = json.loads((ws / "metrics/tables.json").read_text())
+    assert tables["runs"] == 3  # resnet50 on ldm and dcgan, npr on ldm
+    assert set(tables["detectors_avg_acc"]) == {"resnet50", "npr"}
+    assert 0 <= tables["cross_generator"]["same_generator_acc"] <= 1
     first = (ws / "dvc.lock").read_text()
 
     again = _dvc(ws, "repro")

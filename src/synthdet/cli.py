@@ -12,21 +12,27 @@ from pathlib import Path
 
 import yaml
 
-SMOKE_OVERRIDES = {
-    "embedded": {
-        "prepare": {"max_crops_per_image": 1},
-        "benchmark": {
-            "images_per_subset": 40,
-            "generator_train_images": 256,
-            "subsets": {
-                "dcgan": {"epochs": 1}, "upgan": {"epochs": 1}, "vae": {"epochs": 1}, "vqae": {"epochs": 1},
-                "ldm": {"epochs": 2, "ddim_steps": 5, "vae": {"epochs": 1}},
-            },
-        },
-    },
-    "train": {"epochs": 1, "batch_size": 16, "num_workers": 0},
-    "evaluate": {"n_bootstrap": 50, "num_workers": 0},
-}
+PROFILES = Path("profiles")
+
+
+def load_profile(name: str, folder: Path = PROFILES) -> dict:
+    """Parameter overrides of a named profile (``profiles/<name>.yaml``)."""
+    path = folder / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise SystemExit(f"{path}: no such profile (known: {known})")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def set_flags(overrides: dict, prefix: str = "") -> list[str]:
+    """Nested overrides -> `dvc exp run` arguments: ["-S", "a.b=1", ...]."""
+    flags = []
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            flags += set_flags(value, f"{prefix}{key}.")
+        else:
+            flags += ["-S", f"{prefix}{key}={json.dumps(value)}"]
+    return flags
 
 
 def deep_update(base: dict, override: dict) -> dict:
@@ -113,9 +119,37 @@ def make_workspace(dest: Path, overrides: dict, data: Path | None = None, copy_d
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
-    dest = make_workspace(Path(args.dest), SMOKE_OVERRIDES)
+    dest = make_workspace(Path(args.dest), load_profile("smoke"))
     print(f"smoke profile in {dest}")
     return subprocess.run([shutil.which("dvc") or "dvc", "repro"], cwd=dest).returncode
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Run `dvc exp run` with a profile's overrides (e.g. the full `paper` grid)."""
+    cmd = [shutil.which("dvc") or "dvc", "exp", "run", *set_flags(load_profile(args.name)), *args.dvc_args]
+    print(" ".join(cmd))
+    return subprocess.run(cmd).returncode
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    """The headline numbers of a finished `dvc repro`, readable in a terminal."""
+    import pandas as pd
+
+    path = Path(args.metrics)
+    if not path.exists():
+        print(f"{path}: not found; run `dvc repro` first", file=sys.stderr)
+        return 1
+    metrics = json.loads(path.read_text())
+    table = pd.DataFrame({cond: {sub: v["acc"] for sub, v in subs.items()} for cond, subs in metrics.items()}).T
+    train = json.loads(Path("metrics/train.json").read_text()) if Path("metrics/train.json").exists() else {}
+    print(f"accuracy of {train.get('model', '?')} trained on {train.get('train_subset', '?')}: "
+          "rows = test condition, columns = test subset")
+    print(table.round(3).to_string())
+    tables = Path("metrics/tables.json")
+    if tables.exists():
+        print("\nGenImage tables (reports/07_tables.ipynb):")
+        print(json.dumps(json.loads(tables.read_text()), indent=1))
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -147,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("smoke", help="run the whole pipeline on a tiny profile in a scratch copy")
     p.add_argument("--dest", default=".smoke")
     p.set_defaults(func=cmd_smoke)
+    p = sub.add_parser("profile", help="dvc exp run with the overrides of profiles/<name>.yaml")
+    p.add_argument("name")
+    p.add_argument("dvc_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_profile)
+    p = sub.add_parser("summary", help="print the headline metrics of the last dvc repro")
+    p.add_argument("--metrics", default="metrics/evaluate.json")
+    p.set_defaults(func=cmd_summary)
     p = sub.add_parser("train", help="train outside DVC (e.g. under torchrun)")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--splits", default="artifacts/split/splits.parquet")

@@ -21,21 +21,18 @@ def low_resolution(img: Image.Image, size: int) -> Image.Image:
     return small.resize((w, h), Image.Resampling.BICUBIC)
 
 
+def compress(img: Image.Image, codec: str, quality: int) -> Image.Image:
+    """Encode with a lossy codec ("JPEG": 4:2:0 subsampling as cameras and PIL do, or "WEBP")
+    at ``quality`` and decode again."""
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format=codec, quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as decoded:
+        return decoded.convert("RGB")
+
+
 def jpeg(img: Image.Image, quality: int) -> Image.Image:
-    """Encode and decode with libjpeg at ``quality`` (4:2:0 subsampling, as cameras and PIL do)."""
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as decoded:
-        return decoded.convert("RGB")
-
-
-def webp(img: Image.Image, quality: int) -> Image.Image:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="WEBP", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as decoded:
-        return decoded.convert("RGB")
+    return compress(img, "JPEG", quality)
 
 
 def gaussian_blur(img: Image.Image, sigma: float) -> Image.Image:

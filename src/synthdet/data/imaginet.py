@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from synthdet.data.archives import DataSourceError, atomic_write_bytes
 from synthdet.data.imageio import ImageDecodeError, load_rgb
+from synthdet.degrade import compress
 
 CONTENT = {0: "photos", 1: "paintings", 2: "faces", 3: "uncategorized"}
 FAMILY = {0: "gan", 1: "sd", 2: "midjourney", 3: "dalle3", 4: "real"}
@@ -71,11 +72,7 @@ def perturb(img: Image.Image, rng: np.random.Generator, size: int = 256, p_compr
     if rng.random() < p_compress:
         codec = "JPEG" if rng.random() < 0.5 else "WEBP"
         q = int(rng.integers(quality[0], quality[1] + 1))
-        buf = io.BytesIO()
-        out.save(buf, format=codec, quality=q)
-        buf.seek(0)
-        with Image.open(buf) as decoded:
-            out = decoded.convert("RGB")
+        out = compress(out, codec, q)
         info.update(codec=codec.lower(), quality=q)
     return out, info
 

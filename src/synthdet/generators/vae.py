@@ -23,23 +23,33 @@ def _up(cin: int, cout: int) -> nn.Module:
                          nn.GroupNorm(8, cout), nn.SiLU())
 
 
+def conv_encoder(ch: int, n_down: int, out_channels: int) -> tuple[nn.Sequential, int]:
+    """3 -> ch, then ``n_down`` stride-2 stages doubling the width, then a projection."""
+    layers, c = [nn.Conv2d(3, ch, 3, 1, 1), nn.SiLU()], ch
+    for _ in range(n_down):
+        layers.append(_down(c, c * 2))
+        c *= 2
+    layers.append(nn.Conv2d(c, out_channels, 3, 1, 1))
+    return nn.Sequential(*layers), c
+
+
+def conv_decoder(in_channels: int, c: int, n_down: int) -> nn.Sequential:
+    """The mirror of :func:`conv_encoder`, ending in tanh."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, c, 3, 1, 1), nn.SiLU()]
+    for _ in range(n_down):
+        layers.append(_up(c, c // 2))
+        c //= 2
+    layers += [nn.Conv2d(c, 3, 3, 1, 1), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
 class ConvVAE(nn.Module):
     """64x64x3 <-> (latent_channels x 8 x 8)."""
 
     def __init__(self, ch: int = 32, latent_channels: int = 4, n_down: int = 3) -> None:
         super().__init__()
-        enc, c = [nn.Conv2d(3, ch, 3, 1, 1), nn.SiLU()], ch
-        for _ in range(n_down):
-            enc.append(_down(c, c * 2))
-            c *= 2
-        enc.append(nn.Conv2d(c, 2 * latent_channels, 3, 1, 1))
-        self.encoder = nn.Sequential(*enc)
-        dec: list[nn.Module] = [nn.Conv2d(latent_channels, c, 3, 1, 1), nn.SiLU()]
-        for _ in range(n_down):
-            dec.append(_up(c, c // 2))
-            c //= 2
-        dec += [nn.Conv2d(c, 3, 3, 1, 1), nn.Tanh()]
-        self.decoder = nn.Sequential(*dec)
+        self.encoder, width = conv_encoder(ch, n_down, 2 * latent_channels)
+        self.decoder = conv_decoder(latent_channels, width, n_down)
         self.latent_channels = latent_channels
         self.n_down = n_down
 

@@ -11,26 +11,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from synthdet.generators.common import minibatches
-from synthdet.generators.vae import _down, _up
+from synthdet.generators.vae import conv_decoder, conv_encoder
 
 
 class VQAutoencoder(nn.Module):
     def __init__(self, ch: int = 32, codebook_size: int = 256, code_dim: int = 32, n_down: int = 2) -> None:
         super().__init__()
-        enc, c = [nn.Conv2d(3, ch, 3, 1, 1), nn.SiLU()], ch
-        for _ in range(n_down):
-            enc.append(_down(c, c * 2))
-            c *= 2
-        enc.append(nn.Conv2d(c, code_dim, 1))
-        self.encoder = nn.Sequential(*enc)
+        self.encoder, width = conv_encoder(ch, n_down, code_dim)
         self.codebook = nn.Embedding(codebook_size, code_dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / codebook_size, 1.0 / codebook_size)
-        dec: list[nn.Module] = [nn.Conv2d(code_dim, c, 3, 1, 1), nn.SiLU()]
-        for _ in range(n_down):
-            dec.append(_up(c, c // 2))
-            c //= 2
-        dec += [nn.Conv2d(c, 3, 3, 1, 1), nn.Tanh()]
-        self.decoder = nn.Sequential(*dec)
+        self.decoder = conv_decoder(code_dim, width, n_down)
 
     def quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
