@@ -67,3 +67,15 @@ def test_build_benchmark_writes_balanced_genimage_layout(embedded_data, tmp_path
     a = pd.Series([open(p, "rb").read() for p in labels.path])
     b = pd.Series([open(p, "rb").read() for p in again.path])
     assert (a == b).all(), "the same seed must give byte-identical benchmarks"
+
+
+def test_a_collapsed_generator_fails_the_build(embedded_data, tmp_path, monkeypatch):
+    from synthdet.generators import build
+
+    reals = prepare_reals(embedded_data, tmp_path / "reals")
+    reals = reals[reals.status == "ok"].assign(group=lambda d: d["original"])
+    monkeypatch.setattr(build, "make_fakes", lambda name, cfg, n, *a: torch.zeros(n, 3, 64, 64))
+    with pytest.raises(build.GeneratorCollapsedError, match="only 1 distinct train images"):
+        build_benchmark(reals, tmp_path / "b", embedded_data / "weights",
+                        {"x": {"generator": "dcgan", "family": "gan"}}, images_per_subset=12, test_fraction=0.25,
+                        seed=0, image_size=64)

@@ -1,4 +1,4 @@
-"""Command-line entry points: ``synthdet data | fetch | smoke | train``."""
+"""Command-line entry points: ``synthdet data | fetch | smoke | profile | summary | train``."""
 
 from __future__ import annotations
 

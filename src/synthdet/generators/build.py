@@ -130,22 +130,33 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
             chosen = pool.iloc[np.sort(rng_for(seed, name, split, "reals").choice(len(pool), n, replace=False))]
 
             def recon_source(k: int, pool: pd.DataFrame = pool, split: str = split, name: str = name) -> torch.Tensor:
+                k = min(k, len(pool))
                 idx = np.sort(rng_for(seed, name, split, "recon").choice(len(pool), k, replace=False))
                 return _load(pool["path"].iloc[idx].tolist())
 
-            fakes = tensor_to_images(make_fakes(name, cfg, n, split, trained, weights, recon_source, image_size))
-            for i, arr in enumerate(fakes):
-                path = out / name / folder / "ai" / f"{name}_{folder}_{i:05d}.png"
+            # a few extra samples absorb legitimate repeats (two flat sky crops can reconstruct to the
+            # same pixels); a generator that cannot produce n distinct images has collapsed
+            extra = max(8, n // 10)
+            fakes = tensor_to_images(make_fakes(name, cfg, n + extra, split, trained, weights, recon_source,
+                                                image_size))
+            kept = 0
+            for arr in fakes:
                 png = _png_bytes(arr)
                 if png in written:
-                    raise GeneratorCollapsedError(
-                        f"{name}: {path.name} repeats an earlier sample; the generator has collapsed. "
-                        f"Train it longer (embedded.benchmark.subsets.{name}.epochs) or change the seed.")
+                    continue
                 written.add(png)
+                path = out / name / folder / "ai" / f"{name}_{folder}_{kept:05d}.png"
                 atomic_write_bytes(path, png)
                 rows.append({"path": path.as_posix(), "generator": cfg["generator"], "family": cfg["family"],
                              "content": PRETRAINED_CONTENT.get(cfg["generator"], "mixed"), "class": None,
                              "source": cfg["generator"], "group": path.as_posix()})
+                kept += 1
+                if kept == n:
+                    break
+            if kept < n:
+                raise GeneratorCollapsedError(
+                    f"{name}: only {kept} distinct {split} images out of {n + extra} samples; the generator has "
+                    f"collapsed. Train it longer (embedded.benchmark.subsets.{name}.epochs) or change the seed.")
             for _, r in chosen.iterrows():
                 path = out / name / folder / "nature" / Path(r["path"]).name.replace(".png", f"__{r['source']}.png")
                 path.parent.mkdir(parents=True, exist_ok=True)
