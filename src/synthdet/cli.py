@@ -49,12 +49,26 @@ def _dvc(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.
 
 
 def data_matches(dvc_file: str = "data.dvc") -> tuple[bool, str]:
-    """Whether the workspace copy of the data is exactly what ``data.dvc`` records."""
+    """Whether the workspace copy of the data is exactly what ``dvc_file`` records.
+
+    On a fresh clone DVC's cache is empty and `dvc status` only says "not in cache"; then the data
+    is committed to the cache and the rewritten ``dvc_file`` must equal the one in git.
+    """
     result = _dvc("status", "--json", dvc_file, check=False)
     if result.returncode != 0:
         return False, result.stderr.strip()
     status = json.loads(result.stdout or "{}")
-    return not status, json.dumps(status)
+    if not status:
+        return True, ""
+    changes = [c for entry in status.get(dvc_file, []) for c in entry.get("changed outs", {}).values()]
+    if not changes or any(c != "not in cache" for c in changes):
+        return False, json.dumps(status)
+    committed = _dvc("commit", "--force", dvc_file, check=False)
+    same = subprocess.run(["git", "diff", "--quiet", "--", dvc_file], check=False).returncode == 0
+    if committed.returncode != 0 or not same:
+        subprocess.run(["git", "checkout", "--", dvc_file], check=False)
+        return False, f"content hash differs from {dvc_file} ({committed.stderr.strip()[-300:]})"
+    return True, ""
 
 
 def cmd_data(args: argparse.Namespace) -> int:
