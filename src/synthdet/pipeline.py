@@ -40,7 +40,7 @@ def download_embedded(data_root: Path, out: Path, prepare: dict, benchmark: dict
     write_manifest(normalise(reals.assign(label=0, subset="pool", split=None, generator="real",
                                           family="real")), out / "reals.parquet")
     labels = build_benchmark(
-        usable(reals) if "status" in reals else reals, out / "benchmark", data_root / "weights",
+        usable(reals), out / "benchmark", data_root / "weights",
         benchmark["subsets"], benchmark["images_per_subset"], benchmark["test_fraction"], seed,
         benchmark["image_size"], batch_size=benchmark["generator_batch_size"],
         generator_train_images=benchmark.get("generator_train_images"),
@@ -167,10 +167,7 @@ def degrade(splits_path: Path, out: Path, image_size: int, cfg: dict) -> pd.Data
 def evaluate(model_path: Path, degraded_path: Path, out_dir: Path, n_bootstrap: int, seed: int,
              batch_size: int = 128, num_workers: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scores for every (test image, condition); metrics per (condition, subset)."""
-    model, cfg = load_detector(model_path)
-    table = pd.read_parquet(degraded_path)
-    table["score"] = predict(model, table, cfg["input_size"], batch_size, num_workers=num_workers)
-    table["model"] = cfg["model"]
+    table = score(model_path, pd.read_parquet(degraded_path), batch_size, num_workers)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out_dir / "scores.parquet", index=False)
     scored = table.dropna(subset=["score"])
@@ -178,18 +175,26 @@ def evaluate(model_path: Path, degraded_path: Path, out_dir: Path, n_bootstrap: 
     return table, metrics
 
 
+def score(model_path: Path, table: pd.DataFrame, batch_size: int = 128, num_workers: int = 0) -> pd.DataFrame:
+    """``table`` (rows with a ``path``) plus the saved detector's fake-probability and name."""
+    model, cfg = load_detector(model_path)
+    table = table.reset_index(drop=True)
+    table["score"] = predict(model, table, cfg["input_size"], batch_size, num_workers=num_workers)
+    table["model"] = cfg["model"]
+    return table
+
+
 def run(splits_path: Path, degraded_path: Path, out_dir: Path, model: str, train_subset: str, train_cfg: dict,
-        seed: int, model_kwargs: dict | None = None, n_bootstrap: int = 0, batch_size: int = 128,
-        num_workers: int = 0, degraded_subsets: str = "train_subset") -> pd.DataFrame:
+        seed: int, model_kwargs: dict | None = None, batch_size: int = 128, num_workers: int = 0,
+        degraded_subsets: str = "train_subset") -> pd.DataFrame:
     """One cell-run of the tables: train, then score every clean test image of every subset and
     the degraded test images of ``train_subset`` (or of every subset with ``degraded_subsets="all"``)."""
     result = train(splits_path, out_dir, model, train_subset, train_cfg, seed, model_kwargs)
-    detector, cfg = load_detector(out_dir / "detector.pt")
     table = pd.read_parquet(degraded_path)
     if degraded_subsets == "train_subset":
-        table = table[(table["condition"] == "clean") | (table["subset"] == train_subset)].reset_index(drop=True)
-    table["score"] = predict(detector, table, cfg["input_size"], batch_size, num_workers=num_workers)
-    table = table.assign(model=model, train_subset=train_subset, seed=seed, train_seconds=result["seconds"])
+        table = table[(table["condition"] == "clean") | (table["subset"] == train_subset)]
+    table = score(out_dir / "detector.pt", table, batch_size, num_workers)
+    table = table.assign(train_subset=train_subset, seed=seed, train_seconds=result["seconds"])
     table.to_parquet(out_dir / "scores.parquet", index=False)
     return table
 

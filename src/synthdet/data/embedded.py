@@ -8,7 +8,6 @@ fixed-size RGB crops with per-image labels; it is what the ``download`` stage ru
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import io
 import json
 import re
@@ -30,7 +29,7 @@ from synthdet.data.archives import (
     safe_member_path,
     verify_sha256,
 )
-from synthdet.data.imageio import ImageDecodeError, load_rgb, to_rgb
+from synthdet.data.imageio import ImageDecodeError, load_rgb, sha256_file, to_rgb
 from synthdet.data.qt_rcc import iter_rcc
 
 CONTENT_TYPES = ("photo", "painting", "face", "misc")  # ImagiNet's four
@@ -308,7 +307,7 @@ def prepare_reals(
 
 def _dedupe(row: dict, seen: dict[str, str]) -> dict:
     """Mark a crop whose bytes were already written (the same picture shipped twice)."""
-    digest = hashlib.sha256(Path(row["path"]).read_bytes()).hexdigest()
+    digest = sha256_file(row["path"])
     if digest in seen:
         Path(row["path"]).unlink()
         return {**row, "status": "duplicate", "error": f"same pixels as {seen[digest]}", "path": None}
