@@ -2,6 +2,8 @@
 # make test  : set up .venv, lint, run the test suite
 # make smoke : the whole pipeline on a tiny profile, in a scratch copy (.smoke/)
 # make paper : every table over three seeds (profiles/paper.yaml), as a DVC experiment
+# make genimage SOURCE=/path/to/GenImage : the pipeline on the real GenImage archives
+# make imaginet SOURCE=/path/to/ImagiNet : the pipeline on ImagiNet (its dataset root)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +12,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup data repro test smoke paper lab clean
+.PHONY: setup data repro test smoke paper genimage imaginet lab clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
@@ -35,6 +37,14 @@ smoke: data
 
 paper: data
 	$(BIN)/synthdet profile paper
+
+genimage: data
+	@test -n "$(SOURCE)" || { echo "usage: make genimage SOURCE=/path/to/GenImage (the folder of split zips)"; exit 2; }
+	$(BIN)/synthdet profile genimage -S data.genimage.source=$(abspath $(SOURCE))
+
+imaginet: data
+	@test -n "$(SOURCE)" || { echo "usage: make imaginet SOURCE=/path/to/ImagiNet (the dataset root)"; exit 2; }
+	$(BIN)/synthdet profile imaginet -S data.imaginet.root=$(abspath $(SOURCE))
 
 lab: setup
 	$(BIN)/jupyter lab --allow-root notebooks

@@ -83,13 +83,19 @@ def _cutout(seed: int, size: int = 90) -> Image.Image:
     return img
 
 
-def make_embedded_data(root: Path, n: int = 6) -> Path:
-    """``data/embedded`` in miniature: every real source's file layout plus loadable weights."""
+def make_embedded_data(root: Path, n: int = 6, per_land_class: int = 0) -> Path:
+    """``data/embedded`` in miniature: every real source's file layout plus loadable weights.
+
+    ``per_land_class`` adds that many landscapes of three more photo classes (the conditional
+    ldm subset needs photo classes with train and test images)."""
     raw = root / "raw"
     land = raw / "endless_sky/usr/share/games/endless-sky/images/land"
     land.mkdir(parents=True)
     for i in range(n):
         noise_image(i, (720 // 3, 360 // 3)).save(land / f"desert{i}.jpg", quality=90)
+    for k, cls in enumerate(("snow", "city", "sea")):
+        for i in range(per_land_class):
+            noise_image(1000 + 100 * k + i, (128, 64)).save(land / f"{cls}{i}.jpg", quality=90)
     stamps = raw / "tuxpaint/usr/share/tuxpaint/stamps/animals/birds"
     stamps.mkdir(parents=True)
     for i in range(n):
@@ -128,7 +134,8 @@ def embedded_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_genimage_tree(root: Path, subsets: tuple[str, ...] = ("imagenet_ai_0419_sdv4", "imagenet_glide"),
                        per_folder: int = 4) -> Path:
-    """GenImage's extracted layout: ImageNet JPEG reals, PNG fakes (some upper-case .PNG)."""
+    """GenImage's extracted layout: ImageNet JPEG reals named by synset, PNG fakes (some upper-case
+    .PNG) named by class index, alternating between two classes (index 0 = n01440764, 1 = n01443537)."""
     k = 0
     for subset in subsets:
         for split in ("train", "val"):
@@ -138,8 +145,43 @@ def make_genimage_tree(root: Path, subsets: tuple[str, ...] = ("imagenet_ai_0419
                 for i in range(per_folder):
                     k += 1
                     img = noise_image(k, (64, 64))
+                    c = i % 2
                     if label == "nature":
-                        img.save(folder / f"n0{1440764 + i}_{k}.JPEG", quality=75)
+                        img.save(folder / f"{('n01440764', 'n01443537')[c]}_{k}.JPEG", quality=75)
                     else:
-                        img.save(folder / (f"{k}_sdv4_{i:05d}.png" if i % 2 else f"GLIDE_{k}.PNG"), format="PNG")
+                        name = (f"{c:03d}_sdv4_{k:05d}.png" if i % 4 < 2
+                                else f"GLIDE_1000_200_08_{c:03d}_glide_{k:05d}.PNG")
+                        img.save(folder / name, format="PNG")
+    return root
+
+
+# ImagiNet's real path patterns: (content, origin, family, specific, relative folder, suffix)
+IMAGINET_CELLS = (
+    (0, 0, 4, 8, "imagenet/ILSVRC/Data/CLS-LOC/val", ".JPEG"), (0, 1, 1, 4, "sdxl/photos", ".png"),
+    (1, 0, 4, 8, "wikiart/Impressionism", ".jpg"), (1, 1, 1, 5, "animagine/paintings", ".png"),
+    (2, 0, 4, 8, "ffhq/images", ".png"), (2, 1, 0, 1, "ffhq_stylegan", ".png"),
+    (3, 0, 4, 8, "coco/train2017", ".jpg"), (3, 1, 3, 7, "dalle3", ".png"),
+)
+
+
+def make_imaginet_dataset(root: Path, per_cell: int = 6) -> Path:
+    """ImagiNet in miniature: real and synthetic images of all four content types, 300-500 px,
+    with train (4/6), test (2/6) and calibration annotation files, paths relative to ``root``."""
+    rng = np.random.default_rng(1)
+    splits: dict[str, list[str]] = {"train": [], "test": [], "calibration": []}
+    k = 0
+    for content, origin, family, specific, folder, suffix in IMAGINET_CELLS:
+        for i in range(per_cell):
+            k += 1
+            rel = f"./{folder}/{k:06d}{suffix}"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            img = noise_image(5000 + k, (int(rng.integers(300, 500)), int(rng.integers(300, 500))))
+            img.save(root / rel, **({"quality": 90} if suffix.lower() in (".jpg", ".jpeg") else {}))
+            line = f"{rel},{origin},{content},{family},{specific}"
+            splits["test" if i % 3 == 2 else "train"].append(line)
+            if i == 0:
+                splits["calibration"].append(line)
+    (root / "annotations").mkdir(parents=True)
+    for name, lines in splits.items():
+        (root / f"annotations/{name}_annotations.txt").write_text("\n".join(lines) + "\n")
     return root

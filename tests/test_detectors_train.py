@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from synthdet.detectors import create_detector, list_detectors
-from synthdet.train import TrainConfig, load_detector, predict, train_detector
+from synthdet.train import TrainConfig, data_key, load_detector, predict, train_detector
 from tests.conftest import noise_image
 
 ZOO = ["resnet50", "deit_s", "swin_t", "resnet50_nodown", "cnnspot", "spec", "f3net", "gramnet", "npr"]
@@ -104,8 +104,7 @@ def test_resume_continues_where_it_stopped(tiny_rows, tmp_path, capsys):
     # simulate an interruption: write the 1-epoch checkpoint under the 2-epoch fingerprint
     train_detector(train, val, cfg_one, tmp_path / "part")
     ckpt = torch.load(tmp_path / "part/checkpoints/last.pt", weights_only=False)
-    import hashlib
-    ckpt["fingerprint"] = cfg.fingerprint(hashlib.sha256("\n".join(sorted(train["path"])).encode()).hexdigest())
+    ckpt["fingerprint"] = cfg.fingerprint(data_key(train, val))
     torch.save(ckpt, tmp_path / "part/checkpoints/last.pt")
     resumed = train_detector(train, val, cfg, tmp_path / "part")
     assert "resuming" in capsys.readouterr().out
@@ -121,3 +120,14 @@ def test_a_file_broken_after_indexing_does_not_stop_training(tiny_rows, tmp_path
     model, cfg = load_detector(tmp_path / "t/detector.pt")
     scores = predict(model, rows, cfg["input_size"])
     assert pd.isna(scores[3]) and pd.notna(scores).sum() == len(rows) - 1
+
+
+def test_a_rebuilt_dataset_with_the_same_file_names_is_not_resumed(tiny_rows, tmp_path, capsys):
+    rows = tiny_rows.assign(sha256=[f"old{i}" for i in range(len(tiny_rows))])
+    train, val = rows.iloc[:16], rows.iloc[16:]
+    train_detector(train, val, _cfg(epochs=1), tmp_path / "run")
+    capsys.readouterr()
+    rebuilt = train.assign(sha256=[f"new{i}" for i in range(len(train))])  # same paths, new pixels
+    assert data_key(rebuilt, val) != data_key(train, val)
+    train_detector(rebuilt, val, _cfg(epochs=1), tmp_path / "run")
+    assert "resuming" not in capsys.readouterr().out

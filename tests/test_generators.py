@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from synthdet.data.embedded import prepare_reals
 from synthdet.data.manifest import index_genimage_tree
@@ -74,8 +75,60 @@ def test_a_collapsed_generator_fails_the_build(embedded_data, tmp_path, monkeypa
 
     reals = prepare_reals(embedded_data, tmp_path / "reals")
     reals = reals[reals.status == "ok"].assign(group=lambda d: d["original"])
-    monkeypatch.setattr(build, "make_fakes", lambda name, cfg, n, *a: torch.zeros(n, 3, 64, 64))
+    monkeypatch.setattr(build, "make_fakes", lambda name, cfg, n, *a, **kw: torch.zeros(n, 3, 64, 64))
     with pytest.raises(build.GeneratorCollapsedError, match="only 1 distinct train images"):
         build_benchmark(reals, tmp_path / "b", embedded_data / "weights",
                         {"x": {"generator": "dcgan", "family": "gan"}}, images_per_subset=12, test_fraction=0.25,
                         seed=0, image_size=64)
+
+
+def test_conditional_ldm_follows_its_labels():
+    x = _reals(n=24, size=32)
+    labels = torch.tensor([[i % 3, i % 2] for i in range(24)])
+    v = vae.train_vae(vae.ConvVAE(ch=8, n_down=2), x, epochs=1, batch_size=8, seed=0)
+    unet = latent_diffusion.LatentUNet(in_ch=4, ch=16, emb=32, n_classes=3, n_contents=2)
+    unet, scale = latent_diffusion.train_ldm(unet, latent_diffusion.encode_latents(v, x), 1, 8, 0, labels=labels)
+    y = torch.tensor([[0, 0], [2, 1], [2, 1]])
+    a = latent_diffusion.sample_ldm(unet, v, scale, 3, seed=1, latent_hw=8, ddim_steps=3, labels=y, guidance=2.0)
+    b = latent_diffusion.sample_ldm(unet, v, scale, 3, seed=1, latent_hw=8, ddim_steps=3, labels=y, guidance=2.0)
+    other = latent_diffusion.sample_ldm(unet, v, scale, 3, seed=1, latent_hw=8, ddim_steps=3,
+                                        labels=torch.tensor([[1, 0]] * 3), guidance=2.0)
+    assert torch.equal(a, b) and a.shape == (3, 3, 32, 32)
+    assert not torch.allclose(a, other), "the class label must change the sample"
+
+
+def _class_reals(root, classes: dict[str, tuple[str, int]]) -> pd.DataFrame:
+    """Distinct 32 px images, one original each, for {class: (content, count)}."""
+    rows, k = [], 0
+    root.mkdir(parents=True)
+    for cls, (content, count) in classes.items():
+        for _ in range(count):
+            path = root / f"{cls}_{k}.png"
+            Image.fromarray(np.random.default_rng(k).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
+            rows.append({"path": path.as_posix(), "content": content, "class": cls, "source": "fab",
+                         "group": f"g{k}"})
+            k += 1
+    return pd.DataFrame(rows)
+
+
+def test_class_conditional_subset_and_content_tests(tmp_path):
+    reals = _class_reals(tmp_path / "reals", {"city": ("photo", 30), "snow": ("photo", 30), "sea": ("photo", 12),
+                                              "face": ("face", 20), "humans": ("painting", 20)})
+    v = {"epochs": 1, "width": 8}
+    subsets = {"ldm": {"generator": "latent_diffusion", "family": "diffusion", "epochs": 1, "width": 16,
+                       "ddim_steps": 3, "guidance": 2.0, "content": "photo", "classes": 2, "vae": v}}
+    content_tests = {"generator_subset": "ldm", "images": 5, "subsets": {"faces": "face", "paintings": "painting"}}
+    labels = build_benchmark(reals, tmp_path / "bench", tmp_path, subsets, images_per_subset=20, test_fraction=0.25,
+                             seed=0, image_size=32, batch_size=8, content_tests=content_tests)
+    df = index_genimage_tree(tmp_path / "bench").drop(columns=["class", "content"]).merge(
+        labels[["path", "class", "content"]], on="path")
+    ldm = df[df.subset == "ldm"]
+    assert set(ldm["class"]) == {"city", "snow"}  # the two largest photo classes, not sea
+    # both sides share the class distribution, split by split, and classes are balanced
+    per = ldm.groupby(["split", "label", "class"]).size().unstack("label")
+    assert (per[0] == per[1]).all() and sorted(per.loc["train"][0]) == [7, 8]  # 15 train images, 2 classes
+    tests = df[df.subset.isin(["faces", "paintings"])]
+    assert set(tests["split"]) == {"test"} and len(tests) == 2 * len(tests[tests.label == 0])
+    assert tests.groupby("subset")["content"].agg(set).to_dict() == {"faces": {"face"}, "paintings": {"painting"}}
+    with pytest.raises(ValueError, match="only 3 'photo' classes"):
+        build_benchmark(reals, tmp_path / "b2", tmp_path, {"ldm": {**subsets["ldm"], "classes": 4}}, 20, 0.25, 0, 32)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from synthdet.data import genimage
 from synthdet.data.archives import DataSourceError
+from synthdet.data.download import download_genimage
 from synthdet.data.genimage import SplitZip, extract, ingest, load_checksums, md5_file
-from synthdet.pipeline import download_genimage
 from tests.conftest import make_genimage_tree
 
 pytestmark = pytest.mark.skipif(shutil.which("zip") is None, reason="needs Info-ZIP `zip` (apt-get install zip)")

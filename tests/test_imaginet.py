@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from synthdet.data.archives import DataSourceError
+from synthdet.data.download import download_imaginet
 from synthdet.data.imaginet import build_perturbed, perturb, read_annotations
-from synthdet.pipeline import download_imaginet
 from tests.conftest import noise_image
 
 

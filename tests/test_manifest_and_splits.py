@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
+from synthdet.data.download import download_genimage
 from synthdet.data.manifest import LayoutError, index_genimage_tree
 from synthdet.data.splits import LeakageError, assign_splits, check_no_leaks, find_leaks, group_assignment
-from synthdet.pipeline import download_genimage
 from tests.conftest import make_genimage_tree
 
 
@@ -77,3 +77,13 @@ def test_leaks_are_found_and_refused_or_dropped():
         check_no_leaks(leaky, "error")
     kept = check_no_leaks(leaky, "drop")
     assert len(kept) == len(leaky) - 2 and find_leaks(kept).empty
+
+
+def test_calibration_may_share_training_images_but_not_test_images():
+    df = assign_splits(_frame(), 0.3, seed=0)
+    df.loc[df["group"] == "g0", "split"] = "test"
+    train_row = df.index[df["split"] == "train"][0]
+    calib = df.loc[[train_row]].assign(split="calibration", path="calib.png")  # ImagiNet's calibration set
+    assert find_leaks(pd.concat([df, calib])).empty
+    test_sha = df.loc[df["split"] == "test", "sha256"].iloc[0]
+    assert len(find_leaks(pd.concat([df, calib.assign(sha256=test_sha, group="other")]))) == 2

@@ -7,16 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from synthdet.cli import deep_update, load_profile, make_workspace
+from synthdet.detectors import list_detectors
 from tests.conftest import make_embedded_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = deep_update(load_profile("smoke", ROOT / "profiles"), {
-    "embedded": {"benchmark": {"images_per_subset": 20, "generator_train_images": 64}},
+    "embedded": {"benchmark": {"images_per_subset": 20, "generator_train_images": 64,
+                               "subsets": {"ldm": {"classes": 2}}, "content_tests": {"images": 4}}},
     "train": {"input_size": 32},
+    "tables": {"class_budgets": ["1x4", "2x2"]},
 })
 
 
@@ -30,7 +34,7 @@ def _dvc(ws: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatch):
-    data = make_embedded_data(tmp_path / "fabricated" / "embedded")
+    data = make_embedded_data(tmp_path / "fabricated" / "embedded", per_land_class=16)
     monkeypatch.chdir(ROOT)
     ws = make_workspace(tmp_path / "ws", TINY, data=data.parent, copy_data=True)
     _dvc(ws, "add", "data")  # the fabricated data replaces the real data.dvc in this scratch copy
@@ -38,12 +42,16 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     evaluate = json.loads((ws / "metrics/evaluate.json").read_text())
     assert set(evaluate) == {"clean", "lowres_112", "lowres_64", "jpeg_q65", "jpeg_q30", "blur_sigma3", "blur_sigma5"}
     subsets = set(yaml.safe_load((ws / "params.yaml").read_text())["embedded"]["benchmark"]["subsets"])
-    assert set(evaluate["clean"]) == subsets | {"mean"}
+    assert set(evaluate["clean"]) == subsets | {"faces", "paintings", "mean"}
     assert all(0 <= v["acc"] <= 1 for k, v in evaluate["clean"].items())
     assert (ws / "plots/accuracy_heatmap.png").stat().st_size > 0
     assert json.loads((ws / "metrics/split.json").read_text())["leaks"] == 0
     tables = json.loads((ws / "metrics/tables.json").read_text())
-    assert tables["runs"] == 3  # resnet50 on ldm and dcgan, npr on ldm
+    assert tables["runs"] == 5  # resnet50 on ldm and dcgan, npr on ldm, two class-budget runs on ldm
+    assert set(tables["training_size"]) == {"1x4", "2x2", "full"}
+    assert {"1x4/seen", "1x4/unseen", "2x2/all", "full/all"} <= set(tables["class_subsets"])
+    runs = ("resnet50", "npr")
+    assert set(tables["content_acc"]) == {f"{m}/{s}" for m in runs for s in ("ldm", "faces", "paintings")}
     assert set(tables["detectors_avg_acc"]) == {"resnet50", "npr"}
     assert 0 <= tables["cross_generator"]["same_generator_acc"] <= 1
     first = (ws / "dvc.lock").read_text()
@@ -55,5 +63,74 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     _dvc(ws, "repro", "-s", "evaluate")
     assert json.loads((ws / "metrics/evaluate.json").read_text()) == evaluate
 
-    _dvc(ws, "exp", "run", "-S", "model=swin_t")
-    assert json.loads((ws / "metrics/train.json").read_text())["model"] == "swin_t"
+    # `dvc exp run -S model=<name>` for every registered detector: train and evaluate rerun with it
+    for name in list_detectors():
+        _dvc(ws, "exp", "run", "-S", f"model={name}")
+        assert json.loads((ws / "metrics/train.json").read_text())["model"] == name
+        assert set(json.loads((ws / "metrics/evaluate.json").read_text())) == set(evaluate)
+
+
+def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:
+    """A scratch repository running ``profile`` (plus ``overrides``); data/ holds fabricated
+    embedded data because the download stage depends on it whatever the dataset."""
+    data = make_embedded_data(tmp_path / "fabricated" / "embedded")
+    small = {"train": {"input_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0},
+             "evaluate": {"batch_size": 32, "num_workers": 0, "n_bootstrap": 20},
+             "tables": {"detectors": ["npr"], "n_bootstrap": 20}}
+    ws = make_workspace(tmp_path / "ws", deep_update(deep_update(load_profile(profile, ROOT / "profiles"), small),
+                                                     overrides), data=data.parent, copy_data=True)
+    _dvc(ws, "add", "data")
+    return ws
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("zip") is None, reason="needs Info-ZIP `zip` (apt-get install zip)")
+def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
+    from synthdet.data.genimage import md5_file
+    from tests.conftest import make_genimage_tree
+
+    subsets = ("imagenet_ai_0419_sdv4", "imagenet_glide")
+    tree = make_genimage_tree(tmp_path / "tree", subsets=subsets, per_folder=12)
+    (tree / subsets[0] / "train/ai/000_sdv4_99999.png").write_bytes(b"")  # a zero-byte PNG, as ADM ships
+    jpg = next((tree / subsets[1] / "val/nature").glob("*.JPEG"))
+    jpg.write_bytes(jpg.read_bytes()[:300])  # truncated
+    source = tmp_path / "GenImage"
+    source.mkdir()
+    for s in subsets:
+        subprocess.run(["zip", "-q", "-r", "-s", "64k", str(source / f"{s}.zip"), s], cwd=tree, check=True)
+    checksums = tmp_path / "checksums.csv"
+    checksums.write_text("originalFilename,md5Checksum\n"
+                         + "".join(f"{p.name},{md5_file(p)}\n" for p in sorted(source.iterdir())))
+    monkeypatch.chdir(ROOT)
+    ws = _workspace_for(tmp_path, "genimage", {
+        "data": {"genimage": {"source": str(source), "checksums": str(checksums)}},
+        "tables": {"subsets": list(subsets), "class_budgets": ["1x4", "2x2"]},
+    })
+    _dvc(ws, "repro")
+    download = json.loads((ws / "metrics/download.json").read_text())
+    assert download["images"] == 2 * 4 * 12 + 1 and download["usable"] == download["images"] - 2
+    quarantine = (ws / "artifacts/split/quarantine.csv").read_text()
+    assert "000_sdv4_99999.png" in quarantine and jpg.name in quarantine
+    assert (source / "extracted" / subsets[0] / "train/ai").is_dir()  # extracted beside the archives
+    tables = json.loads((ws / "metrics/tables.json").read_text())
+    assert tables["runs"] == 2 + 1 + 2  # resnet50 on both subsets, npr on sdv4, two class budgets
+    assert set(tables["training_size"]) == {"1x4", "2x2", "full"} and tables["content_acc"] == {}
+    evaluate = json.loads((ws / "metrics/evaluate.json").read_text())
+    assert set(evaluate["clean"]) == {*subsets, "mean"} and "jpeg_q30" in evaluate
+
+
+@pytest.mark.slow
+def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
+    from tests.conftest import make_imaginet_dataset
+
+    root = make_imaginet_dataset(tmp_path / "ImagiNet")
+    monkeypatch.chdir(ROOT)
+    ws = _workspace_for(tmp_path, "imaginet", {"data": {"imaginet": {"root": str(root)}}})
+    _dvc(ws, "repro")
+    manifest = pd.read_parquet(ws / "artifacts/download/manifest.parquet")
+    test = manifest[manifest.split == "test"]
+    assert set(test["width"]) == {256} and len(test) == 16  # the perturbed copies, 256 x 256
+    tables = json.loads((ws / "metrics/tables.json").read_text())
+    assert tables["runs"] == 4 + 1  # resnet50 on each content type, npr on all
+    assert set(tables["detectors_avg_acc"]) == {"npr"} and tables["training_size"] == {}
+    assert 0 <= tables["degradation_avg_acc"]["npr"] <= 1

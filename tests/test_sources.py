@@ -128,3 +128,17 @@ def test_fetch_from_the_registry_is_pinned_and_resumable(tmp_path):
     before = files[0].read_bytes()
     assert embedded.fetch(tmp_path / "embedded", tmp_path / "cache", ("foolbox",)) == counts  # cached
     assert files[0].read_bytes() == before
+
+
+@pytest.mark.parametrize("rel, picture, content", [
+    ("details/resource/image/NDP_background.webp", "gcompris/NDP", "photo"),  # a monument photograph
+    ("details/resource/image/NDP_3.webp", "gcompris/NDP", "photo"),  # a detail crop of the same photo
+    ("details/resource/image/VincentVanGogh0019_6.webp", "gcompris/VincentVanGogh0019", "painting"),
+    ("paintings/resource/image/renoir-filles_piano-4.webp", "gcompris/renoir-filles_piano", "painting"),
+    ("paintings/resource/image/Michelangelo_Pieta_b4.webp", "gcompris/Michelangelo_Pieta", "photo"),  # sculpture
+    ("erase/resource/cat.webp", "gcompris/erase/resource/cat.webp", "photo"),
+])
+def test_gcompris_pieces_of_one_picture_share_a_group_and_content(rel, picture, content):
+    from synthdet.data.embedded import _content_and_class, picture_of
+
+    assert picture_of("gcompris", rel) == picture and _content_and_class("gcompris", rel)[0] == content

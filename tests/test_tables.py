@@ -44,3 +44,42 @@ def test_detector_and_degradation_tables_and_wide_shape():
     deg = T.degradations(s, "a", n_bootstrap=0)
     assert set(deg.condition) == {"clean", "jpeg_q30"}
     assert deg.set_index(["model", "condition"]).loc[("npr", "clean"), "acc"] == 1.0
+
+
+def _ablation_scores(seeds=(0, 1), n=10):
+    """resnet50 on "a" with a 2-class budget and on the full subset: right exactly on the classes
+    it saw, at chance on other classes and on the other subsets ("b", content test "faces")."""
+    rng = np.random.default_rng(1)
+    rows = []
+    budgets = {"2x5": ["c0", "c1"], "full": ["c0", "c1", "c2", "c3"]}
+    for budget, seen in budgets.items():
+        for seed in seeds:
+            for test, classes in (("a", ["c0", "c1", "c2", "c3"]), ("b", ["c0"]), ("faces", ["face"])):
+                for cls in classes:
+                    labels = np.r_[np.zeros(n), np.ones(n)]
+                    good = test == "a" and cls in seen
+                    scores = labels * 0.8 + 0.1 if good else rng.random(2 * n)
+                    rows += [{"model": "resnet50", "train_subset": "a", "seed": seed, "subset": test, "class": cls,
+                              "condition": "clean", "label": int(y), "score": s, "class_budget": budget,
+                              "train_classes": len(seen), "train_images": 5 * len(seen) if budget != "full" else 88,
+                              "seen_class": cls in seen} for y, s in zip(labels, scores, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def test_training_size_and_class_subset_tables():
+    s = _ablation_scores()
+    size = T.training_size(s, "a", ["a", "b"], n_bootstrap=0)
+    assert size["class_budget"].tolist() == ["2x5", "full"]  # ordered by training images
+    full = size.set_index("class_budget").loc["full"]
+    assert full["acc_identical"] == 1.0 and 0.2 < full["acc_cross"] < 0.8 and full["images_per_class"] == 22.0
+    assert 0.6 < size.set_index("class_budget").loc["2x5", "acc_identical"] < 0.9  # half the classes right
+    sub = T.class_subsets(s, "a", n_bootstrap=0).set_index(["class_budget", "classes"])["acc"]
+    assert sub[("2x5", "seen")] == 1.0 and sub[("2x5", "unseen")] < 0.8
+    assert sub[("2x5", "unseen")] < sub[("2x5", "all")] < 1.0
+    assert ("full", "unseen") not in sub.index  # the full run saw every class
+
+
+def test_content_generalisation_uses_only_full_runs():
+    cg = T.content_generalisation(_ablation_scores(), "a", ["faces"], n_bootstrap=0)
+    assert set(cg.subset) == {"a", "faces"} and set(cg.n_seeds) == {2}
+    assert cg.set_index("subset").loc["a", "acc"] == 1.0  # the 2x5 run (acc 0.75) is not averaged in

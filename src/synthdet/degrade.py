@@ -1,8 +1,10 @@
 """Test-time degradations (GenImage Task 2): pure functions, PIL image in, PIL image out.
 
 GenImage degrades 224 px inputs: low resolution 112 and 64 px, JPEG quality 65 and 30, Gaussian
-blur sigma 3 and 5. On a benchmark of another size, :func:`scaled_conditions` keeps the *relative*
-severity: sizes and sigmas scale by ``image_size / reference_size``; JPEG quality does not scale.
+blur sigma 3 and 5. Test images are first brought to the detector's input size the way the
+detector's own transform does it (:func:`fit_to_input`), so at 224 px the paper's values apply
+as they are. At another input size :func:`scaled_conditions` keeps the *relative* severity:
+sizes and sigmas scale by ``image_size / reference_size``; JPEG quality does not scale.
 """
 
 from __future__ import annotations
@@ -11,6 +13,17 @@ import io
 from dataclasses import dataclass
 
 from PIL import Image, ImageFilter
+
+
+def fit_to_input(img: Image.Image, size: int) -> Image.Image:
+    """Short side to ``size`` (bicubic, antialiased) and a centre crop: the detector's view."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    f = size / min(w, h)
+    img = img.resize((max(size, round(w * f)), max(size, round(h * f))), Image.Resampling.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
 
 
 def low_resolution(img: Image.Image, size: int) -> Image.Image:

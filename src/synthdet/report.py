@@ -18,11 +18,7 @@ def heatmap(table: pd.DataFrame, index: str, columns: str, value: str, title: st
     fig, ax = plt.subplots(figsize=(1.1 * pivot.shape[1] + 3, 0.5 * pivot.shape[0] + 2))
     sns.heatmap(pivot, annot=True, fmt=fmt, vmin=0, vmax=1, cmap="viridis", ax=ax, cbar_kws={"label": value})
     ax.set_title(title)
-    fig.tight_layout()
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
+    return _save(fig, path)
 
 
 def training_curves(history: pd.DataFrame, path: Path | None = None) -> plt.Figure:
@@ -30,6 +26,24 @@ def training_curves(history: pd.DataFrame, path: Path | None = None) -> plt.Figu
     long = history.melt(id_vars="epoch", value_vars=cols, var_name="metric")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     sns.lineplot(long, x="epoch", y="value", hue="metric", marker="o", ax=ax)
+    return _save(fig, path)
+
+
+def lines(table: pd.DataFrame, x: str, values: list[str], title: str, path: Path | None = None,
+          label: str | None = "class_budget") -> plt.Figure:
+    """``values`` against ``x`` (log scale), one line each; points annotated with ``label``."""
+    long = table.melt(id_vars=[c for c in (x, label) if c], value_vars=values, var_name="metric")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    sns.lineplot(long.sort_values(x), x=x, y="value", hue="metric", marker="o", errorbar=None, ax=ax)
+    if label:
+        for r in long.itertuples(index=False):
+            ax.annotate(str(getattr(r, label)), (getattr(r, x), r.value), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set(xscale="log", ylim=(0.4, 1.02), ylabel="accuracy", title=title)
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path | None) -> plt.Figure:
     fig.tight_layout()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

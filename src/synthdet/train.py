@@ -57,6 +57,16 @@ def _code_hash() -> str:
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 
+def data_key(train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> str:
+    """What the run learns from: every train and val image's path, content (sha256) and label.
+    Paths alone are not enough: a rebuilt benchmark reuses file names for new images."""
+    parts = []
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        digest = rows["sha256"] if "sha256" in rows else pd.Series("", index=rows.index)
+        parts += sorted(f"{name}\t{p}\t{d}\t{y}" for p, d, y in zip(rows["path"], digest, rows["label"], strict=True))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -101,8 +111,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = checkpoint_dir or out_dir / "checkpoints"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    data_key = hashlib.sha256("\n".join(sorted(train_rows["path"])).encode()).hexdigest()
-    fingerprint = cfg.fingerprint(data_key)
+    fingerprint = cfg.fingerprint(data_key(train_rows, val_rows))
 
     model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, **cfg.model_kwargs).to(device)
     # a detector whose method is a training augmentation (CNNSpot) carries it as ``train_augment``

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -134,3 +135,9 @@ def download_wheel(
         target = cache / wheels[0].name
         os.replace(wheels[0], target)
     return target
+
+
+def write_json(obj: dict, path: Path) -> None:
+    """Sorted, indented JSON, written atomically (metrics files, reports)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n").encode())

@@ -18,12 +18,13 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def make_transform(input_size: int, train: bool, hflip: bool = True) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize to the model input (if needed), optional flip, then ImageNet normalisation.
+    """Short side to the model input and a centre crop (a no-op on square images of that size),
+    optional flip, then ImageNet normalisation.
 
     No random crop or colour jitter by default: those change the very pixel statistics a detector
     relies on, and GenImage's baselines train without them.
     """
-    steps: list = [v2.PILToTensor(), v2.Resize((input_size, input_size), antialias=True)]
+    steps: list = [v2.PILToTensor(), v2.Resize(input_size, antialias=True), v2.CenterCrop(input_size)]
     if train and hflip:
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]

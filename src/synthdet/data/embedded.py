@@ -246,6 +246,25 @@ def grid_crops(img: Image.Image, size: int, scale: int, max_crops: int) -> list[
             for r, c in tiles]
 
 
+# gcompris' "details" activity mixes paintings with photographs of monuments; its "paintings"
+# puzzles include a photograph of a sculpture. Checked by eye; everything else there is a painting.
+GCOMPRIS_PHOTOS = frozenset({
+    "Chenonceau", "EgeskovSlotSpejling", "EilanDonanCastle", "FanoeWindmill", "GizahPyramids",
+    "Louvre_2007_02_24_c", "NDP", "Nagoya", "Neuschwanstein", "OperaSidney", "TajMahal", "TourEiffel",
+    "TowerBridgeLondon", "Michelangelo_Pieta",
+})
+
+
+def picture_of(source: str, rel: str) -> str:
+    """The picture a file shows: gcompris cuts one picture into detail crops (``NDP_3``,
+    ``NDP_background``) or puzzle pieces (``MonaLisa_b2``, ``renoir-filles_piano-4``); those
+    files are one picture and must share a split."""
+    stem = Path(rel).stem
+    if source == "gcompris" and Path(rel).parts[0] in ("details", "paintings"):
+        return f"gcompris/{re.sub(r'([-_](background|[a-z]?[0-9]+))+$', '', stem)}"
+    return f"{source}/{rel}"
+
+
 def _content_and_class(source: str, rel: str) -> tuple[str, str]:
     stem = Path(rel).stem
     parts = Path(rel).parts
@@ -260,7 +279,8 @@ def _content_and_class(source: str, rel: str) -> tuple[str, str]:
     if source == "gcompris":
         activity = parts[0]
         if activity in ("details", "paintings"):
-            return "painting", re.sub(r"(_[a-z]?\d+)+$", "", stem)
+            work = picture_of(source, rel).removeprefix("gcompris/")
+            return ("photo" if work in GCOMPRIS_PHOTOS else "painting"), work
         if activity == "categorization":
             return "photo", parts[-2]
         return "photo", activity
@@ -289,8 +309,8 @@ def prepare_reals(
                 rows += [_dedupe(r, seen) for r in _prepare_lfw(path, out, size)]
                 continue
             content, cls = _content_and_class(source, rel)
-            base = {"source": source, "original": f"{source}/{rel}", "content": content,
-                    "class": cls, "licence": SOURCES[source].licence}
+            base = {"source": source, "original": f"{source}/{rel}", "picture": picture_of(source, rel),
+                    "content": content, "class": cls, "licence": SOURCES[source].licence}
             try:
                 crops = _crops_for(path, size, scale, max_crops, min_side)
             except ImageDecodeError as exc:
@@ -352,7 +372,8 @@ def _prepare_lfw(path: Path, out: Path, size: int) -> list[dict]:
         img = img.resize((size, size), Image.Resampling.LANCZOS)
         target = out / "lfw" / f"lfw_{i:03d}.png"
         _save_png(img, target)
-        rows.append({"source": "lfw", "original": f"lfw/{path.name}#{i}", "content": "face",
+        rows.append({"source": "lfw", "original": f"lfw/{path.name}#{i}", "picture": f"lfw/{path.name}#{i}",
+                     "content": "face",
                      "class": "face", "licence": SOURCES["lfw"].licence, "status": "ok",
                      "error": "", "path": target.as_posix()})
     return rows

@@ -9,6 +9,7 @@ images. The extracted tree is then indexed like any GenImage-layout folder.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -340,3 +341,25 @@ def mark_known_corrupt(manifest: pd.DataFrame, roots: dict[str, Path]) -> pd.Dat
         hit = rel[rel.isin(bad)].index.intersection(df.index[df["status"] == "ok"])
         df.loc[hit, ["status", "error"]] = ["known_corrupt", "listed in corrupted_files"]
     return df
+
+
+_FAKE_CLASS = re.compile(r"(?:^|_)(\d{1,3})_[A-Za-z0-9]+_\d+$")  # 033_sdv4_00134, GLIDE_..._808_glide_00033
+_REAL_CLASS = re.compile(r"^(n\d{8})_")  # n03495258_20762
+
+
+def image_class(path: str) -> str | None:
+    """The ImageNet synset of a GenImage image, from its file name: reals carry the synset, fakes
+    the class index they were generated for (standard ImageNet-1k order, as timm lists it)."""
+    stem = Path(path).stem
+    if m := _REAL_CLASS.match(stem):
+        return m.group(1)
+    if (m := _FAKE_CLASS.search(stem)) and int(m.group(1)) < 1000:
+        return _synsets()[int(m.group(1))]
+    return None
+
+
+@functools.cache
+def _synsets() -> list[str]:
+    from timm.data import ImageNetInfo
+
+    return list(ImageNetInfo().label_names())

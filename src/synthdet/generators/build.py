@@ -2,6 +2,13 @@
 
 ``<out>/<subset>/{train,val}/{ai,nature}/*.png``, every image the same size, mode and format
 (8-bit RGB PNG) on both sides, with as many fakes as reals in every subset and split.
+
+A subset whose config names ``content`` and ``classes`` is class-conditional, like GenImage's
+ImageNet subsets: its reals are the ``classes`` largest classes of that content, equally many per
+class, and every fake is generated for the class of one real, so both sides share the class
+distribution (GenImage's training-set-size and class-subset ablations need this). Content test
+sets (``content_tests``) are test-only subsets of other content from the same conditional
+generator: GenImage's LFW-faces and LAION-Art test.
 """
 
 from __future__ import annotations
@@ -43,12 +50,48 @@ def _load(paths: list[str]) -> torch.Tensor:
     return images_to_tensor([np.asarray(Image.open(p).convert("RGB")) for p in paths])
 
 
+def pick_classes(train: pd.DataFrame, test: pd.DataFrame, content: str, n_classes: int) -> list[str]:
+    """The ``n_classes`` classes of ``content`` with the most real train images, among those with
+    at least one test image (ties by name)."""
+    counts = train[train["content"] == content].groupby("class").size()
+    eligible = counts[counts.index.isin(set(test.loc[test["content"] == content, "class"]))]
+    ranked = sorted(eligible.items(), key=lambda kv: (-kv[1], kv[0]))
+    if len(ranked) < n_classes:
+        raise ValueError(f"only {len(ranked)} {content!r} classes have real train and test images; asked for "
+                         f"{n_classes}. Lower `classes` in embedded.benchmark.subsets.")
+    return [c for c, _ in ranked[:n_classes]]
+
+
+def stratified(pool: pd.DataFrame, classes: list[str], n: int, rng: np.random.Generator) -> pd.DataFrame:
+    """``n`` rows spread as evenly as availability allows over ``classes`` (round robin)."""
+    queues = {c: list(rng.permutation(np.flatnonzero((pool["class"] == c).to_numpy()))) for c in classes}
+    picked: list[int] = []
+    while len(picked) < n and any(queues.values()):
+        for c in classes:
+            if queues[c] and len(picked) < n:
+                picked.append(int(queues[c].pop()))
+    return pool.iloc[sorted(picked)]
+
+
 class _Trained:
     """Generators trained once per build and shared (the LDM reuses the VAE)."""
 
-    def __init__(self, train_reals: torch.Tensor, seed: int, batch_size: int) -> None:
+    def __init__(self, train_reals: torch.Tensor, labels: pd.DataFrame, seed: int, batch_size: int) -> None:
         self.x, self.seed, self.bs = train_reals, seed, batch_size
         self.cache: dict[str, object] = {}
+        # (class, content) vocabularies of the training pool, for conditional generators
+        self.classes = sorted(labels["class"].astype(str).unique())
+        self.contents = sorted(labels["content"].astype(str).unique())
+        self.labels = self.encode(labels)
+
+    def encode(self, labels: pd.DataFrame) -> torch.Tensor:
+        """(class, content) -> indices; a class the generator never saw (a test-only class) gets the
+        "no class" token and keeps its content."""
+        cls = {c: i for i, c in enumerate(self.classes)}
+        con = {c: i for i, c in enumerate(self.contents)}
+        pairs = [[cls.get(str(a), len(cls)), con.get(str(b), len(con))]
+                 for a, b in zip(labels["class"], labels["content"], strict=True)]
+        return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
     def vae(self, cfg: dict) -> vae.ConvVAE:
         if "vae" not in self.cache:
@@ -59,11 +102,16 @@ class _Trained:
 
 
 def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weights: Path,
-               recon_source: Callable[[int], torch.Tensor], size: int) -> torch.Tensor:
-    """``n`` fakes for one split of one subset; the seed depends on (subset, split) only."""
+               recon_source: Callable[[int], torch.Tensor], size: int, labels: pd.DataFrame | None = None,
+               model_name: str | None = None) -> torch.Tensor:
+    """``n`` fakes for one split of one subset; the seed depends on (subset, split) only.
+
+    ``labels`` (n rows of class, content) conditions a class-conditional generator; ``model_name``
+    reuses another subset's trained generator (content test sets).
+    """
     seed = int(rng_for(trained.seed, name, split, "sample").integers(2**31))
     kind = cfg["generator"]
-    key = f"model:{name}"
+    key = f"model:{model_name or name}"
     if kind in ("dcgan", "upsample_gan"):
         if key not in trained.cache:
             cls = dcgan.DCGANGenerator if kind == "dcgan" else upsample_gan.UpsampleGenerator
@@ -79,12 +127,18 @@ def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weig
         return vq_autoencoder.reconstruct(trained.cache[key], recon_source(n))
     if kind == "latent_diffusion":
         v = trained.vae(cfg["vae"])
+        conditional = "classes" in cfg
         if key not in trained.cache:
             latents = latent_diffusion.encode_latents(v, trained.x)
-            unet = latent_diffusion.LatentUNet(in_ch=v.latent_channels, ch=cfg.get("width", 64))
-            trained.cache[key] = latent_diffusion.train_ldm(unet, latents, cfg["epochs"], trained.bs, trained.seed)
+            n_cls, n_con = (len(trained.classes), len(trained.contents)) if conditional else (0, 0)
+            unet = latent_diffusion.LatentUNet(in_ch=v.latent_channels, ch=cfg.get("width", 64),
+                                               n_classes=n_cls, n_contents=n_con)
+            trained.cache[key] = latent_diffusion.train_ldm(unet, latents, cfg["epochs"], trained.bs, trained.seed,
+                                                            labels=trained.labels if conditional else None)
         unet, scale = trained.cache[key]
-        return latent_diffusion.sample_ldm(unet, v, scale, n, seed, size // 8, cfg.get("ddim_steps", 50))
+        y = trained.encode(labels) if conditional and labels is not None else None
+        return latent_diffusion.sample_ldm(unet, v, scale, n, seed, size // 8, cfg.get("ddim_steps", 50),
+                                           labels=y, guidance=cfg.get("guidance", 1.0))
     if kind == "gan_face":
         gen = pretrained.load_gan_face(str(weights / "weights.tar"))
         x = dcgan.sample_gan(gen, n, seed)
@@ -103,8 +157,13 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict[str, dict],
                     images_per_subset: int, test_fraction: float, seed: int, image_size: int,
-                    batch_size: int = 64, generator_train_images: int | None = None) -> pd.DataFrame:
-    """Write every subset and return the per-image labels (keyed by path) for the manifest."""
+                    batch_size: int = 64, generator_train_images: int | None = None,
+                    content_tests: dict | None = None) -> pd.DataFrame:
+    """Write every subset and return the per-image labels (keyed by path) for the manifest.
+
+    ``content_tests``: ``{"generator_subset": <a class-conditional subset>, "images": n,
+    "subsets": {name: content}}`` adds test-only subsets (see the module docstring).
+    """
     torch.set_num_threads(max(1, torch.get_num_threads()))
     reals = split_reals(reals, test_fraction, seed)
     pools = {s: reals[reals["split"] == s].reset_index(drop=True) for s in ("train", "test")}
@@ -118,52 +177,92 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
     if generator_train_images and generator_train_images < len(train_pool):
         train_pool = train_pool.iloc[np.sort(rng_for(seed, "generator_train").choice(
             len(train_pool), generator_train_images, replace=False))]
-    trained = _Trained(_load(train_pool["path"].tolist()), seed, batch_size)
+    trained = _Trained(_load(train_pool["path"].tolist()), train_pool, seed, batch_size)
     if out.exists():
         shutil.rmtree(out)
     rows, timings = [], {}
+
+    def write_split(name: str, cfg: dict, split: str, chosen: pd.DataFrame, conditional: bool,
+                    written: set[bytes], model_name: str | None = None) -> None:
+        folder = "train" if split == "train" else "val"
+        pool, n = pools[split], len(chosen)
+
+        def recon_source(k: int) -> torch.Tensor:
+            k = min(k, len(pool))
+            idx = np.sort(rng_for(seed, name, split, "recon").choice(len(pool), k, replace=False))
+            return _load(pool["path"].iloc[idx].tolist())
+
+        # a few extra samples absorb legitimate repeats (two flat sky crops can reconstruct to the
+        # same pixels); a generator that cannot produce n distinct images has collapsed
+        extra = max(8, n // 10)
+        labels = None
+        if conditional:  # one fake per real, for its class; the extras cycle through the same labels
+            labels = chosen[["class", "content"]].iloc[np.arange(n + extra) % n].reset_index(drop=True)
+        fakes = tensor_to_images(make_fakes(name, cfg, n + extra, split, trained, weights, recon_source,
+                                            image_size, labels=labels, model_name=model_name))
+        kept = 0
+        for i, arr in enumerate(fakes):
+            png = _png_bytes(arr)
+            if png in written:
+                continue
+            written.add(png)
+            path = out / name / folder / "ai" / f"{name}_{folder}_{kept:05d}.png"
+            atomic_write_bytes(path, png)
+            content = labels["content"].iloc[i] if conditional else PRETRAINED_CONTENT.get(cfg["generator"], "mixed")
+            rows.append({"path": path.as_posix(), "generator": cfg["generator"], "family": cfg["family"],
+                         "content": content, "class": labels["class"].iloc[i] if conditional else None,
+                         "source": cfg["generator"], "group": path.as_posix()})
+            kept += 1
+            if kept == n:
+                break
+        if kept < n:
+            raise GeneratorCollapsedError(
+                f"{name}: only {kept} distinct {split} images out of {n + extra} samples; the generator has "
+                f"collapsed. Train it longer (embedded.benchmark.subsets.{model_name or name}.epochs) or change "
+                "the seed.")
+        for _, r in chosen.iterrows():
+            path = out / name / folder / "nature" / Path(r["path"]).name.replace(".png", f"__{r['source']}.png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(r["path"], path)
+            rows.append({"path": path.as_posix(), "generator": "real", "family": "real",
+                         "content": r["content"], "class": r["class"], "source": r["source"],
+                         "group": r["group"]})
+
     for name, cfg in tqdm(subsets.items(), desc="subsets"):
         t0 = time.perf_counter()
         written: set[bytes] = set()
-        for split, folder in (("train", "train"), ("test", "val")):
+        conditional = "classes" in cfg
+        if conditional:
+            classes = pick_classes(pools["train"], pools["test"], cfg["content"], cfg["classes"])
+        for split in ("train", "test"):
             pool, n = pools[split], n_per[split]
-            chosen = pool.iloc[np.sort(rng_for(seed, name, split, "reals").choice(len(pool), n, replace=False))]
-
-            def recon_source(k: int, pool: pd.DataFrame = pool, split: str = split, name: str = name) -> torch.Tensor:
-                k = min(k, len(pool))
-                idx = np.sort(rng_for(seed, name, split, "recon").choice(len(pool), k, replace=False))
-                return _load(pool["path"].iloc[idx].tolist())
-
-            # a few extra samples absorb legitimate repeats (two flat sky crops can reconstruct to the
-            # same pixels); a generator that cannot produce n distinct images has collapsed
-            extra = max(8, n // 10)
-            fakes = tensor_to_images(make_fakes(name, cfg, n + extra, split, trained, weights, recon_source,
-                                                image_size))
-            kept = 0
-            for arr in fakes:
-                png = _png_bytes(arr)
-                if png in written:
-                    continue
-                written.add(png)
-                path = out / name / folder / "ai" / f"{name}_{folder}_{kept:05d}.png"
-                atomic_write_bytes(path, png)
-                rows.append({"path": path.as_posix(), "generator": cfg["generator"], "family": cfg["family"],
-                             "content": PRETRAINED_CONTENT.get(cfg["generator"], "mixed"), "class": None,
-                             "source": cfg["generator"], "group": path.as_posix()})
-                kept += 1
-                if kept == n:
-                    break
-            if kept < n:
-                raise GeneratorCollapsedError(
-                    f"{name}: only {kept} distinct {split} images out of {n + extra} samples; the generator has "
-                    f"collapsed. Train it longer (embedded.benchmark.subsets.{name}.epochs) or change the seed.")
-            for _, r in chosen.iterrows():
-                path = out / name / folder / "nature" / Path(r["path"]).name.replace(".png", f"__{r['source']}.png")
-                path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(r["path"], path)
-                rows.append({"path": path.as_posix(), "generator": "real", "family": "real",
-                             "content": r["content"], "class": r["class"], "source": r["source"],
-                             "group": r["group"]})
+            rng = rng_for(seed, name, split, "reals")
+            if conditional:
+                chosen = stratified(pool[(pool["content"] == cfg["content"]) & pool["class"].isin(classes)],
+                                    classes, n, rng)
+                if len(chosen) < n:
+                    raise ValueError(f"{name}: the {len(classes)} {cfg['content']!r} classes hold only {len(chosen)} "
+                                     f"real {split} images for {n}; raise `classes` or lower images_per_subset")
+            else:
+                chosen = pool.iloc[np.sort(rng.choice(len(pool), n, replace=False))]
+            write_split(name, cfg, split, chosen, conditional, written)
         timings[name] = round(time.perf_counter() - t0, 2)
+    if content_tests:
+        source = content_tests["generator_subset"]
+        if "classes" not in subsets.get(source, {}):
+            raise ValueError(f"content_tests.generator_subset {source!r} must be a class-conditional subset "
+                             f"(one with `content` and `classes`) of {list(subsets)}")
+        for name, content in content_tests["subsets"].items():
+            t0 = time.perf_counter()
+            pool = pools["test"][pools["test"]["content"] == content]
+            if pool.empty:
+                raise ValueError(f"content test {name!r}: no real test images of content {content!r}")
+            classes = sorted(pool["class"].astype(str).unique())
+            chosen = stratified(pool, classes, min(content_tests["images"], len(pool)),
+                                rng_for(seed, name, "test", "reals"))
+            write_split(name, subsets[source], "test", chosen, True, set(), model_name=source)
+            for label_dir in ("ai", "nature"):  # GenImage's layout: a test-only subset has an empty train/
+                (out / name / "train" / label_dir).mkdir(parents=True, exist_ok=True)
+            timings[name] = round(time.perf_counter() - t0, 2)
     (out / "generation_seconds.json").write_text(json.dumps(timings, indent=2) + "\n")
     return pd.DataFrame(rows)
