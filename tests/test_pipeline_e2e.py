@@ -20,7 +20,7 @@ TINY = deep_update(load_profile("smoke", ROOT / "profiles"), {
     "embedded": {"benchmark": {"images_per_subset": 20, "generator_train_images": 64,
                                "subsets": {"ldm": {"classes": 2}}, "content_tests": {"images": 4}}},
     "train": {"input_size": 32},
-    "tables": {"class_budgets": ["1x4", "2x2"]},
+    "tables": {"subsets": ["ldm", "dcgan"], "class_budgets": ["1x4", "2x2"]},
 })
 
 
