@@ -68,6 +68,7 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
         _dvc(ws, "exp", "run", "-S", f"model={name}")
         assert json.loads((ws / "metrics/train.json").read_text())["model"] == name
         assert set(json.loads((ws / "metrics/evaluate.json").read_text())) == set(evaluate)
+    shutil.rmtree(ws)  # ~4 GB of checkpoints and DVC cache; a failing test keeps its workspace
 
 
 def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:
@@ -117,6 +118,7 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     assert set(tables["training_size"]) == {"1x4", "2x2", "full"} and tables["content_acc"] == {}
     evaluate = json.loads((ws / "metrics/evaluate.json").read_text())
     assert set(evaluate["clean"]) == {*subsets, "mean"} and "jpeg_q30" in evaluate
+    shutil.rmtree(ws)
 
 
 @pytest.mark.slow
@@ -134,3 +136,4 @@ def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
     assert tables["runs"] == 4 + 1  # resnet50 on each content type, npr on all
     assert set(tables["detectors_avg_acc"]) == {"npr"} and tables["training_size"] == {}
     assert 0 <= tables["degradation_avg_acc"]["npr"] <= 1
+    shutil.rmtree(ws)
