@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from synthdet.detectors import create_detector, list_detectors
+from synthdet.fsutil import CheckpointError
 from synthdet.train import TrainConfig, data_key, load_detector, predict, train_detector
 from tests.conftest import noise_image
 
@@ -55,7 +56,7 @@ def test_any_timm_name_and_errors(tmp_path):
     assert create_detector("resnet18", img_size=32)(torch.randn(2, 3, 32, 32)).shape == (2,)
     with pytest.raises(RuntimeError, match="no_such_model|Unknown model"):
         create_detector("no_such_model")
-    with pytest.raises(FileNotFoundError, match="missing.pt"):
+    with pytest.raises(CheckpointError, match="missing.pt: detector weights not found"):
         create_detector("resnet18", weights=str(tmp_path / "missing.pt"))
 
 
@@ -88,7 +89,7 @@ def test_training_is_deterministic_and_resumes(tiny_rows, tmp_path):
     again = train_detector(train, val, _cfg(), tmp_path / "b")
     assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in again["history"]]
     train_detector(train, val, _cfg(epochs=1), tmp_path / "c")
-    ckpt = torch.load(tmp_path / "c/checkpoints/last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "c/checkpoints/last.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     # a different configuration never resumes from this checkpoint: had it resumed, it would have
     # nothing left to do and would return the old history unchanged
@@ -103,7 +104,7 @@ def test_resume_continues_where_it_stopped(tiny_rows, tmp_path, capsys):
     cfg_one = _cfg(epochs=1)
     # simulate an interruption: write the 1-epoch checkpoint under the 2-epoch fingerprint
     train_detector(train, val, cfg_one, tmp_path / "part")
-    ckpt = torch.load(tmp_path / "part/checkpoints/last.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "part/checkpoints/last.pt", weights_only=True)
     ckpt["fingerprint"] = cfg.fingerprint(data_key(train, val))
     torch.save(ckpt, tmp_path / "part/checkpoints/last.pt")
     resumed = train_detector(train, val, cfg, tmp_path / "part")

@@ -7,9 +7,10 @@ import pytest
 from PIL import Image
 
 from synthdet.data import embedded
-from synthdet.data.archives import DataSourceError, atomic_write_bytes, iter_deb_data, safe_member_path, verify_sha256
+from synthdet.data.archives import iter_deb_data, verify_sha256
 from synthdet.data.embedded import grid_crops, largest_opaque_square, prepare_reals
 from synthdet.data.qt_rcc import RccError, iter_rcc
+from synthdet.fsutil import DataSourceError, atomic_write_bytes, inside
 from tests.conftest import noise_image, rcc_bytes
 
 
@@ -60,11 +61,11 @@ def test_deb_reader_without_dpkg(tmp_path):
 
 
 def test_path_traversal_and_checksums_are_refused(tmp_path):
-    with pytest.raises(DataSourceError, match="escapes"):
-        safe_member_path(tmp_path, "../../etc/passwd")
-    with pytest.raises(DataSourceError, match="escapes"):
-        safe_member_path(tmp_path, "/abs/file")
-    assert safe_member_path(tmp_path, "./a/b.png") == tmp_path / "a/b.png"
+    with pytest.raises(DataSourceError, match="'..' leaves the folder"):
+        inside(tmp_path, "../../etc/passwd", "pkg.deb")
+    with pytest.raises(DataSourceError, match="pkg.deb: refused path '/abs/file': absolute path"):
+        inside(tmp_path, "/abs/file", "pkg.deb")
+    assert inside(tmp_path, "./a/b.png", "pkg.deb") == tmp_path / "a/b.png"
     f = tmp_path / "f.bin"
     atomic_write_bytes(f, b"hello")
     assert f.read_bytes() == b"hello" and not list(tmp_path.glob("*.part"))

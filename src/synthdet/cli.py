@@ -12,7 +12,47 @@ from pathlib import Path
 
 import yaml
 
+from synthdet.data.imageio import ImageDecodeError
+from synthdet.data.manifest import LayoutError
+from synthdet.fsutil import CheckpointError, DataSourceError, inside, replace_owned_dir
+
 PROFILES = Path("profiles")
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as one line naming the file and what to do, exit 2."""
+
+
+def read_yaml(path: Path, what: str) -> dict:
+    """A YAML mapping from ``path``, or a :class:`UserError` naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise UserError(f"{path}{line}: not valid YAML: {problem}; fix the {what}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the {what} must be a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def read_json(path: Path, what: str, hint: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not found; {hint}")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: broken {what} ({exc}); {hint}") from exc
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: broken {what} (not a JSON object); {hint}")
+    return data
 
 
 def load_profile(name: str, folder: Path = PROFILES) -> dict:
@@ -20,8 +60,17 @@ def load_profile(name: str, folder: Path = PROFILES) -> dict:
     path = folder / f"{name}.yaml"
     if not path.exists():
         known = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise SystemExit(f"{path}: no such profile (known: {known})")
-    return yaml.safe_load(path.read_text()) or {}
+        raise UserError(f"{path}: no such profile (known: {known})")
+    return read_yaml(path, "profile")
+
+
+def dvc_executable() -> str:
+    """DVC from PATH or, when the venv is not activated, beside this Python."""
+    found = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    if not Path(found).is_file():
+        raise UserError("dvc not found on PATH nor beside this Python; run `make setup` and use .venv/bin/synthdet "
+                        "(or `source .venv/bin/activate`)")
+    return found
 
 
 def set_flags(overrides: dict, prefix: str = "") -> list[str]:
@@ -44,8 +93,7 @@ def deep_update(base: dict, override: dict) -> dict:
 
 
 def _dvc(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-    return subprocess.run([dvc, *args], cwd=cwd, capture_output=True, text=True, check=check)
+    return subprocess.run([dvc_executable(), *args], cwd=cwd, capture_output=True, text=True, check=check)
 
 
 def data_matches(dvc_file: str = "data.dvc") -> tuple[bool, str]:
@@ -74,6 +122,9 @@ def data_matches(dvc_file: str = "data.dvc") -> tuple[bool, str]:
 def cmd_data(args: argparse.Namespace) -> int:
     """Restore ``data/``: already there, or ``dvc pull`` from a remote, or rebuild from registries."""
     root = Path(args.root)
+    if not Path(args.dvc_file).is_file():
+        raise UserError(f"{args.dvc_file}: not found; give the .dvc file that records {root} (default data.dvc)")
+    dvc_executable()
     if root.exists() and data_matches(args.dvc_file)[0]:
         print(f"{root}: matches {args.dvc_file}")
         return 0
@@ -112,14 +163,17 @@ def make_workspace(dest: Path, overrides: dict, data: Path | None = None, copy_d
     """
     repo = Path.cwd()
     files = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
-    if dest.exists():
-        shutil.rmtree(dest)
+    try:  # only a folder this tool made is ever deleted, and never one holding the checkout
+        replace_owned_dir(dest, protect=(repo,))
+    except (PermissionError, FileExistsError) as exc:
+        raise UserError(str(exc)) from exc
     for rel in filter(None, files.decode().split("\0")):
         src = repo / rel
         if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
+            target = inside(dest, rel, "workspace copy")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    params = read_yaml(dest / "params.yaml", "params file")
     (dest / "params.yaml").write_text(yaml.safe_dump(deep_update(params, overrides), sort_keys=False))
     data = data or repo / "data"
     if copy_data:
@@ -135,12 +189,12 @@ def make_workspace(dest: Path, overrides: dict, data: Path | None = None, copy_d
 def cmd_smoke(args: argparse.Namespace) -> int:
     dest = make_workspace(Path(args.dest), load_profile("smoke"))
     print(f"smoke profile in {dest}")
-    return subprocess.run([shutil.which("dvc") or "dvc", "repro"], cwd=dest).returncode
+    return subprocess.run([dvc_executable(), "repro"], cwd=dest).returncode
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """Run `dvc exp run` with a profile's overrides (e.g. the full `paper` grid)."""
-    cmd = [shutil.which("dvc") or "dvc", "exp", "run", *set_flags(load_profile(args.name)), *args.dvc_args]
+    cmd = [dvc_executable(), "exp", "run", *set_flags(load_profile(args.name)), *args.dvc_args]
     print(" ".join(cmd))
     return subprocess.run(cmd).returncode
 
@@ -149,20 +203,22 @@ def cmd_summary(args: argparse.Namespace) -> int:
     """The headline numbers of a finished `dvc repro`, readable in a terminal."""
     import pandas as pd
 
+    hint = "run `dvc repro` to write it again"
     path = Path(args.metrics)
-    if not path.exists():
-        print(f"{path}: not found; run `dvc repro` first", file=sys.stderr)
-        return 1
-    metrics = json.loads(path.read_text())
-    table = pd.DataFrame({cond: {sub: v["acc"] for sub, v in subs.items()} for cond, subs in metrics.items()}).T
-    train = json.loads(Path("metrics/train.json").read_text()) if Path("metrics/train.json").exists() else {}
+    metrics = read_json(path, "metrics file", hint)
+    try:
+        table = pd.DataFrame({cond: {sub: v["acc"] for sub, v in subs.items()} for cond, subs in metrics.items()}).T
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: not the evaluate stage's metrics (condition -> subset -> acc); {hint}") from exc
+    train_path = Path("metrics/train.json")
+    train = read_json(train_path, "metrics file", hint) if train_path.exists() else {}
     print(f"accuracy of {train.get('model', '?')} trained on {train.get('train_subset', '?')}: "
           "rows = test condition, columns = test subset")
     print(table.round(3).to_string())
     tables = Path("metrics/tables.json")
     if tables.exists():
         print("\nGenImage tables (reports/07_tables.ipynb):")
-        print(json.dumps(json.loads(tables.read_text()), indent=1))
+        print(json.dumps(read_json(tables, "metrics file", hint), indent=1))
     return 0
 
 
@@ -170,7 +226,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     """The train stage without papermill, for ``torchrun --nproc_per_node=N -m synthdet.cli train``."""
     from synthdet import pipeline
 
-    params = yaml.safe_load(Path(args.params).read_text())
+    params = read_yaml(Path(args.params), "params file")
+    missing = [k for k in ("model", "train_subset", "train", "seed") if k not in params]
+    if missing:
+        raise UserError(f"{args.params}: missing keys {missing}; compare it with the repository's params.yaml")
+    if not Path(args.splits).is_file():
+        raise UserError(f"{args.splits}: not found; run `dvc repro split` first")
     result = pipeline.train(Path(args.splits), Path(args.out), params["model"], params["train_subset"],
                             params["train"], params["seed"], params.get("model_kwargs"))
     if int(os.environ.get("RANK", "0")) == 0:
@@ -208,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="artifacts/train")
     p.set_defaults(func=cmd_train)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (UserError, DataSourceError, CheckpointError, ImageDecodeError, LayoutError) as exc:
+        print(f"synthdet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ Notebooks pass parameters in; nothing here reads params.yaml."""
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -11,11 +12,11 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthdet.data.archives import write_json  # noqa: F401 - the notebooks' writer of metrics files
 from synthdet.data.imageio import load_rgb
 from synthdet.data.manifest import read_manifest, usable, write_manifest
 from synthdet.data.splits import assign_splits, check_no_leaks, class_subset, parse_class_budget
 from synthdet.degrade import fit_to_input, scaled_conditions
+from synthdet.fsutil import atomic_write_bytes, inside, write_json  # noqa: F401 - write_json: the notebooks' writer
 from synthdet.metrics import metrics_table
 from synthdet.train import TrainConfig, load_detector, predict, train_detector
 
@@ -64,12 +65,13 @@ def degrade(splits_path: Path, out: Path, image_size: int, cfg: dict) -> pd.Data
             if cond.kind == "clean":
                 path = r["path"]
             else:
-                rel = Path(os.path.relpath(r["path"], common)).with_suffix(".png")
-                path = (out / cond.name / rel).as_posix()
-                if not Path(path).exists():
-                    Path(path).parent.mkdir(parents=True, exist_ok=True)
-                    cond.apply(fit_to_input(load_rgb(r["path"]), image_size)).save(path + ".part.png")
-                    os.replace(path + ".part.png", path)
+                rel = Path(os.path.relpath(r["path"], common)).with_suffix(".png").as_posix()
+                target = inside(out, f"{cond.name}/{rel}", "degraded test set")
+                path = target.as_posix()
+                if not target.exists():
+                    buf = io.BytesIO()
+                    cond.apply(fit_to_input(load_rgb(r["path"]), image_size)).save(buf, format="PNG")
+                    atomic_write_bytes(target, buf.getvalue())
             rows.append({"path": path, "source_path": r["path"],
                          **{k: r[k] for k in ("label", "subset", "generator", "content", "class")},
                          "condition": cond.name, "kind": cond.kind, "paper_value": cond.value,

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from synthdet.data.dataset import ManifestDataset, make_transform
 from synthdet.detectors import create_detector
+from synthdet.fsutil import CheckpointError, load_torch_file
 from synthdet.metrics import binary_metrics
 
 
@@ -134,7 +135,10 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     start_epoch, history = 0, []
     ckpt_path = checkpoint_dir / "last.pt"
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = load_torch_file(ckpt_path, "resume checkpoint")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}. Delete it to train this run from the start.") from exc
         if ckpt.get("fingerprint") == fingerprint:
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
@@ -209,7 +213,10 @@ def predict(model: nn.Module, rows: pd.DataFrame, input_size: int, batch_size: i
 
 
 def load_detector(path: Path, device: str = "cpu") -> tuple[nn.Module, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_torch_file(path, "detector")
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a synthdet detector (expected the keys 'model' and 'config' that "
+                              "the train stage writes)")
     cfg = ckpt["config"]
     model = create_detector(cfg["model"], img_size=cfg["input_size"], **cfg.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])

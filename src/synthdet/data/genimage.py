@@ -12,7 +12,6 @@ import csv
 import functools
 import hashlib
 import io
-import json
 import os
 import re
 import struct
@@ -23,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from synthdet.data.archives import DataSourceError, safe_member_path
+from synthdet.fsutil import DataSourceError, inside, read_json_cache, write_json
 
 REFERENCE = Path(__file__).parent / "reference" / "genimage"
 
@@ -101,7 +100,7 @@ def md5_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def verify_parts(parts: list[Part], checksums: dict[str, str], cache: Path) -> None:
     """MD5 of every part; results are cached by (size, mtime) so a resumed run does not re-hash."""
-    seen = json.loads(cache.read_text()) if cache.exists() else {}
+    seen = read_json_cache(cache)
     bad = []
     for part in tqdm(parts, desc="md5"):
         stat = part.path.stat()
@@ -113,8 +112,7 @@ def verify_parts(parts: list[Part], checksums: dict[str, str], cache: Path) -> N
             bad.append(f"{part.path.name}: not in the checksum list")
         elif md5 != expected:
             bad.append(f"{part.path.name}: md5 {md5}, expected {expected} (re-download this part)")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(seen, indent=1))
+    write_json(seen, cache)
     if bad:
         raise DataSourceError("GenImage parts failed verification:\n  " + "\n  ".join(bad))
 
@@ -234,32 +232,53 @@ class SplitZip:
         return [e.name for e in self.entries]
 
     def copy_to(self, entry: ZipEntry, dst: io.BufferedWriter, chunk: int = 1 << 20) -> None:
-        """Decompress ``entry`` into ``dst`` and check its CRC-32."""
+        """Decompress ``entry`` into ``dst``, never producing more than its declared size (a zip
+        bomb stops at the first byte past it), and check its length and CRC-32."""
+        where = f"{self.name}: entry {entry.name!r}"
         if entry.flags & 0x1:
-            raise DataSourceError(f"{entry.name}: encrypted entries are not supported")
+            raise DataSourceError(f"{where}: encrypted entries are not supported")
         if entry.method not in (0, 8):
-            raise DataSourceError(f"{entry.name}: compression method {entry.method} is not supported")
+            raise DataSourceError(f"{where}: compression method {entry.method} is not supported")
+        if entry.method == 0 and entry.compressed_size != entry.file_size:
+            raise DataSourceError(f"{where}: stored entry with compressed size {entry.compressed_size} "
+                                  f"!= size {entry.file_size} (corrupt directory)")
         head = self._at(entry.disk, entry.offset, 30)
         if head[:4] != b"PK\x03\x04":
-            raise DataSourceError(f"{entry.name}: no local header where the directory says (corrupt part?)")
+            raise DataSourceError(f"{where}: no local header where the directory says (corrupt part?)")
         n_len, x_len = struct.unpack("<HH", head[26:30])
         self.file.seek(self.file.starts[entry.disk] + entry.offset + 30 + n_len + x_len)
         inflate = zlib.decompressobj(-15) if entry.method == 8 else None
-        crc, left = 0, entry.compressed_size
-        while left:
-            block = self.file.read(min(chunk, left))
-            if not block:
-                raise DataSourceError(f"{entry.name}: data ends early (truncated part)")
-            left -= len(block)
-            data = inflate.decompress(block) if inflate else block
+        crc, written, left = 0, 0, entry.compressed_size
+
+        def emit(data: bytes) -> None:
+            nonlocal crc, written
+            written += len(data)
+            if written > entry.file_size:
+                raise DataSourceError(f"{where}: inflates past its declared {entry.file_size:,} bytes "
+                                      "(a zip bomb or a corrupt archive); refused")
             crc = zlib.crc32(data, crc)
             dst.write(data)
-        if inflate:
-            data = inflate.flush()
-            crc = zlib.crc32(data, crc)
-            dst.write(data)
+
+        try:
+            while left:
+                block = self.file.read(min(chunk, left))
+                if not block:
+                    raise DataSourceError(f"{where}: data ends early (truncated part)")
+                left -= len(block)
+                if inflate is None:
+                    emit(block)
+                    continue
+                while block:  # bounded output per call: memory stays at ``chunk``
+                    emit(inflate.decompress(block, chunk))
+                    block = inflate.unconsumed_tail
+            if inflate is not None:
+                emit(inflate.flush())
+        except zlib.error as exc:
+            raise DataSourceError(f"{where}: corrupt deflate data ({exc})") from exc
+        if written != entry.file_size:
+            raise DataSourceError(f"{where}: {written:,} bytes, the directory declares {entry.file_size:,}")
         if crc != entry.crc:
-            raise DataSourceError(f"{entry.name}: CRC mismatch (corrupt archive data)")
+            raise DataSourceError(f"{where}: CRC mismatch (corrupt archive data)")
 
 
 def _zip64_fields(extra: bytes, usize: int, csize: int, offset: int, disk: int) -> tuple[int, int, int, int]:
@@ -280,35 +299,80 @@ def _zip64_fields(extra: bytes, usize: int, csize: int, offset: int, disk: int) 
     return usize, csize, offset, disk
 
 
-def extract(archive: SplitZip, out: Path, desc: str = "extract") -> dict[str, int]:
-    """Extract every member atomically; members already complete (same size) are skipped."""
+def planned_targets(archive: SplitZip, out: Path) -> dict[str, tuple[ZipEntry, Path]]:
+    """Every file entry's target under ``out``, checked before anything is written: a name that
+    is empty, ``.``, absolute, ``..``, has NUL or is too long for the file system, and two
+    entries for one path, are errors naming the archive and the entry."""
+    targets: dict[str, tuple[ZipEntry, Path]] = {}
+    for entry in archive.entries:
+        if entry.name.endswith("/") and entry.name.strip("/") not in ("", "."):
+            continue  # a folder entry
+        target = inside(out, entry.name, f"{archive.name}: entry")
+        key = target.as_posix()
+        if key in targets:
+            raise DataSourceError(f"{archive.name}: entries {targets[key][0].name!r} and {entry.name!r} "
+                                  "both extract to the same path; refused (a corrupt or crafted archive)")
+        targets[key] = (entry, target)
+    return targets
+
+
+def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def extract(archive: SplitZip, out: Path, desc: str = "extract", verify_existing: bool = False) -> dict[str, int]:
+    """Extract every member atomically (temporary name, then rename), resumably.
+
+    A file already there is kept when it is recorded in the extraction log with the same size,
+    mtime and CRC, or when its own CRC-32 matches the entry (checked for every kept file with
+    ``verify_existing``); otherwise it is extracted again.
+    """
+    targets = planned_targets(archive, out)
+    log_path = out / f".extract-log-{Path(archive.name).stem}.json"
+    done = read_json_cache(log_path)
     counts = {"extracted": 0, "skipped": 0}
-    for entry in tqdm(archive.entries, desc=desc):
-        if entry.name.endswith("/"):
-            continue
-        target = safe_member_path(out, entry.name)
-        if target.exists() and target.stat().st_size == entry.file_size:
-            counts["skipped"] += 1
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.part")
-        try:
-            with open(tmp, "wb") as dst:
-                archive.copy_to(entry, dst)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, target)
-        counts["extracted"] += 1
+    try:
+        for k, (entry, target) in enumerate(tqdm(targets.values(), desc=desc)):
+            if target.is_file():
+                st = target.stat()
+                record = [st.st_size, st.st_mtime_ns, entry.crc]
+                if st.st_size == entry.file_size and (
+                        (not verify_existing and done.get(entry.name) == record) or crc32_file(target) == entry.crc):
+                    done[entry.name] = record
+                    counts["skipped"] += 1
+                    continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # a short temporary name: the real one may already be at the file system's limit
+            tmp = target.with_name(f".{hashlib.sha1(entry.name.encode()).hexdigest()[:16]}.part")
+            try:
+                with open(tmp, "wb") as dst:
+                    archive.copy_to(entry, dst)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            os.replace(tmp, target)
+            st = target.stat()
+            done[entry.name] = [st.st_size, st.st_mtime_ns, entry.crc]
+            counts["extracted"] += 1
+            if k % 1000 == 999:
+                write_json(done, log_path)
+    finally:
+        if done:
+            write_json(done, log_path)
     return counts
 
 
 def ingest(source: Path, out: Path, subsets: list[str] | None = None,
-           checksums: dict[str, str] | None = None) -> dict[str, dict[str, int]]:
+           checksums: dict[str, str] | None = None, verify_extracted: bool = False) -> dict[str, dict[str, int]]:
     """Archives in ``source`` -> verified, extracted subsets under ``out``.
 
     Subsets already extracted in ``source`` (a folder with ``train/`` and ``val/``) are used as
-    they are. Returns per-subset extraction counts.
+    they are. ``verify_extracted`` re-checks the CRC of every file a previous run extracted.
+    Returns per-subset extraction counts.
     """
     checksums = checksums if checksums is not None else load_checksums()
     report = {}
@@ -322,7 +386,7 @@ def ingest(source: Path, out: Path, subsets: list[str] | None = None,
             names = {Path(n).parts[0] for n in archive.namelist() if n.strip("/")}
             if subset not in names:
                 raise DataSourceError(f"{parts[-1].path}: expected a top-level folder {subset}/, found {sorted(names)}")
-            report[subset] = extract(archive, out, desc=subset)
+            report[subset] = extract(archive, out, desc=subset, verify_existing=verify_extracted)
     return report
 
 

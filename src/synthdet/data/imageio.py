@@ -17,6 +17,11 @@ from PIL import Image
 # Larger than any image in GenImage/ImagiNet (Midjourney tops out near 2k x 2k) but far below a
 # decompression bomb. Pillow's own limit warns at 89 Mpx and fails at twice that; we fail earlier.
 MAX_PIXELS = 64_000_000
+# Long side / short side. Bringing the short side to the model's input multiplies the long side
+# by this much: a 1x1,000,000 PNG (1 KB) would otherwise ask for gigabytes. Panoramas stay < 10.
+MAX_ASPECT_RATIO = 32
+# libjpeg-turbo warnings that say nothing about lost pixels (common in ImageNet's camera files)
+BENIGN_JPEG_WARNINGS = ("extraneous bytes before marker", "Invalid SOS parameters")
 
 STATUS_OK = "ok"
 
@@ -82,7 +87,23 @@ def _open(path: Path) -> Image.Image:
         )
     if img.width < 1 or img.height < 1:
         raise ImageDecodeError(path, f"degenerate size {img.width}x{img.height}", "corrupt")
+    if max(img.size) > MAX_ASPECT_RATIO * min(img.size):
+        raise ImageDecodeError(path, f"{img.width}x{img.height}: aspect ratio beyond {MAX_ASPECT_RATIO}:1 "
+                                     "(resizing it would exhaust memory)", "extreme_aspect")
     return img
+
+
+def check_jpeg_data(path: Path) -> None:
+    """Decode a JPEG strictly (libjpeg-turbo, at 1/8 scale: cheap, bounded memory) and refuse the
+    data losses Pillow hides: a file cut short with its end marker put back decodes as grey rows,
+    and a 16x16 file whose header claims 9000x7000 as a grey 63-megapixel image, both without error."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(path.read_bytes(), strict=True, min_factor=8, min_width=1, min_height=1)
+    except ValueError as exc:
+        if not any(w in str(exc) for w in BENIGN_JPEG_WARNINGS):
+            raise ImageDecodeError(path, f"corrupt JPEG data ({exc})", "corrupt") from exc
 
 
 def inspect_image(path: Path | str) -> ImageInfo:
@@ -97,6 +118,8 @@ def inspect_image(path: Path | str) -> ImageInfo:
             img.load()
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageDecodeError(path, f"truncated or corrupt image data ({exc})", "corrupt") from exc
+        if fmt == "JPEG":
+            check_jpeg_data(path)
         return ImageInfo(img.width, img.height, fmt, mode, quality, frames)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthdet.data.archives import DataSourceError, atomic_write_bytes
 from synthdet.data.imageio import ImageDecodeError, load_rgb
 from synthdet.degrade import compress
+from synthdet.fsutil import DataSourceError, atomic_write_bytes, check_relative, inside
 
 CONTENT = {0: "photos", 1: "paintings", 2: "faces", 3: "uncategorized"}
 FAMILY = {0: "gan", 1: "sd", 2: "midjourney", 3: "dalle3", 4: "real"}
@@ -26,27 +27,52 @@ SPECIFIC = {0: "progan", 1: "stylegan_xl", 2: "stylegan3", 3: "sd_v2.1", 4: "sdx
 FIELDS = ("path", "origin", "content", "family", "specific")
 
 
+_INT = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also takes "²" and int() refuses it
+
+
 def read_annotations(path: Path) -> pd.DataFrame:
-    """Parse one annotation file; every malformed line is reported with its number."""
-    rows, errors = [], []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        line = line.strip()
+    """Parse one annotation file; every malformed line is reported with its number.
+
+    Refused, with ``file:line``: bytes that are not UTF-8 (a BOM is fine), fields that are not
+    plain integers or not ImagiNet's codes, paths that are absolute or leave the dataset root,
+    and an image listed twice.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataSourceError(f"{path}: annotation file not found")
+    rows, errors, first_line = [], [], {}
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+        except UnicodeDecodeError as exc:
+            errors.append(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})")
+            continue
         if not line or (number == 1 and line.lower().startswith("path")):
             continue
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) != 5 or not all(p.lstrip("-").isdigit() for p in parts[1:]):
-            errors.append(f"{path}:{number}: expected path,origin,content,family,specific, got {line[:80]!r}")
+        if len(parts) != 5 or not all(_INT.fullmatch(p) for p in parts[1:]):
+            errors.append(f"{where}: expected path,origin,content,family,specific, got {line[:80]!r}")
             continue
         rel, origin, content, family, specific = parts[0], *map(int, parts[1:])
+        try:
+            rel = check_relative(rel, where).as_posix()
+        except DataSourceError as exc:
+            errors.append(str(exc))
+            continue
         problems = [name for name, value, table in (("origin", origin, {0: 0, 1: 1}), ("content", content, CONTENT),
                                                     ("family", family, FAMILY), ("specific", specific, SPECIFIC))
                     if value not in table]
         if (origin == 0) != (family == 4) or (origin == 0) != (specific == 8):
             problems.append("origin disagrees with family/specific")
         if problems:
-            errors.append(f"{path}:{number}: invalid {', '.join(problems)} in {line[:80]!r}")
+            errors.append(f"{where}: invalid {', '.join(problems)} in {line[:80]!r}")
             continue
-        rows.append({"relpath": rel.removeprefix("./"), "label": origin, "content": CONTENT[content],
+        if rel in first_line:
+            errors.append(f"{where}: {rel} is already listed on line {first_line[rel]}")
+            continue
+        first_line[rel] = number
+        rows.append({"relpath": rel, "label": origin, "content": CONTENT[content],
                      "family": FAMILY[family], "generator": SPECIFIC[specific], "specific": specific})
     if errors:
         raise DataSourceError(f"{len(errors)} bad annotation lines, first: " + "; ".join(errors[:3]))
@@ -86,7 +112,7 @@ def build_perturbed(annotations: pd.DataFrame, root: Path, out: Path, seed: int,
     """
     rows = []
     for r in tqdm(annotations.itertuples(index=False), total=len(annotations), desc="perturb"):
-        target = out / (r.relpath + ".png")
+        target = inside(out, r.relpath + ".png", "perturbed test set")
         row = r._asdict() | {"source_path": (root / r.relpath).as_posix(), "path": target.as_posix()}
         try:
             img, info = perturb(load_rgb(root / r.relpath), _rng(seed, r.relpath), size, p_compress)

@@ -6,8 +6,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import nn
+
+from synthdet.fsutil import load_torch_file
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -38,9 +39,7 @@ def create_detector(name: str, img_size: int = 224, weights: str | None = None, 
         model = TimmDetector(name, img_size=img_size, **kwargs)
     if weights:
         path = Path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: detector weights not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path, "detector weights")
         state = state.get("model", state)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if unexpected or len(missing) > 2:  # a new head may be missing, nothing else

@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthdet.data.archives import atomic_write_bytes
 from synthdet.data.splits import group_assignment, rng_for
+from synthdet.fsutil import atomic_write_bytes, replace_owned_dir
 from synthdet.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
 from synthdet.generators.common import images_to_tensor, tensor_to_images
 
@@ -178,8 +178,7 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
         train_pool = train_pool.iloc[np.sort(rng_for(seed, "generator_train").choice(
             len(train_pool), generator_train_images, replace=False))]
     trained = _Trained(_load(train_pool["path"].tolist()), train_pool, seed, batch_size)
-    if out.exists():
-        shutil.rmtree(out)
+    replace_owned_dir(out)  # a previous build of ours is replaced; any other folder is refused
     rows, timings = [], {}
 
     def write_split(name: str, cfg: dict, split: str, chosen: pd.DataFrame, conditional: bool,

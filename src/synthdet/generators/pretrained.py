@@ -11,11 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from synthdet.fsutil import load_torch_file
 from synthdet.generators.dcgan import DCGANGenerator
 
 
 def load_gan_face(weights: str) -> DCGANGenerator:
-    ckpt = torch.load(weights, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(weights, "gan-face-generate weights")
     gen = DCGANGenerator(nz=100, ngf=64, nc=3, size=64)
     gen.load_state_dict(ckpt["netG_state_dict"])
     return gen.eval()
@@ -44,7 +45,7 @@ class EyeGenerator(nn.Module):
 
 def load_omniart_eyes(weights: str) -> EyeGenerator:
     gen = EyeGenerator()
-    gen.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    gen.load_state_dict(load_torch_file(weights, "omniart-eye-generator weights"))
     return gen.eval()
 
 

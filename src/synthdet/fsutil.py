@@ -1,0 +1,170 @@
+"""File-system safety shared by every writer: paths that stay inside their folder, atomic writes,
+caches that survive a crash, and deleting only folders this tool made.
+
+The lowest layer of the package: it imports nothing from synthdet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+
+log = logging.getLogger(__name__)
+
+# the marker that says "synthdet created this folder and may delete it"
+OWNED_MARKER = ".synthdet-owned"
+# one path component: ext4, xfs, btrfs and NTFS all stop at 255 bytes
+MAX_NAME_BYTES = 255
+
+
+class DataSourceError(RuntimeError):
+    """A data source that cannot be acquired or verified; the message says what to do."""
+
+
+class UnsafePathError(DataSourceError):
+    """A path from data (an archive member, an annotation line) that would leave its folder."""
+
+
+def check_relative(rel: str, where: str) -> PurePosixPath:
+    """``rel`` as a clean relative POSIX path, or :class:`UnsafePathError` naming ``where``.
+
+    Refused: absolute paths, drive letters, ``..``, empty names, NUL and other control
+    characters, backslashes (a Windows separator), and components longer than the file system takes.
+    """
+    problem = None
+    if not rel.strip("/"):
+        problem = "empty name"
+    elif any(ord(c) < 32 for c in rel):
+        problem = "control character (NUL, newline, ...) in the name"
+    elif "\\" in rel:
+        problem = "backslash in the name"
+    else:
+        pure = PurePosixPath(rel)
+        parts = [p for p in pure.parts if p not in ("", ".")]
+        if pure.is_absolute() or (parts and parts[0].endswith(":")):
+            problem = "absolute path"
+        elif ".." in parts:
+            problem = "'..' leaves the folder"
+        elif not parts:
+            problem = "names the folder itself"
+        elif any(len(p.encode()) > MAX_NAME_BYTES for p in parts):
+            problem = f"a name longer than {MAX_NAME_BYTES} bytes"
+    if problem:
+        raise UnsafePathError(f"{where}: refused path {rel[:200]!r}: {problem}")
+    return PurePosixPath(*[p for p in PurePosixPath(rel).parts if p not in ("", ".")])
+
+
+def inside(base: Path, rel: str, where: str) -> Path:
+    """``base / rel`` for a derived file, guaranteed to stay inside ``base`` after resolving links.
+
+    Every writer of derived files goes through this (extraction, perturbation, degrade, smoke).
+    """
+    target = Path(base).joinpath(*check_relative(rel, where).parts)
+    resolved_base = Path(base).resolve()
+    resolved = target.resolve()
+    if resolved != resolved_base and resolved_base not in resolved.parents:
+        raise UnsafePathError(f"{where}: {rel!r} resolves to {resolved}, outside {resolved_base}")
+    if resolved == resolved_base:
+        raise UnsafePathError(f"{where}: {rel!r} names the output folder itself")
+    return target
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename, so an interrupted run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".synthdet-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(obj: dict, path: Path) -> None:
+    """Sorted, indented JSON, written atomically (metrics files, reports, caches)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n").encode())
+
+
+def read_json_cache(path: Path) -> dict:
+    """A cache file, or ``{}`` when it is missing or broken (a warning names it; it is rebuilt)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (ValueError, UnicodeDecodeError) as exc:
+        log.warning("%s: unreadable cache (%s); rebuilding it", path, exc)
+        return {}
+
+
+def make_owned_dir(path: Path) -> Path:
+    """Create ``path`` (it must not exist, or be empty, or be ours) and mark it as ours."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{path}: exists and is not a folder; choose another place")
+        if not (path / OWNED_MARKER).exists() and any(path.iterdir()):
+            raise FileExistsError(f"{path}: a non-empty folder synthdet did not create; choose another place")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / OWNED_MARKER).write_text("created by synthdet; it may delete this folder\n")
+    return path
+
+
+def remove_owned_dir(path: Path, protect: tuple[Path, ...] = ()) -> None:
+    """Delete ``path`` only if synthdet created it (marker file) and it holds none of ``protect``
+    (e.g. the checkout itself). A missing folder is fine; anything else is refused."""
+    path = Path(path)
+    if not path.exists():
+        return
+    resolved = path.resolve()
+    for keep in protect:
+        keep = Path(keep).resolve()
+        if resolved == keep or resolved in keep.parents:
+            raise PermissionError(f"{path}: refusing to delete it: it is or contains {keep}")
+    if path.is_symlink() or not path.is_dir() or not (path / OWNED_MARKER).is_file():
+        raise PermissionError(f"{path}: refusing to delete a folder synthdet did not create "
+                              f"(no {OWNED_MARKER}); remove it yourself or choose another place")
+    shutil.rmtree(path)
+
+
+def replace_owned_dir(path: Path, protect: tuple[Path, ...] = ()) -> Path:
+    """A fresh, empty folder of ours at ``path`` (an old one of ours is deleted first)."""
+    path = Path(path)
+    if path.exists() and (path / OWNED_MARKER).is_file():
+        remove_owned_dir(path, protect)
+    return make_owned_dir(path)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weight file that cannot be loaded safely; the message names the file."""
+
+
+def load_torch_file(path: Path, what: str = "checkpoint") -> dict:
+    """``torch.load`` that never runs code from the file (``weights_only=True``) and turns every
+    failure into one :class:`CheckpointError` naming the file and what to do."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: refused to load this {what}: it holds Python objects other than "
+                              f"tensors and plain data, and unpickling them could run code ({reason}). "
+                              "Load only files you trust, saved as a state dict.") from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable {what} (truncated, or not a file torch.save wrote: "
+                              f"{reason})") from exc

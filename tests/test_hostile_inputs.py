@@ -1,0 +1,406 @@
+"""Attacks and careless inputs, each with a tiny fabricated file: the clear error, and nothing
+written outside the folder the work was given."""
+
+import io
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import tracemalloc
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from synthdet import cli
+from synthdet.data.dataset import ManifestDataset, make_transform
+from synthdet.data.genimage import Part, SplitZip, extract, ingest, md5_file, verify_parts
+from synthdet.data.imageio import ImageDecodeError, inspect_image, load_rgb
+from synthdet.data.imaginet import build_perturbed, read_annotations
+from synthdet.data.manifest import describe_file
+from synthdet.fsutil import (
+    OWNED_MARKER,
+    CheckpointError,
+    DataSourceError,
+    UnsafePathError,
+    inside,
+    make_owned_dir,
+    remove_owned_dir,
+)
+from synthdet.train import TrainConfig, load_detector, train_detector
+from tests.conftest import noise_image
+
+
+def snapshot(folder: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` (outside ``skip``) with its size and mtime."""
+    out = {}
+    for p in folder.rglob("*"):
+        if p.is_file() and not (skip and (p == skip or skip in p.parents)):
+            st = p.stat()
+            out[p.relative_to(folder).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+# ---------------------------------------------------------------- 1. code execution from a checkpoint
+
+class _RunsCode:
+    """Unpickling this creates a file: the proof that code ran."""
+
+    def __init__(self, proof: Path) -> None:
+        self.proof = proof
+
+    def __reduce__(self):
+        return (Path.write_text, (self.proof, "pwned"))
+
+
+@pytest.mark.parametrize("name", ["last.pt", "detector.pt"])
+def test_a_pickled_object_in_a_checkpoint_is_refused_and_never_runs(tmp_path, name):
+    proof = tmp_path / "proof.txt"
+    ckpt = tmp_path / "run" / ("checkpoints" if name == "last.pt" else "") / name
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"model": {}, "config": {"model": "resnet18", "input_size": 32}, "fingerprint": _RunsCode(proof)},
+               ckpt)
+    with pytest.raises(CheckpointError, match=rf"{name}: refused to load this .*could run code"):
+        if name == "detector.pt":
+            load_detector(ckpt)
+        else:
+            rows = pd.DataFrame({"path": [str(tmp_path / "x.png")] * 2, "label": [0, 1], "sha256": ["a", "b"]})
+            train_detector(rows, rows.iloc[:0], TrainConfig(model="resnet18", input_size=32, epochs=1,
+                                                            num_workers=0), tmp_path / "run")
+    assert not proof.exists()
+
+
+def test_no_weights_only_false_anywhere_in_the_package():
+    src = Path(__file__).resolve().parents[1] / "src"
+    offenders = [p for p in src.rglob("*.py") if "weights_only=False" in p.read_text().replace(" ", "")]
+    assert offenders == []
+
+
+def test_a_truncated_resume_checkpoint_names_the_file_and_the_fix(tmp_path):
+    ckpt = tmp_path / "run/checkpoints/last.pt"
+    ckpt.parent.mkdir(parents=True)
+    buf = io.BytesIO()
+    torch.save({"model": torch.nn.Linear(4, 4).state_dict()}, buf)
+    ckpt.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    img = tmp_path / "x.png"
+    noise_image(0, (32, 32)).save(img)
+    rows = pd.DataFrame({"path": [str(img)] * 2, "label": [0, 1], "sha256": ["a", "a"]})
+    with pytest.raises(CheckpointError, match=r"last.pt: unreadable resume checkpoint .*Delete it"):
+        train_detector(rows, rows.iloc[:0], TrainConfig(model="resnet18", input_size=32, epochs=1, num_workers=0),
+                       tmp_path / "run")
+
+
+# ---------------------------------------------------------------- 2. writing outside the output folder
+
+@pytest.mark.parametrize("bad", ["/tmp/abs.png", "../../outside.png", "./a/../../outside.png", "C:/win.png"])
+def test_imaginet_paths_that_leave_the_root_are_refused_at_parse_time(tmp_path, bad):
+    ann = tmp_path / "ann.txt"
+    ann.write_text(f"./ok.png,1,2,0,1\n{bad},1,2,0,1\n")
+    with pytest.raises(DataSourceError, match=r"ann.txt:2: refused path"):
+        read_annotations(ann)
+
+
+def test_imaginet_perturbation_never_writes_outside_its_folder(tmp_path):
+    work = tmp_path / "work"
+    root, out = work / "root", work / "out"
+    root.mkdir(parents=True)
+    noise_image(0, (300, 300)).save(root / "a.png")
+    before = snapshot(tmp_path, skip=work)
+    crafted = pd.DataFrame([{"relpath": "../../escaped", "label": 1, "content": "faces", "family": "gan",
+                             "generator": "stylegan_xl", "specific": 1}])
+    with pytest.raises(UnsafePathError, match="perturbed test set: refused path '../../escaped.png'"):
+        build_perturbed(crafted, root, out, seed=0)
+    link = root / "link"
+    link.symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(UnsafePathError, match="outside"):
+        inside(root, "link/escaped.png", "test")
+    assert snapshot(tmp_path, skip=work) == before
+
+
+def test_the_path_guard(tmp_path):
+    assert inside(tmp_path, "./a/b.png", "t") == tmp_path / "a/b.png"
+    for bad, why in [(".", "names the folder itself"), ("", "empty name"), ("a/\0b", "control character"),
+                     ("a\\..\\b", "backslash"), ("x" * 256, "longer than 255 bytes"), ("/etc/x", "absolute")]:
+        with pytest.raises(UnsafePathError, match=why):
+            inside(tmp_path, bad, "t")
+    assert inside(tmp_path, "x" * 250, "t").name == "x" * 250
+
+
+# ---------------------------------------------------------------- 3. deleting folders the tool did not make
+
+def _tiny_repo(path: Path) -> Path:
+    path.mkdir()
+    (path / "params.yaml").write_text("seed: 0\n")
+    (path / "profiles").mkdir()
+    (path / "profiles/smoke.yaml").write_text("seed: 1\n")
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "t"]):
+        subprocess.run(cmd, cwd=path, check=True, capture_output=True)
+    return path
+
+
+def test_smoke_dest_never_deletes_the_checkout_or_a_foreign_folder(tmp_path, monkeypatch, capsys):
+    repo = _tiny_repo(tmp_path / "repo")
+    monkeypatch.chdir(repo)
+    before = snapshot(tmp_path)
+    assert cli.main(["smoke", "--dest", "."]) == 2
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert cli.main(["smoke", "--dest", str(foreign)]) == 2
+    err = capsys.readouterr().err
+    assert "did not create" in err and err.count("\n") == 2
+    assert snapshot(tmp_path, skip=foreign) == before and (foreign / "notes.txt").read_text() == "keep me"
+    assert (repo / ".git").is_dir()
+    # a workspace the tool made is replaced on the next run
+    ws = cli.make_workspace(tmp_path / "ws", {"seed": 3})
+    (ws / "stale.txt").write_text("old")
+    ws = cli.make_workspace(tmp_path / "ws", {"seed": 4})
+    assert not (ws / "stale.txt").exists() and (ws / OWNED_MARKER).exists()
+    assert "seed: 4" in (ws / "params.yaml").read_text()
+
+
+def test_owned_folders(tmp_path):
+    with pytest.raises(PermissionError, match="did not create"):
+        remove_owned_dir(tmp_path)
+    own = make_owned_dir(tmp_path / "a")
+    with pytest.raises(PermissionError, match="is or contains"):
+        remove_owned_dir(own, protect=(own / "inner",))
+    remove_owned_dir(own)
+    assert not own.exists()
+
+
+# ---------------------------------------------------------------- 4. memory exhaustion from tiny files
+
+def test_a_one_by_a_million_png_is_refused_before_any_resize(tmp_path):
+    path = tmp_path / "line.png"
+    Image.new("RGB", (1_000_000, 1)).save(path, optimize=True)
+    assert path.stat().st_size < 5000
+    for fn in (load_rgb, inspect_image):
+        with pytest.raises(ImageDecodeError, match=r"line.png: 1000000x1: aspect ratio beyond 32:1") as info:
+            fn(path)
+        assert info.value.status == "extreme_aspect"
+    ok = tmp_path / "ok.png"
+    noise_image(1, (48, 48)).save(ok)
+    ds = ManifestDataset(pd.DataFrame({"path": [str(path), str(ok)], "label": [1, 0]}), make_transform(64, False))
+    x, y, i = ds[0]  # the hostile file is skipped, the epoch goes on
+    assert x.shape == (3, 64, 64) and i == 1 and "aspect ratio" in ds.failures[str(path)]
+
+
+def _zip_with(path: Path, entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about duplicate names: the test wants them
+        with zipfile.ZipFile(path, "w", compression=method) as zf:
+            for name, data in entries.items():
+                zf.writestr(name.split("#")[0], data)
+    return path
+
+
+def _patch(path: Path, old: bytes, new: bytes) -> None:
+    data = path.read_bytes()
+    assert len(old) == len(new) and data.count(old) == 2  # local header and central directory
+    path.write_bytes(data.replace(old, new))
+
+
+def _declare_size(path: Path, size: int) -> None:
+    """Rewrite the uncompressed size in the central directory (what the reader trusts)."""
+    data = bytearray(path.read_bytes())
+    i = data.find(b"PK\x01\x02")
+    data[i + 24 : i + 28] = struct.pack("<I", size)
+    path.write_bytes(bytes(data))
+
+
+def test_inflation_is_bounded_by_the_declared_size(tmp_path):
+    zeros = 200 * 1024 * 1024
+    honest = _zip_with(tmp_path / "honest.zip", {"imagenet_glide/zeros.bin": bytes(zeros)})
+    assert honest.stat().st_size < 1024 * 1024  # 1 MB that inflates to 200 MB
+    tracemalloc.start()
+    with SplitZip([honest]) as archive:
+        extract(archive, tmp_path / "out")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert (tmp_path / "out/imagenet_glide/zeros.bin").stat().st_size == zeros
+    assert peak < 32 * 1024 * 1024, f"extraction held {peak / 2**20:.0f} MiB at once"
+    liar = _zip_with(tmp_path / "liar.zip", {"imagenet_glide/small.bin": bytes(100_000)})
+    _declare_size(liar, 10)
+    with SplitZip([liar]) as archive, pytest.raises(
+            DataSourceError, match=r"liar.zip: entry 'imagenet_glide/small.bin': inflates past its declared 10 bytes"):
+        extract(archive, tmp_path / "out2")
+    assert not [p for p in (tmp_path / "out2").rglob("*") if p.is_file() and not p.name.startswith(".extract-log")]
+
+
+# ---------------------------------------------------------------- 5. corrupt images accepted as ok
+
+def _jpeg(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", **kw)
+    return buf.getvalue()
+
+
+def test_truncated_jpeg_data_and_lying_headers_are_corrupt(tmp_path):
+    good = _jpeg(noise_image(0, (256, 256)), quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good[: len(good) // 4] + b"\xff\xd9")  # a quarter, end marker put back
+    small = bytearray(_jpeg(noise_image(1, (16, 16))))
+    sof = small.find(b"\xff\xc0")
+    small[sof + 5 : sof + 9] = struct.pack(">HH", 7000, 9000)
+    liar = tmp_path / "liar.jpg"
+    liar.write_bytes(bytes(small))
+    for path in (cut, liar):
+        with pytest.raises(ImageDecodeError, match=rf"{path.name}: corrupt JPEG data .*premature end"):
+            inspect_image(path)
+        assert describe_file(path)["status"] == "corrupt"
+    # what must stay accepted: plain, progressive, grayscale and CMYK JPEGs
+    for name, img, kw in [("plain", noise_image(2), {}), ("prog", noise_image(3), {"progressive": True}),
+                          ("gray", noise_image(4, mode="L"), {}), ("cmyk", noise_image(5, mode="CMYK"), {})]:
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(_jpeg(img, **kw))
+        assert describe_file(path)["status"] == "ok", name
+
+
+# ---------------------------------------------------------------- 6. extraction edge cases
+
+def test_bad_entry_names_are_refused_before_anything_is_written(tmp_path):
+    # zipfile cuts names at NUL and keeps "." out: write a placeholder, then patch the bytes
+    cases = {"dot": (b"Q", b"."), "nul": (b"imagenet_glide/aQb.png", b"imagenet_glide/a\0b.png")}
+    for label, (placeholder, real) in cases.items():
+        z = _zip_with(tmp_path / f"{label}.zip", {"imagenet_glide/ok.png": b"fine", placeholder.decode(): b"x"})
+        _patch(z, placeholder, real)
+        out = tmp_path / f"out_{label}"
+        with SplitZip([z]) as archive, pytest.raises(DataSourceError, match=rf"{label}.zip: entry: refused path"):
+            extract(archive, out)
+        assert not out.exists()
+    dup = _zip_with(tmp_path / "dup.zip", {"imagenet_glide/a.png": b"1", "imagenet_glide/a.png#2": b"2"})
+    with SplitZip([dup]) as archive, pytest.raises(DataSourceError, match="both extract to the same path"):
+        extract(archive, tmp_path / "out_dup")
+
+
+def test_long_names_extract_and_corrupt_deflate_names_the_entry(tmp_path):
+    long = "imagenet_glide/" + "n" * 250 + ".png"
+    z = _zip_with(tmp_path / "long.zip", {long: b"ok" * 100})
+    with SplitZip([z]) as archive:
+        assert extract(archive, tmp_path / "out")["extracted"] == 1
+    assert (tmp_path / "out" / long).read_bytes() == b"ok" * 100
+    bad = _zip_with(tmp_path / "bad.zip", {"imagenet_glide/d.bin": bytes(range(256)) * 50})
+    data = bytearray(bad.read_bytes())
+    data[30 + len("imagenet_glide/d.bin")] = 0xFF  # first deflate block: type 3 is invalid
+    bad.write_bytes(bytes(data))
+    with SplitZip([bad]) as archive, pytest.raises(
+            DataSourceError, match=r"bad.zip: entry 'imagenet_glide/d.bin': corrupt deflate data"):
+        extract(archive, tmp_path / "out_bad")
+
+
+def test_resume_rechecks_a_same_size_corrupted_file(tmp_path):
+    payload = bytes(range(256)) * 40
+    z = _zip_with(tmp_path / "a.zip", {"imagenet_glide/a.bin": payload})
+    out = tmp_path / "out"
+    with SplitZip([z]) as archive:
+        extract(archive, out)
+        victim = out / "imagenet_glide/a.bin"
+        victim.write_bytes(b"\0" * len(payload))  # same size, other bytes, later mtime
+        os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+        assert extract(archive, out) == {"extracted": 1, "skipped": 0}
+        assert victim.read_bytes() == payload
+        assert extract(archive, out) == {"extracted": 0, "skipped": 1}
+        stat = victim.stat()
+        victim.write_bytes(b"\1" * len(payload))  # bit rot keeps the mtime
+        os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert extract(archive, out, verify_existing=True) == {"extracted": 1, "skipped": 0}
+        assert victim.read_bytes() == payload
+
+
+def test_a_truncated_md5_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
+    (tmp_path / "src").mkdir()
+    z = _zip_with(tmp_path / "src/imagenet_glide.zip", {"imagenet_glide/train/ai/a.png": b"x"})
+    cache = tmp_path / "out/.md5_cache.json"
+    cache.parent.mkdir()
+    cache.write_text('{"imagenet_glide.zip:12')  # cut mid-write by an older version
+    sums = {"imagenet_glide.zip": md5_file(z)}
+    verify_parts([Part(z, "imagenet_glide.zip", 10**6)], sums, cache)
+    assert "unreadable cache" in caplog.text and "rebuilding" in caplog.text
+    assert list(json.loads(cache.read_text()).values()) == [sums["imagenet_glide.zip"]]
+    assert ingest(tmp_path / "src", tmp_path / "out", ["imagenet_glide"], sums)["imagenet_glide"]["extracted"] == 1
+
+
+# ---------------------------------------------------------------- 7. parsers and the command line
+
+def test_annotation_parser_edge_cases(tmp_path):
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeff./a.png,1,2,0,1\n./b.png,0,0,4,8\n".encode())
+    assert read_annotations(bom).relpath.tolist() == ["a.png", "b.png"]
+    for name, body, why in [
+        ("dashes.txt", "./a.png,--0,2,0,1\n", r"dashes.txt:1: expected path,origin"),
+        ("super.txt", "./a.png,1,\u00b2,0,1\n", r"super.txt:1: expected path,origin"),
+        ("dup.txt", "./a.png,1,2,0,1\n./b.png,0,0,4,8\na.png,1,2,0,1\n",
+         r"dup.txt:3: a.png is already listed on line 1"),
+    ]:
+        (tmp_path / name).write_text(body)
+        with pytest.raises(DataSourceError, match=why):
+            read_annotations(tmp_path / name)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"./a.png,1,2,0,1\n./caf\xe9.png,0,0,4,8\n")
+    with pytest.raises(DataSourceError, match=r"latin.txt:2: not UTF-8"):
+        read_annotations(latin)
+
+
+def _cli(tmp_path, monkeypatch, capsys, *argv):
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_cli_user_mistakes_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles/broken.yaml").write_text("train: {epochs: 3\n")
+    (tmp_path / "broken_params.yaml").write_text("model: [resnet50\n")
+    (tmp_path / "partial_params.yaml").write_text("model: resnet50\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/evaluate.json").write_text('{"clean": {"ldm": {"acc": 0.9')
+    (tmp_path / "data.dvc").write_text("outs: []\n")
+    cases = [
+        (["profile", "broken"], r"profiles/broken.yaml \(line \d+\): not valid YAML"),
+        (["profile", "nope"], r"profiles/nope.yaml: no such profile"),
+        (["train", "--params", "broken_params.yaml"], r"broken_params.yaml \(line \d+\): not valid YAML"),
+        (["train", "--params", "partial_params.yaml"], r"partial_params.yaml: missing keys \['train_subset'"),
+        (["summary"], r"metrics/evaluate.json: broken metrics file .*run `dvc repro`"),
+        (["fetch", "no_such_source"], r"unknown embedded source\(s\) \['no_such_source'\]"),
+        (["data", "--dvc-file", "missing.dvc"], r"missing.dvc: not found"),
+    ]
+    for argv, message in cases:
+        code, err = _cli(tmp_path, monkeypatch, capsys, *argv)
+        assert code == 2, argv
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert re.search(message, err), (argv, err)
+    assert not (tmp_path / ".cache").exists()  # nothing was downloaded before the check
+
+
+def test_dvc_outside_the_venv_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
+    with pytest.raises(cli.UserError, match="dvc not found .*make setup"):
+        cli.dvc_executable()
+
+
+def test_generated_array_is_not_an_image_but_a_clear_error(tmp_path):
+    """A non-image with an image suffix, a zero-byte file: named, never a raw error."""
+    (tmp_path / "fake.png").write_bytes(np.arange(100, dtype=np.uint8).tobytes())
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    assert describe_file(tmp_path / "fake.png")["status"] == "not_image"
+    assert describe_file(tmp_path / "empty.jpg")["status"] == "empty"
+    with pytest.raises(ImageDecodeError, match="fake.png: not an image"):
+        load_rgb(tmp_path / "fake.png")
+
+
+def test_stored_entries_that_lie_about_their_size(tmp_path):
+    z = _zip_with(tmp_path / "s.zip", {"imagenet_glide/s.bin": b"A" * 1000}, method=zipfile.ZIP_STORED)
+    _declare_size(z, 10)
+    with SplitZip([z]) as archive, pytest.raises(DataSourceError, match="compressed size 1000 != size 10"):
+        extract(archive, tmp_path / "out")
