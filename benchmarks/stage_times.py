@@ -17,6 +17,17 @@ import time
 
 
 
+def cpu_model() -> str:
+    """The processor's name (timings differ across machines of one size: record it with them)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def all_stages() -> list[str]:
     """Every stage of dvc.yaml in pipeline order (matrix stages expanded, e.g. xgen@ldm-0)."""
     out = subprocess.run(["dvc", "stage", "list", "--name-only"], capture_output=True, text=True, check=True)
@@ -48,7 +59,8 @@ def main() -> None:
         rows.append(run_stage(stage, args.force))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     result = {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
+                    "python": platform.python_version()},
         "stages": rows,
         "total_seconds": round(sum(r["seconds"] for r in rows), 1),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),

@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from synthdet.generators.dcgan import DCGANGenerator
-from synthdet.generators.pretrained import EyeGenerator
+from synthdet.datasets.embedded.generators.dcgan import DCGANGenerator
+from synthdet.datasets.embedded.generators.pretrained import EyeGenerator
 
 
 def noise_image(seed: int, size: tuple[int, int] = (96, 72), mode: str = "RGB") -> Image.Image:

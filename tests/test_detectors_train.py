@@ -4,7 +4,7 @@ import torch
 
 from synthdet.detectors import create_detector, list_detectors
 from synthdet.fsutil import CheckpointError
-from synthdet.train import TrainConfig, data_key, load_detector, predict, train_detector
+from synthdet.training import TrainConfig, data_key, load_detector, predict, train_detector
 from tests.conftest import noise_image
 
 ZOO = ["resnet50", "deit_s", "swin_t", "resnet50_nodown", "cnnspot", "spec", "f3net", "gramnet", "npr"]
@@ -132,3 +132,63 @@ def test_a_rebuilt_dataset_with_the_same_file_names_is_not_resumed(tiny_rows, tm
     assert data_key(rebuilt, val) != data_key(train, val)
     train_detector(rebuilt, val, _cfg(epochs=1), tmp_path / "run")
     assert "resuming" not in capsys.readouterr().out
+
+
+_CHILD = """
+import sys, pandas as pd
+from pathlib import Path
+from synthdet.training import TrainConfig, train_detector
+rows = pd.read_csv(sys.argv[1])
+cfg = TrainConfig(model="resnet18", input_size=32, epochs=6, batch_size=4, lr=1e-3, num_workers=0, seed=0)
+train_detector(rows.iloc[:16], rows.iloc[16:], cfg, Path(sys.argv[2]), device="cpu")
+"""
+
+
+def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tiny_rows, tmp_path, capsys):
+    """A real interruption: the process is killed (SIGKILL) right after its first checkpoint."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
+    cfg = _cfg(epochs=6, batch_size=4)
+    full = train_detector(train, val, cfg, tmp_path / "full", device="cpu")
+    tiny_rows.to_csv(tmp_path / "rows.csv", index=False)
+    run = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "rows.csv"), str(run)],
+                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "checkpoints/last.pt").exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    child.kill()
+    child.wait()
+    assert not (run / "detector.pt").exists(), "the run finished before it could be interrupted"
+    capsys.readouterr()
+    resumed = train_detector(train, val, cfg, run, device="cpu")
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "at epoch 6" not in out
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
+    assert [h["val_auc"] for h in resumed["history"]] == [h["val_auc"] for h in full["history"]]
+    a = torch.load(tmp_path / "full/detector.pt", weights_only=True)
+    b = torch.load(run / "detector.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_detector_pt_is_the_best_validation_epoch(tiny_rows, tmp_path):
+    train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
+    result = train_detector(train, val, _cfg(epochs=4), tmp_path / "r")
+    aucs = [h["val_auc"] for h in result["history"]]
+    best = max(i for i, a in enumerate(aucs) if a == max(aucs)) + 1  # ties: the later epoch
+    saved = torch.load(tmp_path / "r/detector.pt", weights_only=True)
+    assert result["best_epoch"] == saved["epoch"] == best and saved["val_auc"] == max(aucs)
+    model, cfg = load_detector(tmp_path / "r/detector.pt")
+    best_state = torch.load(tmp_path / "r/checkpoints/best.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, best_state[k]) for k, v in model.state_dict().items())
+
+
+def test_unreadable_images_are_counted_across_dataloader_workers(tiny_rows, tmp_path):
+    rows = tiny_rows.copy()
+    open(rows.path.iloc[3], "wb").close()  # broke after indexing
+    result = train_detector(rows.iloc[:16], rows.iloc[16:], _cfg(epochs=1, num_workers=2), tmp_path / "w")
+    assert result["failures"] == {rows.path.iloc[3]: "zero-byte file"}

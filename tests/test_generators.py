@@ -4,11 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
-from synthdet.data.embedded import prepare_reals
 from synthdet.data.manifest import index_genimage_tree
-from synthdet.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
-from synthdet.generators.build import build_benchmark
-from synthdet.generators.common import images_to_tensor, tensor_to_images
+from synthdet.datasets.embedded.build import build_benchmark
+from synthdet.datasets.embedded.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
+from synthdet.datasets.embedded.generators.common import images_to_tensor, tensor_to_images
+from synthdet.datasets.embedded.sources import prepare_reals
 
 
 def _reals(n=16, size=32):
@@ -54,7 +54,7 @@ def test_build_benchmark_writes_balanced_genimage_layout(embedded_data, tmp_path
     subsets = {"dcgan": {"generator": "dcgan", "family": "gan", "epochs": 1, "width": 8},
                "vqae": {"generator": "vq_autoencoder", "family": "vq", "epochs": 1, "width": 8},
                "gan_face": {"generator": "gan_face", "family": "gan"}}
-    labels = build_benchmark(reals, tmp_path / "bench", embedded_data / "weights", subsets, images_per_subset=20,
+    labels, _ = build_benchmark(reals, tmp_path / "bench", embedded_data / "weights", subsets, images_per_subset=20,
                              test_fraction=0.25, seed=0, image_size=64, batch_size=8)
     df = index_genimage_tree(tmp_path / "bench").drop(columns=["group", "family"]).merge(
         labels[["path", "group", "family"]], on="path")
@@ -64,14 +64,14 @@ def test_build_benchmark_writes_balanced_genimage_layout(embedded_data, tmp_path
     # reals of one original never straddle train and test
     real = df[df.label == 0]
     assert real.groupby("group")["split"].nunique().max() == 1
-    again = build_benchmark(reals, tmp_path / "bench2", embedded_data / "weights", subsets, 20, 0.25, 0, 64, 8)
+    again, _ = build_benchmark(reals, tmp_path / "bench2", embedded_data / "weights", subsets, 20, 0.25, 0, 64, 8)
     a = pd.Series([open(p, "rb").read() for p in labels.path])
     b = pd.Series([open(p, "rb").read() for p in again.path])
     assert (a == b).all(), "the same seed must give byte-identical benchmarks"
 
 
 def test_a_collapsed_generator_fails_the_build(embedded_data, tmp_path, monkeypatch):
-    from synthdet.generators import build
+    from synthdet.datasets.embedded import build
 
     reals = prepare_reals(embedded_data, tmp_path / "reals")
     reals = reals[reals.status == "ok"].assign(group=lambda d: d["original"])
@@ -118,7 +118,7 @@ def test_class_conditional_subset_and_content_tests(tmp_path):
     subsets = {"ldm": {"generator": "latent_diffusion", "family": "diffusion", "epochs": 1, "width": 16,
                        "ddim_steps": 3, "guidance": 2.0, "content": "photo", "classes": 2, "vae": v}}
     content_tests = {"generator_subset": "ldm", "images": 5, "subsets": {"faces": "face", "paintings": "painting"}}
-    labels = build_benchmark(reals, tmp_path / "bench", tmp_path, subsets, images_per_subset=20, test_fraction=0.25,
+    labels, _ = build_benchmark(reals, tmp_path / "bench", tmp_path, subsets, images_per_subset=20, test_fraction=0.25,
                              seed=0, image_size=32, batch_size=8, content_tests=content_tests)
     df = index_genimage_tree(tmp_path / "bench").drop(columns=["class", "content"]).merge(
         labels[["path", "class", "content"]], on="path")

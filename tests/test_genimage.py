@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet.data import genimage
-from synthdet.data.download import download_genimage
-from synthdet.data.genimage import SplitZip, extract, ingest, load_checksums, md5_file
+from synthdet.datasets import genimage
+from synthdet.datasets.genimage import SplitZip, extract, ingest, load_checksums, md5_file
 from synthdet.fsutil import DataSourceError
+from synthdet.stages.download import download_genimage
 from tests.conftest import make_genimage_tree
 
-pytestmark = pytest.mark.skipif(shutil.which("zip") is None, reason="needs Info-ZIP `zip` (apt-get install zip)")
+needs_zip = pytest.mark.skipif(shutil.which("zip") is None, reason="needs Info-ZIP `zip` (apt-get install zip)")
 SUBSET = "imagenet_glide"
 LISTED = "imagenet_glide/train/ai/GLIDE_1000_200_08_808_glide_00033.png"  # in corrupted_files/
 
@@ -38,6 +38,7 @@ def _archives(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     return tree, src, checksums
 
 
+@needs_zip
 def test_split_zip_is_verified_extracted_and_indexed(tmp_path):
     tree, src, checksums = _archives(tmp_path)
     out = tmp_path / "extracted"
@@ -51,6 +52,7 @@ def test_split_zip_is_verified_extracted_and_indexed(tmp_path):
     assert ingest(src, out, [SUBSET], checksums)[SUBSET] == {"extracted": 0, "skipped": len(originals)}
 
 
+@needs_zip
 def test_interrupted_extraction_resumes_and_never_keeps_half_files(tmp_path):
     tree, src, checksums = _archives(tmp_path)
     out = tmp_path / "extracted"
@@ -62,6 +64,7 @@ def test_interrupted_extraction_resumes_and_never_keeps_half_files(tmp_path):
     assert victim.read_bytes() == (tree / SUBSET / "train/ai/big_noise.png").read_bytes()
 
 
+@needs_zip
 def test_bad_parts_are_named(tmp_path):
     _, src, checksums = _archives(tmp_path)
     wrong = dict(checksums, **{f"{SUBSET}.zip": "0" * 32})
@@ -74,6 +77,7 @@ def test_bad_parts_are_named(tmp_path):
         ingest(src, tmp_path / "o3", ["imagenet_midjourney"], checksums)
 
 
+@needs_zip
 def test_download_stage_marks_corrupt_and_known_bad_images(tmp_path):
     _, src, checksums = _archives(tmp_path)
     df = download_genimage(src, tmp_path / "out", [SUBSET], checksums=checksums).set_index("path")
@@ -113,3 +117,29 @@ def test_shipped_reference_lists():
     assert {n.split(".")[0] for n in checksums} == set(genimage.SUBSETS)
     assert len(genimage.known_corrupt("imagenet_ai_0424_sdv5")) == 3648
     assert "imagenet_ai_0508_adm/train/ai/115_adm_141.PNG" in genimage.known_corrupt("imagenet_ai_0508_adm")
+
+
+@needs_zip
+def test_zip64_split_archives_extract_byte_exact(tmp_path):
+    """GenImage's real parts are zip64 (over 65,535 entries, parts over 4 GiB): `zip -fz` writes
+    the same records (0xFFFFFFFF sizes with zip64 extra fields, zip64 end-of-directory and its
+    locator) on a small tree, split across disks, through the real ingest path."""
+    tree = make_genimage_tree(tmp_path / "tree", subsets=(SUBSET,), per_folder=3)
+    big = np.random.default_rng(1).integers(0, 256, (200, 200, 3), dtype=np.uint8)
+    Image.fromarray(big).save(tree / SUBSET / "train/ai/big_noise.png")  # spans disks
+    src = tmp_path / "downloads"
+    src.mkdir()
+    subprocess.run(["zip", "-q", "-r", "-fz", "-s", "64k", str(src / f"{SUBSET}.zip"), SUBSET], cwd=tree, check=True)
+    last = (src / f"{SUBSET}.zip").read_bytes()
+    assert b"PK\x06\x06" in last and b"PK\x06\x07" in last  # zip64 end record and locator
+    with SplitZip(sorted(src.iterdir(), key=lambda p: (p.suffix == ".zip", p.name))) as archive:
+        sizes = {e.name: e.file_size for e in archive.entries}  # read from the zip64 extra fields
+    assert sizes[f"{SUBSET}/train/ai/big_noise.png"] == (tree / SUBSET / "train/ai/big_noise.png").stat().st_size
+    checksums = {p.name: md5_file(p) for p in src.iterdir()}
+    out = tmp_path / "extracted"
+    ingest(src, out, [SUBSET], checksums)
+    originals = sorted(p.relative_to(tree) for p in tree.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file() and not p.name.startswith(".")) \
+        == originals
+    for rel in originals:
+        assert (out / rel).read_bytes() == (tree / rel).read_bytes(), rel

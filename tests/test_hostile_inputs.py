@@ -21,10 +21,10 @@ from PIL import Image
 
 from synthdet import cli
 from synthdet.data.dataset import ManifestDataset, make_transform
-from synthdet.data.genimage import Part, SplitZip, extract, ingest, md5_file, verify_parts
 from synthdet.data.imageio import ImageDecodeError, inspect_image, load_rgb
-from synthdet.data.imaginet import build_perturbed, read_annotations
 from synthdet.data.manifest import describe_file
+from synthdet.datasets.genimage import Part, SplitZip, extract, ingest, md5_file, verify_parts
+from synthdet.datasets.imaginet import build_perturbed, read_annotations
 from synthdet.fsutil import (
     OWNED_MARKER,
     CheckpointError,
@@ -34,7 +34,7 @@ from synthdet.fsutil import (
     make_owned_dir,
     remove_owned_dir,
 )
-from synthdet.train import TrainConfig, load_detector, train_detector
+from synthdet.training import TrainConfig, load_detector, train_detector
 from tests.conftest import noise_image
 
 
@@ -190,8 +190,9 @@ def test_a_one_by_a_million_png_is_refused_before_any_resize(tmp_path):
     ok = tmp_path / "ok.png"
     noise_image(1, (48, 48)).save(ok)
     ds = ManifestDataset(pd.DataFrame({"path": [str(path), str(ok)], "label": [1, 0]}), make_transform(64, False))
-    x, y, i = ds[0]  # the hostile file is skipped, the epoch goes on
+    x, y, i, skipped = ds[0]  # the hostile file is skipped, the epoch goes on
     assert x.shape == (3, 64, 64) and i == 1 and "aspect ratio" in ds.failures[str(path)]
+    assert skipped.startswith(f"{path}\t") and "aspect ratio" in skipped
 
 
 def _zip_with(path: Path, entries: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> Path:
@@ -368,8 +369,9 @@ def test_cli_user_mistakes_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys
     cases = [
         (["profile", "broken"], r"profiles/broken.yaml \(line \d+\): not valid YAML"),
         (["profile", "nope"], r"profiles/nope.yaml: no such profile"),
-        (["train", "--params", "broken_params.yaml"], r"broken_params.yaml \(line \d+\): not valid YAML"),
-        (["train", "--params", "partial_params.yaml"], r"partial_params.yaml: missing keys \['train_subset'"),
+        (["stage", "train", "--params", "broken_params.yaml"], r"broken_params.yaml \(line \d+\): not valid YAML"),
+        (["stage", "train", "--params", "partial_params.yaml"], r"partial_params.yaml: missing key 'seed'"),
+        (["stage", "no_such_stage"], r"no stage 'no_such_stage'"),
         (["summary"], r"metrics/evaluate.json: broken metrics file .*run `dvc repro`"),
         (["fetch", "no_such_source"], r"unknown embedded source\(s\) \['no_such_source'\]"),
         (["data", "--dvc-file", "missing.dvc"], r"missing.dvc: not found"),

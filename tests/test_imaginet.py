@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet.data.download import download_imaginet
-from synthdet.data.imaginet import build_perturbed, perturb, read_annotations
+from synthdet.datasets.imaginet import build_perturbed, perturb, read_annotations
 from synthdet.fsutil import DataSourceError
+from synthdet.stages.download import download_imaginet
 from tests.conftest import noise_image
 
 

@@ -1,9 +1,9 @@
 import pandas as pd
 import pytest
 
-from synthdet.data.download import download_genimage
 from synthdet.data.manifest import LayoutError, index_genimage_tree
 from synthdet.data.splits import LeakageError, assign_splits, check_no_leaks, find_leaks, group_assignment
+from synthdet.stages.download import download_genimage
 from tests.conftest import make_genimage_tree
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from synthdet import cli
 from synthdet.cli import deep_update, load_profile, make_workspace
 from synthdet.detectors import list_detectors
 from tests.conftest import make_embedded_data
@@ -59,16 +61,82 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     again = _dvc(ws, "repro")
     assert "Running stage" not in again.stdout and (ws / "dvc.lock").read_text() == first
 
-    shutil.rmtree(ws / "artifacts/evaluate")  # re-running a stage gives the same numbers
-    _dvc(ws, "repro", "-s", "evaluate")
+    _every_imported_file_is_a_dependency(ws)
+    _rerunning_train_and_evaluate_gives_the_same_numbers(ws, evaluate)
+    _an_interrupted_table_run_resumes_from_its_persisted_checkpoint(ws)
+
+    # another JPEG quality than the paper's: a new column, never dropped
+    _dvc(ws, "exp", "run", "-S", "degrade.jpeg_quality=[50]")
+    tables = json.loads((ws / "metrics/tables.json").read_text())
+    assert {k.split("/")[1] for k in tables["degradation_acc"]} == {
+        "clean", "lowres_112", "lowres_64", "jpeg_q50", "blur_sigma3", "blur_sigma5"}
+    assert "jpeg_q50" in (ws / "artifacts/tables/degradations.csv").read_text()
+    assert "jpeg_q50" in json.loads((ws / "metrics/evaluate.json").read_text())
+
+    # another detector: `dvc exp run -S model=<name>` (the design card's swin_t, and npr) reruns train
+    # and evaluate with it; every other registered name runs the same two stages' code directly
+    # (`synthdet stage train|evaluate`, what the notebooks call), which saves minutes of notebook starts
+    conditions = set(evaluate) - {"jpeg_q65", "jpeg_q30"} | {"jpeg_q50"}
+    monkeypatch.chdir(ws)
+    for name in list_detectors():
+        if name in ("swin_t", "npr"):
+            _dvc(ws, "exp", "run", "-S", f"model={name}")
+        else:
+            params = yaml.safe_load((ws / "params.yaml").read_text())
+            (ws / "params_model.yaml").write_text(yaml.safe_dump({**params, "model": name}))
+            for stage in ("train", "evaluate"):
+                assert cli.main(["stage", stage, "--params", "params_model.yaml"]) == 0
+        assert json.loads((ws / "metrics/train.json").read_text())["model"] == name
+        assert torch.load(ws / "artifacts/train/detector.pt", weights_only=True)["config"]["model"] == name
+        assert set(pd.read_parquet(ws / "artifacts/evaluate/scores.parquet")["model"]) == {name}
+        assert set(json.loads((ws / "metrics/evaluate.json").read_text())) == conditions
+    monkeypatch.chdir(ROOT)
+    shutil.rmtree(ws)  # ~4 GB of checkpoints and DVC cache; a failing test keeps its workspace
+
+
+def _every_imported_file_is_a_dependency(ws: Path) -> None:
+    """Touch every source file: `dvc status` must report, for each stage, exactly the files its
+    code imports (as the stage table computes them) as changed."""
+    from synthdet.stages import table
+
+    src = sorted((ws / "src/synthdet").rglob("*.py"))
+    for path in src:
+        path.write_text(path.read_text() + "\n# touched\n")
+    status = json.loads(_dvc(ws, "status", "--json").stdout)
+    for path in src:
+        path.write_text(path.read_text().removesuffix("\n# touched\n"))
+    for stage in table.all_stages():
+        names = [n for n in status if n.split("@")[0] == stage.name]
+        assert names, f"dvc status does not report {stage.name} after its sources changed"
+        for name in names:
+            changed = {f for entry in status[name] if isinstance(entry, dict)
+                       for f in entry.get("changed deps", {})}
+            assert {f for f in changed if f.startswith("src/")} == set(stage.source_files()), name
+    assert _dvc(ws, "status", "--json").stdout.strip() in ("{}", ""), "restoring the sources restores the status"
+
+
+def _rerunning_train_and_evaluate_gives_the_same_numbers(ws: Path, evaluate: dict) -> None:
+    """Forced (no run cache), from scratch (no checkpoint): the notebooks really execute."""
+    timing = {"seconds", "images_per_s"}
+    train = {k: v for k, v in json.loads((ws / "metrics/train.json").read_text()).items() if k not in timing}
+    shutil.rmtree(ws / "artifacts/train/checkpoints")
+    for stage in ("train", "evaluate"):
+        out = _dvc(ws, "repro", "-f", "-s", stage).stdout
+        assert f"Running stage '{stage}'" in out
+    assert {k: v for k, v in json.loads((ws / "metrics/train.json").read_text()).items() if k not in timing} == train
     assert json.loads((ws / "metrics/evaluate.json").read_text()) == evaluate
 
-    # `dvc exp run -S model=<name>` for every registered detector: train and evaluate rerun with it
-    for name in list_detectors():
-        _dvc(ws, "exp", "run", "-S", f"model={name}")
-        assert json.loads((ws / "metrics/train.json").read_text())["model"] == name
-        assert set(json.loads((ws / "metrics/evaluate.json").read_text())) == set(evaluate)
-    shutil.rmtree(ws)  # ~4 GB of checkpoints and DVC cache; a failing test keeps its workspace
+
+def _an_interrupted_table_run_resumes_from_its_persisted_checkpoint(ws: Path) -> None:
+    run = "zoo/npr__ldm__s0"
+    before = pd.read_parquet(ws / "artifacts/runs" / run / "scores.parquet")
+    assert (ws / "artifacts/checkpoints" / run / "last.pt").exists()
+    shutil.rmtree(ws / "artifacts/runs" / run)  # as if killed after its last checkpoint
+    _dvc(ws, "repro", "-f", "-s", "zoo@npr-0")
+    report = (ws / "reports/runs" / f"{run}.ipynb").read_text()
+    assert "resuming from artifacts/checkpoints/zoo/npr__ldm__s0/last.pt" in report
+    after = pd.read_parquet(ws / "artifacts/runs" / run / "scores.parquet")
+    pd.testing.assert_frame_equal(after.drop(columns="train_seconds"), before.drop(columns="train_seconds"))
 
 
 def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:
@@ -87,7 +155,7 @@ def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("zip") is None, reason="needs Info-ZIP `zip` (apt-get install zip)")
 def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
-    from synthdet.data.genimage import md5_file
+    from synthdet.datasets.genimage import md5_file
     from tests.conftest import make_genimage_tree
 
     subsets = ("imagenet_ai_0419_sdv4", "imagenet_glide")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet.data import embedded
 from synthdet.data.archives import iter_deb_data, verify_sha256
-from synthdet.data.embedded import grid_crops, largest_opaque_square, prepare_reals
-from synthdet.data.qt_rcc import RccError, iter_rcc
+from synthdet.datasets.embedded import sources as embedded
+from synthdet.datasets.embedded.qt_rcc import RccError, iter_rcc
+from synthdet.datasets.embedded.sources import grid_crops, largest_opaque_square, prepare_reals
 from synthdet.fsutil import DataSourceError, atomic_write_bytes, inside
 from tests.conftest import noise_image, rcc_bytes
 
@@ -140,6 +140,6 @@ def test_fetch_from_the_registry_is_pinned_and_resumable(tmp_path):
     ("erase/resource/cat.webp", "gcompris/erase/resource/cat.webp", "photo"),
 ])
 def test_gcompris_pieces_of_one_picture_share_a_group_and_content(rel, picture, content):
-    from synthdet.data.embedded import _content_and_class, picture_of
+    from synthdet.datasets.embedded.sources import _content_and_class, picture_of
 
     assert picture_of("gcompris", rel) == picture and _content_and_class("gcompris", rel)[0] == content

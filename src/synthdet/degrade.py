@@ -2,7 +2,7 @@
 
 GenImage degrades 224 px inputs: low resolution 112 and 64 px, JPEG quality 65 and 30, Gaussian
 blur sigma 3 and 5. Test images are first brought to the detector's input size the way the
-detector's own transform does it (:func:`fit_to_input`), so at 224 px the paper's values apply
+detector's own transform does it (:func:`synthdet.data.imageio.fit_to_input`), so at 224 px the paper's values apply
 as they are. At another input size :func:`scaled_conditions` keeps the *relative* severity:
 sizes and sigmas scale by ``image_size / reference_size``; JPEG quality does not scale.
 """
@@ -10,20 +10,17 @@ sizes and sigmas scale by ``image_size / reference_size``; JPEG quality does not
 from __future__ import annotations
 
 import io
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
+import pandas as pd
 from PIL import Image, ImageFilter
+from tqdm.auto import tqdm
 
-
-def fit_to_input(img: Image.Image, size: int) -> Image.Image:
-    """Short side to ``size`` (bicubic, antialiased) and a centre crop: the detector's view."""
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    f = size / min(w, h)
-    img = img.resize((max(size, round(w * f)), max(size, round(h * f))), Image.Resampling.BICUBIC)
-    left, top = (img.width - size) // 2, (img.height - size) // 2
-    return img.crop((left, top, left + size, top + size))
+from synthdet.data.imageio import fit_to_input, load_rgb
+from synthdet.fsutil import atomic_write_bytes, inside
 
 
 def low_resolution(img: Image.Image, size: int) -> Image.Image:
@@ -81,3 +78,47 @@ def scaled_conditions(image_size: int, reference_size: int, lowres: list[int], j
     conds += [Condition(f"jpeg_q{q}", "jpeg", q, q) for q in jpeg_quality]
     conds += [Condition(f"blur_sigma{s:g}", "blur", s, round(s * f, 3)) for s in blur_sigma]
     return conds
+
+
+KIND_ORDER = ("clean", "lowres", "jpeg", "blur")  # GenImage's column order
+_NAME = re.compile(r"^(clean|lowres|jpeg|blur)(?:_(?:q|sigma)?([0-9.]+))?$")
+
+
+def natural_order(names: list[str] | pd.Index) -> list[str]:
+    """Condition names as GenImage orders them: clean, low resolution, JPEG, blur; within a kind
+    from mild to severe (112 before 64 px, q65 before q30, sigma 3 before 5). Names of no known
+    kind come last, as they are."""
+    def key(name: str) -> tuple:
+        m = _NAME.match(name)
+        if not m:
+            return (len(KIND_ORDER), 0.0)
+        value = float(m.group(2) or 0)
+        return (KIND_ORDER.index(m.group(1)), value if m.group(1) == "blur" else -value)
+
+    return sorted(dict.fromkeys(names), key=key)
+
+
+def write_degraded(test: pd.DataFrame, out: Path, image_size: int, conditions: list[Condition]) -> pd.DataFrame:
+    """A degraded copy (lossless PNG) of every test image for every condition, degraded at the
+    detector's input size ``image_size``; existing copies are kept (an interrupted run resumes).
+    Rows come in the conditions' order; ``clean`` rows point at the original files."""
+    rows = []
+    # the folders' common root (not the files': with one test image that would be the file itself)
+    common = os.path.commonpath([os.path.dirname(p) for p in test["path"]]) if len(test) else ""
+    for cond in conditions:
+        for r in tqdm(test.to_dict("records"), desc=cond.name):
+            if cond.kind == "clean":
+                path = r["path"]
+            else:
+                rel = Path(os.path.relpath(r["path"], common)).with_suffix(".png").as_posix()
+                target = inside(out, f"{cond.name}/{rel}", "degraded test set")
+                path = target.as_posix()
+                if not target.exists():
+                    buf = io.BytesIO()
+                    cond.apply(fit_to_input(load_rgb(r["path"]), image_size)).save(buf, format="PNG")
+                    atomic_write_bytes(target, buf.getvalue())
+            rows.append({"path": path, "source_path": r["path"],
+                         **{k: r[k] for k in ("label", "subset", "generator", "content", "class")},
+                         "condition": cond.name, "kind": cond.kind, "paper_value": cond.value,
+                         "effective_value": cond.effective})
+    return pd.DataFrame(rows)

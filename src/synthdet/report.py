@@ -1,4 +1,4 @@
-"""Figures and tables for the notebooks (seaborn); no metric is computed here."""
+"""Figures for the notebooks (seaborn) and image grids; no metric is computed here."""
 
 from __future__ import annotations
 
@@ -10,11 +10,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from synthdet.data.imageio import fit_to_input, load_rgb  # noqa: E402
+
+
+def in_order(values: pd.Index | list, order: list | None) -> list:
+    """``values`` with those named in ``order`` first (in that order), then the rest as they were."""
+    values = list(values)
+    if not order:
+        return values
+    return [v for v in order if v in values] + [v for v in values if v not in order]
 
 
 def heatmap(table: pd.DataFrame, index: str, columns: str, value: str, title: str,
-            path: Path | None = None, fmt: str = ".2f") -> plt.Figure:
+            path: Path | None = None, fmt: str = ".2f", row_order: list[str] | None = None,
+            col_order: list[str] | None = None) -> plt.Figure:
+    """``value`` as rows ``index`` x columns ``columns``; orders put the named rows / columns
+    first (in that order), the others after them."""
     pivot = table.pivot(index=index, columns=columns, values=value)
+    pivot = pivot.reindex(index=in_order(pivot.index, row_order), columns=in_order(pivot.columns, col_order))
     fig, ax = plt.subplots(figsize=(1.1 * pivot.shape[1] + 3, 0.5 * pivot.shape[0] + 2))
     sns.heatmap(pivot, annot=True, fmt=fmt, vmin=0, vmax=1, cmap="viridis", ax=ax, cbar_kws={"label": value})
     ax.set_title(title)
@@ -41,6 +56,16 @@ def lines(table: pd.DataFrame, x: str, values: list[str], title: str, path: Path
                         textcoords="offset points")
     ax.set(xscale="log", ylim=(0.4, 1.02), ylabel="accuracy", title=title)
     return _save(fig, path)
+
+
+def sample_grid(paths: list[str], cols: int = 8, size: int = 64) -> Image.Image:
+    """Tile images, each seen as a detector sees it at ``size`` px, into one picture."""
+    imgs = [fit_to_input(load_rgb(p), size) for p in paths]
+    rows = max(1, -(-len(imgs) // cols))
+    grid = Image.new("RGB", (cols * size, rows * size))
+    for i, im in enumerate(imgs):
+        grid.paste(im, ((i % cols) * size, (i // cols) * size))
+    return grid
 
 
 def _save(fig: plt.Figure, path: Path | None) -> plt.Figure:

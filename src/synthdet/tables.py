@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from synthdet.metrics import metrics_table
+from synthdet.report import in_order
 
 METRICS = ["acc", "real_acc", "fake_acc", "auc", "ap", "acc_ci_low", "acc_ci_high"]
 
@@ -18,19 +19,28 @@ def per_seed(scores: pd.DataFrame, by: list[str], n_bootstrap: int = 1000, seed:
 
 
 def over_seeds(cells: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Mean of every metric over seeds, plus ``acc_std`` and the number of seeds."""
+    """Mean of every metric over seeds, the number of seeds and, when some cell has several
+    seeds, ``acc_std`` (absent with one seed: a spread of one number is not 0)."""
     grouped = cells.groupby(by, sort=False)
     out = grouped[METRICS].mean()
-    out["acc_std"] = grouped["acc"].std(ddof=1).fillna(0.0) if grouped.ngroups else []
     out["n_seeds"] = grouped["seed"].nunique()
+    if len(out) and out["n_seeds"].max() > 1:
+        out["acc_std"] = grouped["acc"].std(ddof=1)
     if "n" in cells:
         out["n"] = grouped["n"].mean()  # test images per cell
     return out.reset_index()
 
 
 def full_runs(scores: pd.DataFrame) -> pd.DataFrame:
-    """Runs trained on the whole training subset (tables 1-3 and 6), not the class ablations."""
-    return scores[scores["class_budget"] == "full"] if "class_budget" in scores else scores
+    """Runs trained on the whole training subset (tables 1-3 and 6), not the class ablations; a
+    (model, training subset, seed) trained by two families counts once (``xgen`` first)."""
+    s = scores[scores["class_budget"] == "full"] if "class_budget" in scores else scores
+    if "family" not in s:
+        return s
+    first = (s[["family", "model", "train_subset", "seed"]].drop_duplicates()
+             .assign(rank=lambda t: t["family"].map({"xgen": 0, "zoo": 1}).fillna(2))
+             .sort_values("rank").drop_duplicates(["model", "train_subset", "seed"]))
+    return s.merge(first[["family", "model", "train_subset", "seed"]], on=["family", "model", "train_subset", "seed"])
 
 
 def cross_generator(scores: pd.DataFrame, model: str = "resnet50", **kw) -> pd.DataFrame:
@@ -61,8 +71,7 @@ def wide(table: pd.DataFrame, index: str, columns: str, value: str = "acc", orde
          average: bool = True) -> pd.DataFrame:
     """Pivot to the paper's shape, with an average column like GenImage's."""
     out = table.pivot(index=index, columns=columns, values=value)
-    if order:
-        out = out[[c for c in order if c in out.columns]]
+    out = out[in_order(out.columns, order)]  # the given order first, then any other column (never dropped)
     if average:
         out["Avg"] = out.mean(axis=1)
     return out
@@ -112,3 +121,71 @@ def content_generalisation(scores: pd.DataFrame, train_subset: str, content_subs
     s = full_runs(scores)
     s = s[(s["train_subset"] == train_subset) & s["subset"].isin([train_subset, *content_subsets])]
     return over_seeds(_clean_acc(s, ["model", "subset"], **kw), ["model", "subset"])
+
+
+def different_generators(scores: pd.DataFrame, generator_subsets: list[str], **kw) -> pd.DataFrame:
+    """GenImage's "different generators are used for training and testing" table: for every
+    detector trained on every generator subset, accuracy per testing subset averaged over the
+    training subsets (the diagonal included, as in the paper). Only models trained on all of
+    ``generator_subsets`` appear."""
+    s = full_runs(scores)
+    s = s[(s["condition"] == "clean") & s["train_subset"].isin(generator_subsets)
+          & s["subset"].isin(generator_subsets)]
+    complete = s.groupby("model")["train_subset"].nunique()
+    s = s[s["model"].isin(complete[complete == len(set(generator_subsets))].index)]
+    cells = per_seed(s, ["model", "train_subset", "subset"], **kw)
+    averaged = cells.groupby(["model", "subset", "seed"], as_index=False)[METRICS].mean()
+    return over_seeds(averaged, ["model", "subset"])
+
+
+def conclusions(xgen: pd.DataFrame, paper: dict[str, pd.DataFrame], det: pd.DataFrame, wide_deg: pd.DataFrame,
+                size: pd.DataFrame, subs: pd.DataFrame, content: pd.DataFrame, diff: pd.DataFrame,
+                order: list[str]) -> list[str]:
+    """Where this benchmark agrees with GenImage and where not, as sentences computed from the tables."""
+    lines = []
+    paper_long = paper["task1_resnet50_matrix"].drop(columns="Avg").stack().rename("acc").reset_index()
+    paper_long.columns = ["train_subset", "subset", "acc"]
+    same, cross = same_vs_cross(xgen)
+    paper_same, paper_cross = same_vs_cross(paper_long.assign(acc=paper_long["acc"] / 100))
+    if cross == cross:  # NaN when only one training subset ran
+        gap = same - cross
+        lines.append(f"Same-generator accuracy {same:.3f} vs cross-generator {cross:.3f} (gap {gap:+.3f}); "
+                     f"GenImage: {paper_same:.3f} vs {paper_cross:.3f}.")
+        lines.append("Agrees with GenImage: detectors do not transfer across generators." if gap > 0.1
+                     else "Does NOT show GenImage's same >> cross gap at this budget.")
+    best = wide(det, "model", "subset", order=order)["Avg"].sort_values(ascending=False)
+    paper_best = paper["task1_train_sdv14"]["Avg"].sort_values(ascending=False)
+    lines.append(f"Best average over test subsets (trained on one subset): {best.index[0]} ({best.iloc[0]:.3f}); "
+                 f"GenImage: {paper_best.index[0]} ({paper_best.iloc[0]:.1f}%).")
+    if len(diff):
+        avg = wide(diff, "model", "subset", order=order)["Avg"].sort_values(ascending=False)
+        paper_avg = paper["task1_cross_generator_avg"]["Avg"].sort_values(ascending=False)
+        lines.append(f"Different generators (averaged over training subsets): best {avg.index[0]} ({avg.iloc[0]:.3f}), "
+                     f"worst {avg.index[-1]} ({avg.iloc[-1]:.3f}); GenImage: best {paper_avg.index[0]} "
+                     f"({paper_avg.iloc[0]:.1f}%), worst {paper_avg.index[-1]} ({paper_avg.iloc[-1]:.1f}%).")
+    if len(wide_deg.columns) > 1:
+        hard = wide_deg.drop(columns="Avg").mean().sort_values()
+        paper_hard = paper["task2_degraded"].drop(columns="Avg").mean().sort_values()
+        lines.append(f"Hardest degradation on average: {hard.index[0]} ({hard.iloc[0]:.3f}); "
+                     f"GenImage: {paper_hard.index[0]} ({paper_hard.iloc[0]:.1f}%).")
+    ablations = size[size.class_budget != "full"] if len(size) else size
+    if len(ablations) > 1:
+        rho = ablations[["train_images", "acc_identical"]].corr(method="spearman").iloc[0, 1]
+        lines.append(f"Training-set size: Spearman rho(images, identical-generator acc) = {rho:+.2f} over "
+                     f"{len(ablations)} budgets; GenImage's five rows: more images -> higher accuracy.")
+        pairs = ablations.sort_values("train_classes").groupby("train_images")["acc_identical"].agg(
+            ["first", "last", "size"])
+        pairs = pairs[pairs["size"] > 1]
+        lines.append(f"At equal size, more classes beat fewer in {int((pairs['last'] > pairs['first']).sum())} of "
+                     f"{len(pairs)} pairs (GenImage: 100x16 > 10x160, 1000x16 < 100x160).")
+    seen_gap = subs.pivot_table(index="class_budget", columns="classes", values="acc") if len(subs) else pd.DataFrame()
+    if {"seen", "unseen"} <= set(seen_gap.columns):
+        lines.append(f"Class subsets: accuracy on classes seen in training {seen_gap['seen'].mean():.3f} vs unseen "
+                     f"{seen_gap['unseen'].mean():.3f} (mean over budgets).")
+    if len(content):
+        cont = wide(content, "model", "subset", average=False).mean()
+        paper_content = paper["content"]["acc"]
+        lines.append("Content, mean over detectors: " + ", ".join(f"{k} {v:.3f}" for k, v in cont.items())
+                     + "; GenImage (ResNet-50 on SD V1.4): "
+                     + ", ".join(f"{k} {v:.1f}%" for k, v in paper_content.items()) + ".")
+    return lines

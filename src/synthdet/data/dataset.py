@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -11,20 +12,21 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from synthdet.data.imageio import ImageDecodeError, load_rgb
+from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def make_transform(input_size: int, train: bool, hflip: bool = True) -> Callable[[Image.Image], torch.Tensor]:
-    """Short side to the model input and a centre crop (a no-op on square images of that size),
-    optional flip, then ImageNet normalisation.
+    """The detector's view (:func:`~synthdet.data.imageio.fit_to_input`: short side to the input
+    size, centre crop; nothing to do on square images of that size), optional flip, then ImageNet
+    normalisation.
 
     No random crop or colour jitter by default: those change the very pixel statistics a detector
     relies on, and GenImage's baselines train without them.
     """
-    steps: list = [v2.PILToTensor(), v2.Resize(input_size, antialias=True), v2.CenterCrop(input_size)]
+    steps: list = [functools.partial(fit_to_input, size=input_size), v2.PILToTensor()]
     if train and hflip:
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
@@ -32,11 +34,13 @@ def make_transform(input_size: int, train: bool, hflip: bool = True) -> Callable
 
 
 class ManifestDataset(Dataset):
-    """Rows of a manifest -> (image tensor, label, row index).
+    """Rows of a manifest -> (image tensor, label, row index, skipped).
 
     A file that fails to decode at run time (it passed indexing but was damaged since) is logged
-    and replaced by the next decodable row, so one bad file never ends an epoch; the bad paths are
-    collected in ``self.failures``.
+    and replaced by the next decodable row, so one bad file never ends an epoch. ``skipped``
+    reports the files passed over for this item (``path<TAB>problem`` lines, '' for none): it
+    travels back from DataLoader workers in the batch, where ``self.failures`` (filled in each
+    worker's own copy of the dataset) cannot.
     """
 
     def __init__(self, rows: pd.DataFrame, transform: Callable[[Image.Image], torch.Tensor],
@@ -49,7 +53,8 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
+        skipped = []
         for offset in range(min(len(self.paths), 64)):
             i = (index + offset) % len(self.paths)
             try:
@@ -58,8 +63,9 @@ class ManifestDataset(Dataset):
                 if self.paths[i] not in self.failures:
                     log.warning("skipping unreadable image: %s", exc)
                 self.failures[self.paths[i]] = exc.problem
+                skipped.append(f"{self.paths[i]}\t{exc.problem}")
                 continue
             if self.image_transform is not None:
                 img = self.image_transform(img)
-            return self.transform(img), self.labels[i], i
+            return self.transform(img), self.labels[i], i, "\n".join(skipped)
         raise RuntimeError(f"64 consecutive unreadable images from {self.paths[index]}; is the data there?")

@@ -154,6 +154,19 @@ def load_rgb(path: Path | str) -> Image.Image:
         raise ImageDecodeError(path, f"truncated or corrupt image data ({exc})", "corrupt") from exc
 
 
+def fit_to_input(img: Image.Image, size: int) -> Image.Image:
+    """The detector's view of an image: short side to ``size`` (bicubic, antialiased) and a
+    centre crop. The one resize of the project: the detectors' transform and the degrade stage
+    both call it, so a clean test image and its degraded copies are resampled the same way."""
+    w, h = img.size
+    if (w, h) == (size, size):
+        return img
+    f = size / min(w, h)
+    img = img.resize((max(size, round(w * f)), max(size, round(h * f))), Image.Resampling.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from synthdet.data.imageio import STATUS_OK, ImageDecodeError, inspect_image, sha256_file
+from synthdet.fsutil import atomic_output
 
 COLUMNS = [
     "path", "label", "subset", "split", "generator", "family", "content", "class", "source", "group",
@@ -99,10 +100,8 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_manifest(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.part")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        df.to_parquet(tmp, index=False)
 
 
 def read_manifest(path: Path) -> pd.DataFrame:

@@ -11,6 +11,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
+from synthdet.seeding import rng_for
+
 
 class LeakageError(ValueError):
     """The same image (by content hash or by group) sits in two splits."""
@@ -81,11 +83,6 @@ def split_counts(df: pd.DataFrame) -> pd.DataFrame:
     return df.pivot_table(index=["subset", "split"], columns="label", values="path", aggfunc="count",
                           fill_value=0).rename(columns={0: "real", 1: "fake"})
 
-
-def rng_for(seed: int, *names: str) -> np.random.Generator:
-    """A numpy generator keyed by seed and names, independent of call order."""
-    digest = hashlib.sha256(":".join([str(seed), *names]).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
 def parse_class_budget(spec: str) -> tuple[int, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,9 +28,8 @@ def list_detectors() -> list[str]:
 def create_detector(name: str, img_size: int = 224, weights: str | None = None, **kwargs) -> nn.Module:
     """Build a registered detector, or any timm model by its timm name, with one fake logit.
 
-    ``weights`` points at a local checkpoint (no hub downloads happen: HF_HUB_OFFLINE=1).
+    ``weights`` points at a local checkpoint (no hub downloads: synthdet sets HF_HUB_OFFLINE=1 unless you export 0).
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if name in _REGISTRY:
         model = _REGISTRY[name](img_size=img_size, **kwargs)
     else:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from synthdet.datasets.embedded.generators.dcgan import DCGANGenerator
 from synthdet.fsutil import load_torch_file
-from synthdet.generators.dcgan import DCGANGenerator
 
 
 def load_gan_face(weights: str) -> DCGANGenerator:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from synthdet.fsutil import DataSourceError, inside, read_json_cache, write_json
+from synthdet.fsutil import DataSourceError, atomic_output, inside, read_json_cache, write_json
 
 REFERENCE = Path(__file__).parent / "reference" / "genimage"
 
@@ -345,16 +345,8 @@ def extract(archive: SplitZip, out: Path, desc: str = "extract", verify_existing
                     done[entry.name] = record
                     counts["skipped"] += 1
                     continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # a short temporary name: the real one may already be at the file system's limit
-            tmp = target.with_name(f".{hashlib.sha1(entry.name.encode()).hexdigest()[:16]}.part")
-            try:
-                with open(tmp, "wb") as dst:
-                    archive.copy_to(entry, dst)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            os.replace(tmp, target)
+            with atomic_output(target) as tmp, open(tmp, "wb") as dst:
+                archive.copy_to(entry, dst)
             st = target.stat()
             done[entry.name] = [st.st_size, st.st_mtime_ns, entry.crc]
             counts["extracted"] += 1

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthdet.generators.common import init_dcgan_weights, minibatches
+from synthdet.datasets.embedded.generators.common import init_dcgan_weights, minibatches
 
 
 class DCGANGenerator(nn.Module):

@@ -6,7 +6,6 @@ root (``./imagenet/ILSVRC/Data/CLS-LOC/val/...JPEG``, ``./ffhq_stylegan/<uuid>.p
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 from pathlib import Path
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 from synthdet.data.imageio import ImageDecodeError, load_rgb
 from synthdet.degrade import compress
 from synthdet.fsutil import DataSourceError, atomic_write_bytes, check_relative, inside
+from synthdet.seeding import rng_for
 
 CONTENT = {0: "photos", 1: "paintings", 2: "faces", 3: "uncategorized"}
 FAMILY = {0: "gan", 1: "sd", 2: "midjourney", 3: "dalle3", 4: "real"}
@@ -81,9 +81,6 @@ def read_annotations(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _rng(seed: int, key: str) -> np.random.Generator:
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "big"))
-
 
 def perturb(img: Image.Image, rng: np.random.Generator, size: int = 256, p_compress: float = 0.75,
             quality: tuple[int, int] = (60, 100), max_crop: int = 1000) -> tuple[Image.Image, dict]:
@@ -115,7 +112,7 @@ def build_perturbed(annotations: pd.DataFrame, root: Path, out: Path, seed: int,
         target = inside(out, r.relpath + ".png", "perturbed test set")
         row = r._asdict() | {"source_path": (root / r.relpath).as_posix(), "path": target.as_posix()}
         try:
-            img, info = perturb(load_rgb(root / r.relpath), _rng(seed, r.relpath), size, p_compress)
+            img, info = perturb(load_rgb(root / r.relpath), rng_for(seed, r.relpath), size, p_compress)
         except ImageDecodeError as exc:
             rows.append(row | {"status": exc.status, "error": exc.problem, "path": None})
             continue

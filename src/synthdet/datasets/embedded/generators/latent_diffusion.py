@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthdet.generators.common import minibatches
-from synthdet.generators.vae import ConvVAE
+from synthdet.datasets.embedded.generators.common import minibatches
+from synthdet.datasets.embedded.generators.vae import ConvVAE
 
 
 def _timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthdet.generators.common import minibatches
-from synthdet.generators.vae import conv_decoder, conv_encoder
+from synthdet.datasets.embedded.generators.common import minibatches
+from synthdet.datasets.embedded.generators.vae import conv_decoder, conv_encoder
 
 
 class VQAutoencoder(nn.Module):

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from synthdet.data.archives import download_deb, download_wheel, iter_deb_data, iter_wheel, verify_sha256
 from synthdet.data.imageio import ImageDecodeError, load_rgb, sha256_file, to_rgb
-from synthdet.data.qt_rcc import iter_rcc
+from synthdet.datasets.embedded.qt_rcc import iter_rcc
 from synthdet.fsutil import DataSourceError, atomic_write_bytes, inside
 
 CONTENT_TYPES = ("photo", "painting", "face", "misc")  # ImagiNet's four

@@ -1,40 +1,115 @@
-"""The download stage: each dataset -> one manifest (see synthdet.data.manifest)."""
+"""Stage ``download``: each dataset -> one manifest (see synthdet.data.manifest).
+
+``data.name`` picks the dataset: the embedded benchmark (real images from ``data/``, fakes made
+here), GenImage's archives, or ImagiNet's annotation files.
+"""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from synthdet.data import embedded, genimage, imaginet
 from synthdet.data.manifest import describe_files, index_genimage_tree, normalise, usable, write_manifest
-from synthdet.fsutil import write_json
-from synthdet.generators.build import build_benchmark
+from synthdet.datasets import genimage, imaginet
+from synthdet.datasets.embedded import sources
+from synthdet.datasets.embedded.build import build_benchmark
+from synthdet.fsutil import DataSourceError, write_json
+from synthdet.report import sample_grid
+from synthdet.stages import paths
+from synthdet.stages.base import Out, Result, Stage, select
+
+STAGE = Stage(
+    name="download", notebook="notebooks/01_download.ipynb", module=__name__,
+    params=("seed", "data", "embedded"), deps=(paths.DATA,), outs=(Out(paths.DOWNLOAD),),
+    metrics=(paths.metrics_file("download"),),
+)
 
 
-def download_embedded(data_root: Path, out: Path, prepare: dict, benchmark: dict, seed: int) -> pd.DataFrame:
-    """Reals from ``data_root`` (``data/embedded``) -> crops -> fakes -> GenImage tree -> manifest."""
-    reals = embedded.prepare_reals(
+@dataclass(frozen=True)
+class Config:
+    seed: int
+    dataset: str
+    genimage: dict
+    imaginet: dict
+    embedded: dict
+
+    @classmethod
+    def from_params(cls, params: dict) -> Config:
+        p = select(params, STAGE.params)
+        d = p["data"]
+        if d["name"] not in ("embedded", "genimage", "imaginet"):
+            raise ValueError(f"data.name must be embedded, genimage or imaginet, not {d['name']!r}")
+        return cls(int(p["seed"]), d["name"], dict(d["genimage"]), dict(d["imaginet"]), dict(p["embedded"]))
+
+
+def run(params: dict) -> Result:
+    cfg = Config.from_params(params)
+    out = Path(paths.DOWNLOAD)
+    t0 = time.perf_counter()
+    generator_seconds: dict = {}
+    if cfg.dataset == "embedded":
+        manifest, generator_seconds = download_embedded(Path(paths.DATA) / "embedded", out, cfg.embedded["prepare"],
+                                                        cfg.embedded["benchmark"], cfg.seed)
+    elif cfg.dataset == "genimage":
+        g = cfg.genimage
+        if not g["source"]:
+            raise DataSourceError("data.genimage.source is empty: set it to the folder holding GenImage's archives "
+                                  "(dvc exp run -S data.genimage.source=/path/to/GenImage)")
+        checksums = genimage.load_checksums(Path(g["checksums"])) if g.get("checksums") else None
+        manifest = download_genimage(Path(g["source"]), out, g["subsets"],
+                                     Path(g["extract_to"]) if g.get("extract_to") else None, checksums,
+                                     bool(g.get("verify_extracted", False)))
+    else:
+        i = cfg.imaginet
+        if not i["root"]:
+            raise DataSourceError("data.imaginet.root is empty: set it to the ImagiNet dataset root")
+        manifest = download_imaginet(Path(i["root"]), out, i["annotations"], i["perturb"], cfg.seed)
+    metrics = {"images": int(len(manifest)), "usable": int((manifest["status"] == "ok").sum()),
+               "subsets": int(manifest["subset"].nunique()), "seconds": round(time.perf_counter() - t0, 1),
+               "generator_seconds": generator_seconds}
+    write_json(metrics, Path(paths.metrics_file("download")))
+    figures = {}
+    for subset, g in usable(manifest).groupby("subset"):
+        figures[f"{subset}: fakes (top), reals (bottom)"] = sample_grid(
+            g[g["label"] == 1]["path"].head(8).tolist() + g[g["label"] == 0]["path"].head(8).tolist())
+    facts = manifest.groupby("label")[["width", "height", "format", "mode"]].agg(
+        lambda s: sorted(map(str, s.unique()))[:10])
+    return Result(tables={"images per subset, label and status":
+                          manifest.groupby(["subset", "label", "status"]).size().unstack("label", fill_value=0),
+                          "images per family and content": manifest.groupby(["family", "content"]).size()
+                          .rename("images").to_frame(),
+                          "file facts per label (first 10 values)": facts},
+                  figures=figures, metrics=metrics)
+
+
+def download_embedded(data_root: Path, out: Path, prepare: dict, benchmark: dict,
+                      seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Reals from ``data_root`` (``data/embedded``) -> crops -> fakes -> GenImage tree -> manifest.
+    Returns the manifest and the seconds each generator took (metrics, not data)."""
+    reals = sources.prepare_reals(
         data_root, out / "reals", size=benchmark["image_size"], scale=prepare["crop_scale"],
         max_crops=prepare["max_crops_per_image"], min_side=prepare["min_side"],
     )
     reals["group"] = reals["picture"]  # crops, detail views and puzzle pieces of one picture share a split
     write_manifest(normalise(reals.assign(label=0, subset="pool", split=None, generator="real",
                                           family="real")), out / "reals.parquet")
-    labels = build_benchmark(
+    labels, seconds = build_benchmark(
         usable(reals), out / "benchmark", data_root / "weights",
         benchmark["subsets"], benchmark["images_per_subset"], benchmark["test_fraction"], seed,
         benchmark["image_size"], batch_size=benchmark["generator_batch_size"],
         generator_train_images=benchmark.get("generator_train_images"), content_tests=benchmark.get("content_tests"),
     )
-    embedded.write_attribution(data_root, out / "ATTRIBUTION.md")
+    sources.write_attribution(data_root, out / "ATTRIBUTION.md")
     names = list(benchmark["subsets"]) + list((benchmark.get("content_tests") or {}).get("subsets", {}))
     manifest = index_genimage_tree(out / "benchmark", names)
     manifest = manifest.drop(columns=[c for c in labels.columns if c != "path"]).merge(labels, on="path", how="left")
     manifest = normalise(manifest)
     write_manifest(manifest, out / "manifest.parquet")
-    return manifest
+    return manifest, seconds
 
 
 def download_genimage(source: Path, out: Path, subsets: list[str] | None, extract_to: Path | None = None,
@@ -49,8 +124,8 @@ def download_genimage(source: Path, out: Path, subsets: list[str] | None, extrac
     if subsets is None:
         subsets = [s for s in genimage.SUBSETS if (source / s).is_dir() or any(source.glob(f"{s}*.zip"))]
         if not subsets:
-            raise genimage.DataSourceError(f"{source}: no GenImage subset folders or archives found "
-                                           f"(expected names like {list(genimage.SUBSETS)[:2]})")
+            raise DataSourceError(f"{source}: no GenImage subset folders or archives found "
+                                  f"(expected names like {list(genimage.SUBSETS)[:2]})")
     report = genimage.ingest(source, extract_to, subsets, checksums, verify_extracted)
     roots = {s: genimage.subset_root(source, extract_to, s) for s in subsets}
     manifest = pd.concat([index_genimage_tree(root, [s]) for s, root in roots.items()], ignore_index=True)

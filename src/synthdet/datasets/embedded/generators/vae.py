@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthdet.generators.common import minibatches
+from synthdet.datasets.embedded.generators.common import minibatches
 
 
 def _down(cin: int, cout: int) -> nn.Module:

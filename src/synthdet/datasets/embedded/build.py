@@ -14,7 +14,6 @@ generator: GenImage's LFW-faces and LAION-Art test.
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -26,10 +25,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthdet.data.splits import group_assignment, rng_for
+from synthdet.data.splits import group_assignment
+from synthdet.datasets.embedded.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
+from synthdet.datasets.embedded.generators.common import images_to_tensor, tensor_to_images
 from synthdet.fsutil import atomic_write_bytes, replace_owned_dir
-from synthdet.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
-from synthdet.generators.common import images_to_tensor, tensor_to_images
+from synthdet.seeding import rng_for
 
 # Which content the fakes of a generator show; trained generators learn the whole real pool.
 PRETRAINED_CONTENT = {"gan_face": "face", "omniart_eyes": "painting"}
@@ -158,8 +158,9 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict[str, dict],
                     images_per_subset: int, test_fraction: float, seed: int, image_size: int,
                     batch_size: int = 64, generator_train_images: int | None = None,
-                    content_tests: dict | None = None) -> pd.DataFrame:
-    """Write every subset and return the per-image labels (keyed by path) for the manifest.
+                    content_tests: dict | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Write every subset; return the per-image labels (keyed by path) for the manifest and the
+    seconds each subset took (a metric, kept out of the data so the data's hash is the images').
 
     ``content_tests``: ``{"generator_subset": <a class-conditional subset>, "images": n,
     "subsets": {name: content}}`` adds test-only subsets (see the module docstring).
@@ -263,5 +264,4 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
             for label_dir in ("ai", "nature"):  # GenImage's layout: a test-only subset has an empty train/
                 (out / name / "train" / label_dir).mkdir(parents=True, exist_ok=True)
             timings[name] = round(time.perf_counter() - t0, 2)
-    (out / "generation_seconds.json").write_text(json.dumps(timings, indent=2) + "\n")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), timings

@@ -1,0 +1,43 @@
+"""Stage ``degrade``: GenImage Task 2's degraded copies of every test image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from synthdet.data.manifest import read_manifest
+from synthdet.degrade import Condition, scaled_conditions, write_degraded
+from synthdet.report import sample_grid
+from synthdet.stages import paths
+from synthdet.stages.base import Out, Result, Stage, select
+
+STAGE = Stage(
+    name="degrade", notebook="notebooks/04_degrade.ipynb", module=__name__,
+    params=("train.input_size", "degrade"), deps=(paths.SPLITS,), outs=(Out(paths.DEGRADE),),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    input_size: int
+    conditions: tuple[Condition, ...]
+
+    @classmethod
+    def from_params(cls, params: dict) -> Config:
+        p = select(params, STAGE.params)
+        d, size = p["degrade"], int(p["train"]["input_size"])
+        return cls(size, tuple(scaled_conditions(size, d["reference_size"], d["lowres"], d["jpeg_quality"],
+                                                 d["blur_sigma"])))
+
+
+def run(params: dict) -> Result:
+    cfg = Config.from_params(params)
+    df = read_manifest(Path(paths.SPLITS))
+    table = write_degraded(df[df["split"] == "test"], Path(paths.DEGRADE), cfg.input_size, list(cfg.conditions))
+    table.to_parquet(Path(paths.DEGRADED), index=False)
+    counts = table.groupby(["condition", "kind", "paper_value", "effective_value"], sort=False).size()
+    example = table[table["source_path"] == table["source_path"].iloc[0]]
+    return Result(tables={"conditions": counts.rename("images").to_frame(),
+                          "one test image under every condition": example[["condition", "effective_value"]].T},
+                  figures={"that image, left to right": sample_grid(example["path"].tolist(), cols=len(example),
+                                                                    size=cfg.input_size)})

@@ -1,0 +1,126 @@
+"""The table runs: each trains one detector on one training subset with one seed, then scores
+every clean test image of every subset and the degraded test images of its own subset.
+
+Three families, each a DVC matrix stage:
+- ``xgen``: every model of ``tables.xgen_models`` x every subset of ``tables.subsets`` (GenImage's
+  cross-generator matrix, and its "different generators" table when several models are listed);
+- ``zoo``: every model of ``tables.detectors`` on ``tables.train_subset`` (the detector tables);
+- ``ablate``: ``tables.ablation_model`` on class budgets of ``tables.train_subset`` (tables 4-5;
+  clean test images only).
+A run's folder is ``artifacts/runs/<family>/<model>__<subset>[__<budget>]__s<seed>``
+(:func:`run_name`): the only place that name is spelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from synthdet.metrics import metrics_table
+from synthdet.stages import paths
+from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.training import score_table, train_on_manifest
+
+FULL = "full"  # the budget of a run on the whole training subset
+NOTEBOOK = "notebooks/06_run.ipynb"
+COMMON_PARAMS = ("train", "evaluate", "device", "tables.model_kwargs")
+
+
+def run_name(family: str, model: str, subset: str, seed: int | str, budget: str = FULL) -> str:
+    """``<family>/<model>__<subset>[__<budget>]__s<seed>``, also with DVC's ``${...}`` as values."""
+    middle = "" if budget == FULL else f"__{budget}"
+    return f"{family}/{model}__{subset}{middle}__s{seed}"
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    matrix: tuple[tuple[str, str], ...]  # item -> params key listing its values
+    model: str  # "${item.model}" or the params key that fixes it
+    subset: str
+    budget: str
+    extra_params: tuple[str, ...]
+    degraded: bool  # score the degraded test images of the training subset too
+
+
+FAMILIES = {
+    "xgen": Family("xgen", (("model", "tables.xgen_models"), ("subset", "tables.subsets"), ("seed", "tables.seeds")),
+                   "${item.model}", "${item.subset}", FULL, (), True),
+    "zoo": Family("zoo", (("model", "tables.detectors"), ("seed", "tables.seeds")),
+                  "${item.model}", "${tables.train_subset}", FULL, ("tables.train_subset",), True),
+    "ablate": Family("ablate", (("budget", "tables.class_budgets"), ("seed", "tables.seeds")),
+                     "${tables.ablation_model}", "${tables.train_subset}", "${item.budget}",
+                     ("tables.train_subset", "tables.ablation_model"), False),
+}
+
+
+def _stage(f: Family) -> Stage:
+    name = run_name(f.name, f.model, f.subset, "${item.seed}", f.budget)
+    return Stage(name=f.name, notebook=NOTEBOOK, module=__name__, params=(*COMMON_PARAMS, *f.extra_params),
+                 deps=(paths.SPLITS, paths.DEGRADED),
+                 outs=(Out(f"{paths.RUNS}/{name}"), Out(f"{paths.RUN_CHECKPOINTS}/{name}", cache=False, persist=True)),
+                 matrix=f.matrix, arguments=(("family", f.name),), report=f"reports/runs/{name}.ipynb")
+
+
+STAGES = tuple(_stage(f) for f in FAMILIES.values())
+
+
+@dataclass(frozen=True)
+class Config:
+    family: str
+    model: str
+    subset: str
+    seed: int
+    budget: str
+    train: dict
+    model_kwargs: dict
+    batch_size: int
+    num_workers: int
+    device: str
+
+    @classmethod
+    def from_params(cls, params: dict, family: str, seed: int, model: str | None = None, subset: str | None = None,
+                    budget: str | None = None) -> Config:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown run family {family!r} (known: {sorted(FAMILIES)})")
+        f = FAMILIES[family]
+        p = select(params, (*COMMON_PARAMS, *f.extra_params))
+        tables = p["tables"]
+        model = tables["ablation_model"] if family == "ablate" else model
+        subset = subset if family == "xgen" else tables["train_subset"]
+        if model is None or subset is None:
+            raise ValueError(f"a {family} run needs {'a model' if model is None else 'a training subset'}: "
+                             "set the notebook's parameters (papermill -p model ... -p subset ...)")
+        return cls(family, str(model), str(subset), int(seed), str(budget or FULL), dict(p["train"]),
+                   dict((tables["model_kwargs"] or {}).get(model, {})), int(p["evaluate"]["batch_size"]),
+                   int(p["evaluate"]["num_workers"]), str(p["device"]))
+
+    @property
+    def name(self) -> str:
+        return run_name(self.family, self.model, self.subset, self.seed, self.budget)
+
+
+def run(params: dict, family: str, seed: int, model: str | None = None, subset: str | None = None,
+        budget: str | None = None) -> Result:
+    """Train, then score; writes ``artifacts/runs/<name>/scores.parquet`` (and ``detector.pt``)."""
+    cfg = Config.from_params(params, family, seed, model, subset, budget)
+    out, checkpoints = Path(paths.RUNS) / cfg.name, Path(paths.RUN_CHECKPOINTS) / cfg.name
+    class_budget = None if cfg.budget == FULL else cfg.budget
+    result = train_on_manifest(Path(paths.SPLITS), out, checkpoints, cfg.model, cfg.subset, cfg.train, cfg.seed,
+                               cfg.model_kwargs, class_budget, cfg.device)
+    table = pd.read_parquet(paths.DEGRADED)
+    keep = table["condition"] == "clean"
+    if FAMILIES[cfg.family].degraded:
+        keep |= True if cfg.subset == "all" else table["subset"] == cfg.subset
+    table = score_table(out / "detector.pt", table[keep], cfg.batch_size, cfg.num_workers, cfg.device)
+    classes = set(result["train_classes"])
+    table = table.assign(family=cfg.family, train_subset=cfg.subset, seed=cfg.seed, train_seconds=result["seconds"],
+                         class_budget=cfg.budget, train_classes=len(classes), train_images=result["train_images"],
+                         seen_class=table["class"].isin(classes), best_epoch=result["best_epoch"])
+    table.to_parquet(out / "scores.parquet", index=False)
+    clean = metrics_table(table[table["condition"] == "clean"].dropna(subset=["score"]), ["subset"], n_bootstrap=0)
+    return Result(tables={f"{cfg.name}: clean test images": clean.round(3),
+                          "training history": pd.DataFrame(result["history"])},
+                  metrics={"name": cfg.name, "seconds": result["seconds"]})

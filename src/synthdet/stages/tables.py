@@ -1,0 +1,179 @@
+"""Stage ``tables``: GenImage's tables from the table runs' score files, beside the paper's.
+
+Every number is a function of ``artifacts/runs/*/*/scores.parquet``; the paper's numbers come from
+``paper/genimage_*.csv``. Cells are accuracy unless a column says otherwise; with several seeds in
+``tables.seeds`` cells are means and ``acc_std`` their spread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from synthdet import report
+from synthdet import tables as T
+from synthdet.degrade import natural_order
+from synthdet.fsutil import write_json
+from synthdet.stages import paths
+from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.stages.runs import run_name
+
+PLOTS = f"{paths.PLOTS}/tables"
+STAGE = Stage(
+    name="tables", notebook="notebooks/07_tables.ipynb", module=__name__, params=("seed", "tables"),
+    deps=(paths.RUNS, paths.PAPER), outs=(Out(paths.TABLES),), metrics=(paths.metrics_file("tables"),),
+    plots=(PLOTS,),
+)
+PAPER_TABLES = ("task1_resnet50_matrix", "task1_train_sdv14", "task1_cross_generator_avg", "task2_degraded",
+                "training_size", "class_subsets", "content")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int
+    seeds: tuple[int, ...]
+    subsets: tuple[str, ...]
+    train_subset: str
+    xgen_models: tuple[str, ...]
+    detectors: tuple[str, ...]
+    ablation_model: str
+    class_budgets: tuple[str, ...]
+    content_subsets: tuple[str, ...]
+    n_bootstrap: int
+
+    @classmethod
+    def from_params(cls, params: dict) -> Config:
+        p = select(params, STAGE.params)
+        t = p["tables"]
+        return cls(int(p["seed"]), tuple(t["seeds"]), tuple(t["subsets"]), t["train_subset"], tuple(t["xgen_models"]),
+                   tuple(t["detectors"]), t["ablation_model"], tuple(map(str, t["class_budgets"])),
+                   tuple(t["content_subsets"]), int(t["n_bootstrap"]))
+
+    def runs(self) -> list[str]:
+        """The runs this configuration asks for (only those are read: old folders may linger)."""
+        names = [run_name("xgen", m, s, k) for m in self.xgen_models for s in self.subsets for k in self.seeds]
+        names += [run_name("zoo", m, self.train_subset, k) for m in self.detectors for k in self.seeds]
+        names += [run_name("ablate", self.ablation_model, self.train_subset, k, b)
+                  for b in self.class_budgets for k in self.seeds]
+        return names
+
+
+def read_scores(cfg: Config, root: Path = Path(paths.RUNS)) -> pd.DataFrame:
+    missing = [r for r in cfg.runs() if not (root / r / "scores.parquet").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{root}: {len(missing)} runs have no scores.parquet, e.g. {missing[:3]}; "
+                                "run `dvc repro` (the xgen/zoo/ablate stages) first")
+    return pd.concat([pd.read_parquet(root / r / "scores.parquet") for r in cfg.runs()], ignore_index=True)
+
+
+def read_paper(folder: Path = Path(paths.PAPER)) -> dict[str, pd.DataFrame]:
+    return {name: pd.read_csv(folder / f"genimage_{name}.csv", comment="#", index_col=0) for name in PAPER_TABLES}
+
+
+def run(params: dict) -> Result:
+    cfg = Config.from_params(params)
+    scores = read_scores(cfg)
+    paper = read_paper()
+    out, plots = Path(paths.TABLES), Path(PLOTS)
+    out.mkdir(parents=True, exist_ok=True)
+    order = list(cfg.subsets)
+    generator_scores = scores[scores["subset"].isin(order)]  # tables 1-3: generator subsets, not content tests
+    kw = {"n_bootstrap": cfg.n_bootstrap, "seed": cfg.seed}
+    res = Result()
+
+    def add(key: str, table: pd.DataFrame, csv: str, wide: pd.DataFrame, paper_key: str | None,
+            figure: object = None) -> None:
+        table.to_csv(out / csv, index=False)
+        res.tables[key] = wide.round(3)
+        if paper_key:
+            res.tables[f"{key}: GenImage paper"] = paper[paper_key]
+        if figure is not None:
+            res.figures[key] = figure
+
+    # Table 1: cross-generator matrix (ResNet-50 or the first xgen model)
+    main = cfg.xgen_models[0]
+    xgen = T.cross_generator(generator_scores, main, **kw)
+    matrix = T.wide(xgen, "train_subset", "subset", order=order)
+    matrix = matrix.reindex([s for s in order if s in set(xgen.train_subset)])
+    add("table1", xgen, "cross_generator.csv", matrix, "task1_resnet50_matrix",
+        report.heatmap(xgen, "train_subset", "subset", "acc", f"{main}: train subset (rows) x test subset",
+                       plots / "cross_generator.png", row_order=order, col_order=order))
+    paper_long = paper["task1_resnet50_matrix"].drop(columns="Avg").stack().rename("acc").reset_index()
+    paper_long.columns = ["train_subset", "subset", "acc"]
+    same, cross = T.same_vs_cross(xgen)
+    paper_same, paper_cross = T.same_vs_cross(paper_long.assign(acc=paper_long["acc"] / 100))
+    res.tables["table1: same vs cross generator"] = pd.DataFrame(
+        {"same-generator acc": [same, paper_same], "cross-generator acc": [cross, paper_cross]},
+        index=["this run", "GenImage paper"]).round(3)
+
+    # Different generators: every xgen model, accuracy per test subset averaged over training subsets
+    diff = T.different_generators(generator_scores, order, **kw)
+    if len(diff):
+        add("different generators", diff, "different_generators.csv", T.wide(diff, "model", "subset", order=order),
+            "task1_cross_generator_avg",
+            report.heatmap(diff, "model", "subset", "acc", "Trained on each subset, averaged over them",
+                           plots / "different_generators.png", col_order=order))
+
+    # Table 2: every detector trained on the SD V1.4 analogue
+    det = T.detectors_on(generator_scores, cfg.train_subset, **kw)
+    add("table2", det, "detectors.csv", T.wide(det, "model", "subset", order=order), "task1_train_sdv14",
+        report.heatmap(det, "model", "subset", "acc", f"Detectors trained on {cfg.train_subset}",
+                       plots / "detectors.png", col_order=order))
+
+    # Table 3: degraded test images, conditions in their natural order (clean, lowres, jpeg, blur)
+    deg = T.degradations(scores, cfg.train_subset, **kw)
+    conds = natural_order(deg["condition"].unique())
+    wide_deg = T.wide(deg[deg.condition != "clean"], "model", "condition", order=conds)
+    add("table3", deg, "degradations.csv", wide_deg, "task2_degraded",
+        report.heatmap(deg, "model", "condition", "acc", "Accuracy under degradation", plots / "degradations.png",
+                       col_order=conds))
+
+    # Tables 4-5: class budgets
+    size = subs = pd.DataFrame()
+    if cfg.class_budgets:
+        size = T.training_size(scores, cfg.train_subset, order, model=cfg.ablation_model, **kw)
+        cols = [c for c in ("class_budget", "train_images", "train_classes", "images_per_class", "acc_identical",
+                            "acc_std_identical", "acc_cross", "acc_std_cross", "auc_identical") if c in size]
+        add("table4", size, "training_size.csv", size[cols], "training_size",
+            report.lines(size, "train_images", ["acc_identical", "acc_cross"], "Accuracy vs training images per label",
+                         plots / "training_size.png"))
+        subs = T.class_subsets(scores, cfg.train_subset, model=cfg.ablation_model, **kw)
+        add("table5", subs, "class_subsets.csv",
+            subs.pivot_table(index=["class_budget", "train_classes", "train_images"], columns="classes", values="acc",
+                             sort=False), "class_subsets",
+            report.heatmap(subs, "class_budget", "classes", "acc", "Accuracy on seen / unseen / all classes",
+                           plots / "class_subsets.png"))
+    else:
+        res.notes.append("tables.class_budgets is empty (this dataset has no image classes): no tables 4 and 5")
+
+    # Table 6: content generalisation
+    content = pd.DataFrame()
+    if cfg.content_subsets:
+        content = T.content_generalisation(scores, cfg.train_subset, list(cfg.content_subsets), **kw)
+        add("table6", content, "content.csv",
+            T.wide(content, "model", "subset", order=[cfg.train_subset, *cfg.content_subsets], average=False),
+            "content", report.heatmap(content, "model", "subset", "acc", f"Trained on {cfg.train_subset}",
+                                      plots / "content.png"))
+    else:
+        res.notes.append("tables.content_subsets is empty: no content test sets for this dataset")
+
+    res.notes += T.conclusions(xgen, paper, det, wide_deg, size, subs, content, diff, order)
+    best = T.wide(det, "model", "subset", order=order)["Avg"].sort_values(ascending=False)
+    summary = {
+        "cross_generator": {"same_generator_acc": same, "cross_generator_acc": cross},
+        "detectors_avg_acc": {m: float(v) for m, v in best.items()},
+        "degradation_avg_acc": {m: float(v) for m, v in wide_deg["Avg"].items()},
+        "degradation_acc": {f"{r.model}/{r.condition}": float(r.acc) for r in deg.itertuples()},
+        "different_generators_avg_acc": ({m: float(v) for m, v in T.wide(diff, "model", "subset")["Avg"].items()}
+                                         if len(diff) else {}),
+        "training_size": {r.class_budget: {"identical_acc": float(r.acc_identical), "cross_acc": float(r.acc_cross)}
+                          for r in size.itertuples()},
+        "class_subsets": {f"{r.class_budget}/{r.classes}": float(r.acc) for r in subs.itertuples()},
+        "content_acc": {f"{r.model}/{r.subset}": float(r.acc) for r in content.itertuples()},
+        "runs": int(scores.groupby(["family", "model", "train_subset", "class_budget", "seed"]).ngroups),
+    }
+    write_json(summary, Path(paths.metrics_file("tables")))
+    res.metrics = summary
+    return res

@@ -1,0 +1,284 @@
+"""Training and scoring detectors: seeded, resumable, the best epoch kept, bf16 and DDP on GPUs.
+
+One process (the DVC stage) or ``torchrun --nproc_per_node=N -m synthdet.cli stage train``:
+``WORLD_SIZE`` in the environment switches on DistributedDataParallel and a DistributedSampler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from synthdet.codegraph import import_closure
+from synthdet.data.dataset import ManifestDataset, make_transform
+from synthdet.data.manifest import read_manifest
+from synthdet.data.splits import class_subset, parse_class_budget
+from synthdet.detectors import create_detector
+from synthdet.fsutil import CheckpointError, atomic_output, load_torch_file
+from synthdet.metrics import binary_metrics
+from synthdet.seeding import seed_everything, seed_worker
+
+
+@dataclass
+class TrainConfig:
+    model: str = "resnet50"
+    input_size: int = 64
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    num_workers: int = 2
+    amp: bool = True  # bf16 autocast on CUDA (fp16 with a scaler where bf16 is missing); ignored on CPU
+    hflip: bool = True
+    seed: int = 0
+    model_kwargs: dict = field(default_factory=dict)
+    weights: str | None = None
+
+    def fingerprint(self, data_key: str) -> str:
+        """Identifies a run: a checkpoint from another configuration, other data or other model
+        and training code is never resumed."""
+        keep = {k: v for k, v in asdict(self).items() if k != "num_workers"}
+        return hashlib.sha256(json.dumps([keep, data_key, _code_hash()], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _code_hash() -> str:
+    """The source of everything a training run executes (the import graph of this module)."""
+    return hashlib.sha256(b"".join(f.read_bytes() for f in import_closure(__name__))).hexdigest()
+
+
+def data_key(train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> str:
+    """What the run learns from: every train and val image's path, content (sha256) and label.
+    Paths alone are not enough: a rebuilt benchmark reuses file names for new images."""
+    parts = []
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        digest = rows["sha256"] if "sha256" in rows else pd.Series("", index=rows.index)
+        parts += sorted(f"{name}\t{p}\t{d}\t{y}" for p, d, y in zip(rows["path"], digest, rows["label"], strict=True))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def resolve_device(spec: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """``auto``: the GPU of this rank when CUDA is there, else the CPU; anything else as torch reads it."""
+    if str(spec) == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def is_main_process() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """bf16 on CUDA (fp16 on GPUs without bf16); a no-op on the CPU."""
+    on = enabled and device.type == "cuda"
+    dtype = torch.bfloat16 if on and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=on)
+
+
+def _collect(failures: dict[str, str], skipped: list[str]) -> None:
+    """Merge the per-sample failure reports that came back from the loader's workers."""
+    for report in skipped:
+        for line in filter(None, report.split("\n")):
+            path, _, problem = line.partition("\t")
+            failures[path] = problem
+
+
+def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainConfig, out_dir: Path,
+                   checkpoint_dir: Path | None = None, device: str | torch.device = "auto") -> dict:
+    """Train ``cfg.model`` on ``train_rows``; ``out_dir/detector.pt`` gets the epoch with the best
+    validation AUC (ties: the later epoch; the last epoch without validation rows).
+
+    ``checkpoint_dir`` holds ``last.pt`` (written after every epoch; a rerun with the same
+    configuration, data and code resumes from it) and ``best.pt``.
+    """
+    world, rank, local = _dist_info()
+    device = resolve_device(device, local)
+    seed_everything(cfg.seed + rank)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_dir = checkpoint_dir or out_dir / "checkpoints"
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = cfg.fingerprint(data_key(train_rows, val_rows))
+
+    model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, **cfg.model_kwargs).to(device)
+    # a detector whose method is a training augmentation (CNNSpot) carries it as ``train_augment``
+    train_ds = ManifestDataset(train_rows, make_transform(cfg.input_size, train=True, hflip=cfg.hflip),
+                               image_transform=getattr(model, "train_augment", None))
+    sampler = DistributedSampler(train_ds, seed=cfg.seed, shuffle=True) if world > 1 else None
+    loader = DataLoader(
+        train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+        num_workers=cfg.num_workers, worker_init_fn=seed_worker, drop_last=len(train_ds) > cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed), persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_scaler = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    total = cfg.epochs * len(loader)
+    warmup = max(1, int(cfg.warmup_epochs * len(loader)))
+
+    start_epoch, history, failures = 0, [], {}
+    best = {"epoch": 0, "val_auc": None}
+    last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
+    if last_path.exists():
+        try:
+            ckpt = load_torch_file(last_path, "resume checkpoint")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}. Delete it to train this run from the start.") from exc
+        if ckpt.get("fingerprint") == fingerprint:
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            scaler.load_state_dict(ckpt["scaler"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            loader.generator.set_state(ckpt["loader_rng"])
+            start_epoch, history = ckpt["epoch"], ckpt["history"]
+            best, failures = ckpt["best"], ckpt["failures"]
+            if rank == 0:
+                print(f"resuming from {last_path} at epoch {start_epoch}")
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None)
+
+    loss_fn = nn.BCEWithLogitsLoss()
+    step = start_epoch * len(loader)
+    for epoch in range(start_epoch, cfg.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
+        for x, y, _, skipped in bar:
+            _collect(failures, skipped)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, warmup, cfg.lr)
+            x, y = x.to(device, non_blocking=True), y.float().to(device, non_blocking=True)
+            with _autocast(device, cfg.amp):
+                loss = loss_fn(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            seen += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
+                  "images_per_s": seen * world / (time.perf_counter() - t0), "lr": opt.param_groups[0]["lr"]}
+        if rank == 0 and len(val_rows):
+            scores = predict(_unwrap(model), val_rows, cfg.input_size, cfg.batch_size * 2, device, cfg.num_workers)
+            val = binary_metrics(val_rows["label"].to_numpy(), scores, n_bootstrap=0)
+            record.update(val_acc=val["acc"], val_auc=val["auc"])
+        history.append(record)
+        if rank == 0:
+            auc = record.get("val_auc")
+            auc = None if auc is None or auc != auc else float(auc)  # NaN: one class in val
+            if best["val_auc"] is None or (auc is not None and auc >= best["val_auc"]) or not len(val_rows):
+                best = {"epoch": epoch + 1, "val_auc": auc}
+                _save({"model": _unwrap(model).state_dict(), **best}, best_path)
+            _save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                   "torch_rng": torch.get_rng_state(), "loader_rng": loader.generator.get_state(),
+                   "epoch": epoch + 1, "history": history, "fingerprint": fingerprint, "best": best,
+                   "failures": failures}, last_path)
+    if rank == 0:
+        weights = load_torch_file(best_path, "best checkpoint")["model"] if best_path.exists() else \
+            _unwrap(model).state_dict()
+        _save({"model": weights, "config": asdict(cfg), **best}, out_dir / "detector.pt")
+    if world > 1:
+        dist.barrier()
+    return {"history": history, "failures": failures, "best_epoch": best["epoch"], "best_val_auc": best["val_auc"]}
+
+
+def _save(obj: dict, path: Path) -> None:
+    """torch.save, atomically: a crash never leaves half a checkpoint."""
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, rows: pd.DataFrame, input_size: int, batch_size: int = 128,
+            device: str | torch.device = "auto", num_workers: int = 0, image_transform=None) -> np.ndarray:  # noqa: ANN001
+    """Fake-probabilities for ``rows`` (in row order); NaN where a file cannot be decoded."""
+    device = resolve_device(device)
+    ds = ManifestDataset(rows, make_transform(input_size, train=False), image_transform=image_transform)
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    model.eval().to(device)
+    scores = np.full(len(rows), np.nan)
+    for x, _, idx, _ in tqdm(loader, desc="predict", leave=False):
+        with _autocast(device):
+            scores[idx.numpy()] = torch.sigmoid(model(x.to(device, non_blocking=True)).float()).cpu().numpy()
+    return scores
+
+
+def load_detector(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    ckpt = load_torch_file(path, "detector")
+    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a synthdet detector (expected the keys 'model' and 'config' that "
+                              "the train stage writes)")
+    cfg = ckpt["config"]
+    model = create_detector(cfg["model"], img_size=cfg["input_size"], **cfg.get("model_kwargs", {}))
+    model.load_state_dict(ckpt["model"])
+    return model.to(resolve_device(device)).eval(), cfg
+
+
+def score_table(model_path: Path, table: pd.DataFrame, batch_size: int = 128, num_workers: int = 0,
+                device: str | torch.device = "auto") -> pd.DataFrame:
+    """``table`` (rows with a ``path``) plus the saved detector's fake-probability and name."""
+    model, cfg = load_detector(model_path, device)
+    table = table.reset_index(drop=True)
+    table["score"] = predict(model, table, cfg["input_size"], batch_size, device, num_workers)
+    table["model"] = cfg["model"]
+    return table
+
+
+def train_on_manifest(splits_path: Path, out_dir: Path, checkpoint_dir: Path, model: str, train_subset: str,
+                      cfg: dict, seed: int, model_kwargs: dict | None = None, class_budget: str | None = None,
+                      device: str = "auto") -> dict:
+    """Train on the train split of ``train_subset`` (or "all"); ``class_budget`` ("8x20") keeps
+    that many classes and images per class and label (tables 4 and 5), validating on those classes."""
+    df = read_manifest(splits_path)
+    if train_subset != "all" and train_subset not in set(df["subset"]):
+        raise ValueError(f"train_subset {train_subset!r} not in the manifest ({sorted(set(df['subset']))})")
+    rows = df if train_subset == "all" else df[df["subset"] == train_subset]
+    train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
+    if class_budget:
+        train_rows = class_subset(train_rows, *parse_class_budget(class_budget), seed=seed)
+        val_rows = val_rows[val_rows["class"].isin(set(train_rows["class"]))]
+    tc = TrainConfig(model=model, seed=seed, model_kwargs=model_kwargs or {}, **cfg)
+    t0 = time.perf_counter()
+    result = train_detector(train_rows, val_rows, tc, out_dir, checkpoint_dir, device)
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    result["train_classes"] = sorted(set(train_rows["class"].dropna()))
+    result["train_images"] = int((train_rows["label"] == 1).sum())  # per label; reals are as many
+    return result

@@ -1,0 +1,178 @@
+"""The stage table: dvc.yaml is generated from it and checked; each stage reads only the params it
+declares and depends on every file it imports; the package's layers import only downwards."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from synthdet import cli
+from synthdet.codegraph import import_closure, package_root
+from synthdet.data.dataset import IMAGENET_MEAN, IMAGENET_STD, make_transform
+from synthdet.data.imageio import fit_to_input
+from synthdet.degrade import natural_order, scaled_conditions, write_degraded
+from synthdet.stages import runs, table
+from synthdet.stages.base import select
+from synthdet.tables import over_seeds, wide
+from tests.conftest import noise_image
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_dvc_yaml_is_the_generated_one(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["stages", "--check"]) == 0, capsys.readouterr().out
+
+
+def test_a_hand_edit_of_dvc_yaml_is_caught(tmp_path, monkeypatch, capsys):
+    edited = (ROOT / "dvc.yaml").read_text().replace("- src/synthdet/metrics.py\n", "", 1)
+    (tmp_path / "dvc.yaml").write_text(edited)
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["stages", "--check", "--dvc-yaml", str(tmp_path / "dvc.yaml")]) == 1
+    captured = capsys.readouterr()
+    assert "+    - src/synthdet/metrics.py" in captured.out and "never edit it by hand" in captured.err
+
+
+def _configs(params: dict) -> list:
+    out = []
+    for stage in table.all_stages():
+        module = __import__(stage.module, fromlist=["Config"])
+        view = select(params, stage.params)
+        if stage.matrix:
+            out.append(module.Config.from_params(view, stage.name, seed=0, model="resnet50", subset="ldm",
+                                                 budget="2x20"))
+        else:
+            out.append(module.Config.from_params(view))
+    return out
+
+
+def test_every_stage_config_reads_only_the_params_it_declares():
+    configs = _configs(PARAMS)  # built from the declared keys alone: an undeclared read is a KeyError
+    assert len(configs) == len(table.all_stages())
+    with pytest.raises(KeyError, match="missing key 'split.on_leak'"):
+        select({"seed": 0, "split": {"val_fraction": 0.1}}, ("seed", "split.on_leak"))
+
+
+def test_every_profile_gives_valid_stage_configs():
+    for profile in sorted((ROOT / "profiles").glob("*.yaml")):
+        _configs(cli.deep_update(PARAMS, yaml.safe_load(profile.read_text()) or {}))
+
+
+def test_each_stage_depends_on_every_file_it_imports_at_run_time():
+    """The import graph read from the source covers what Python really loads (checked in a
+    fresh interpreter, after importing the stage module and calling nothing)."""
+    for stage in table.all_stages():
+        code = (f"import sys, {stage.module}; "
+                "print('\\n'.join(sorted(m.__file__ for n, m in sys.modules.items() "
+                "if n.split('.')[0] == 'synthdet' and getattr(m, '__file__', None))))")
+        loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        declared = {str(p) for p in import_closure(stage.module)}
+        missing = sorted(set(loaded.split()) - declared)
+        assert not missing, f"{stage.name} imports {missing} but does not depend on them"
+        deps = set(stage.entry()["deps"])
+        assert {f for f in stage.source_files()} <= deps and stage.notebook in deps
+
+
+def test_run_names_are_spelled_once_and_never_collide():
+    assert runs.run_name("zoo", "resnet50", "ldm", 0) != runs.run_name("xgen", "resnet50", "ldm", 0)
+    assert runs.run_name("ablate", "resnet50", "ldm", 1, "8x20") == "ablate/resnet50__ldm__8x20__s1"
+    outs = [o for s in runs.STAGES for o in s.entry()["outs"]]
+    assert len(outs) == len(set(map(str, outs)))
+    cfg = runs.Config.from_params(PARAMS, "xgen", seed=0, model="resnet50", subset="ldm")
+    rendered = runs.STAGES[0].entry()["outs"][0].replace("${item.model}", "resnet50").replace(
+        "${item.subset}", "ldm").replace("${item.seed}", "0")
+    assert rendered == f"artifacts/runs/{cfg.name}"
+
+
+LAYERS = [  # a module may import its own layer and those below it, never above
+    {"fsutil", "seeding", "codegraph"},
+    {"data", "degrade", "metrics"},
+    {"datasets", "detectors"},
+    {"training"},
+    {"tables", "report"},
+    {"stages"},
+    {"cli"},
+]
+
+
+def _layer(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    for k, names in enumerate(LAYERS):
+        if top in names:
+            return k
+    return -1  # the package's own __init__
+
+
+def test_lower_layers_never_import_upper_ones():
+    root = package_root()
+    bad = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for target in targets:
+                if target.startswith("synthdet.") and _layer(target) > _layer(name) >= 0:
+                    bad.append(f"{name} imports {target}")
+    assert not bad, bad
+
+
+def test_the_clean_condition_is_exactly_what_the_detector_sees(tmp_path):
+    img = noise_image(0, (97, 61))
+    seen = make_transform(32, train=False)(img)
+    by_hand = torch.from_numpy(np.array(fit_to_input(img, 32))).permute(2, 0, 1).float() / 255
+    by_hand = (by_hand - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    assert torch.allclose(seen, by_hand, atol=1e-6)
+    # a degraded copy is stored at the input size: the transform does not resample it again
+    path = tmp_path / "a.png"
+    img.save(path)
+    test = pd.DataFrame([{"path": str(path), "label": 1, "subset": "s", "generator": "g", "content": "c",
+                          "class": None}])
+    conds = scaled_conditions(32, 224, [112], [65], [3])
+    table_ = write_degraded(test, tmp_path / "out", 32, conds)
+    for row in table_.itertuples():
+        stored = Image.open(row.path).convert("RGB")
+        if row.condition == "clean":
+            assert row.path == str(path)
+        else:
+            assert stored.size == (32, 32) and fit_to_input(stored, 32) is stored
+    low = Image.open(table_[table_.condition == "lowres_112"].path.iloc[0]).convert("RGB")
+    assert np.array_equal(np.asarray(low), np.asarray(conds[1].apply(fit_to_input(img, 32))))
+
+
+def test_conditions_keep_their_natural_order():
+    names = ["blur_sigma5", "jpeg_q30", "clean", "lowres_64", "jpeg_q50", "blur_sigma3", "lowres_112", "jpeg_q65"]
+    assert natural_order(names) == ["clean", "lowres_112", "lowres_64", "jpeg_q65", "jpeg_q50", "jpeg_q30",
+                                    "blur_sigma3", "blur_sigma5"]
+    assert [c.name for c in scaled_conditions(64, 224, [112, 64], [50], [3])] == natural_order(
+        ["jpeg_q50", "blur_sigma3", "lowres_64", "lowres_112", "clean"])
+
+
+def test_tables_keep_unknown_columns_and_no_std_from_one_seed():
+    cells = pd.DataFrame({"model": ["a", "a"], "condition": ["jpeg_q50", "jpeg_q30"], "seed": [0, 0],
+                          **{m: [0.5, 0.6] for m in ("acc", "real_acc", "fake_acc", "auc", "ap", "acc_ci_low",
+                                                     "acc_ci_high")}})
+    one = over_seeds(cells, ["model", "condition"])
+    assert "acc_std" not in one
+    assert list(wide(one, "model", "condition", order=["jpeg_q65", "jpeg_q30"]).columns) == [
+        "jpeg_q30", "jpeg_q50", "Avg"]
+    two = over_seeds(pd.concat([cells, cells.assign(seed=1, acc=[0.7, 0.8])]), ["model", "condition"])
+    assert two["acc_std"].round(4).tolist() == [0.1414, 0.1414]
+
+
+def test_stage_cli_twin_names_missing_items(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    assert cli.main(["stage", "xgen", "seed=0", "--params", str(ROOT / "params.yaml")]) == 2
+    assert "needs a model" in capsys.readouterr().err
+    assert json.loads(json.dumps(table.get("xgen@resnet50-ldm-0").entry()["matrix"]))["model"] == \
+        "${tables.xgen_models}"
