@@ -14,6 +14,7 @@ import yaml
 
 from synthdet.data.imageio import ImageDecodeError
 from synthdet.data.manifest import LayoutError
+from synthdet.degrade import natural_order
 from synthdet.fsutil import CheckpointError, DataSourceError, inside, replace_owned_dir
 
 PROFILES = Path("profiles")
@@ -208,6 +209,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     metrics = read_json(path, "metrics file", hint)
     try:
         table = pd.DataFrame({cond: {sub: v["acc"] for sub, v in subs.items()} for cond, subs in metrics.items()}).T
+        table = table.reindex(natural_order(table.index))
     except (AttributeError, KeyError, TypeError) as exc:
         raise UserError(f"{path}: not the evaluate stage's metrics (condition -> subset -> acc); {hint}") from exc
     train_path = Path("metrics/train.json")
