@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +17,9 @@ def test_source_notebooks_are_committed_clean_and_papermill_ready():
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{path} has outputs"
         assert sum("parameters" in c.get("metadata", {}).get("tags", []) for c in code) == 1, path
         assert "sys.path" not in "".join("".join(c["source"]) for c in code), path
+        ids = [c.get("id") for c in nb["cells"]]  # nbformat 4.5 requires them (papermill warns, later fails)
+        assert all(ids) and len(set(ids)) == len(ids), path
+        nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
 
 
 def test_every_dvc_stage_runs_its_notebook_and_declares_params():
