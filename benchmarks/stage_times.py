@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 
+from synthdet.datasets.embedded.reproducible import machine_facts
 
 
 def cpu_model() -> str:
@@ -60,7 +61,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     result = {
         "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "cpu_flags": machine_facts()["cpu_flags"]},
         "stages": rows,
         "total_seconds": round(sum(r["seconds"] for r in rows), 1),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in rows),

@@ -2,12 +2,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from synthdet.data.manifest import index_genimage_tree
-from synthdet.datasets.embedded.build import build_benchmark
+from synthdet.datasets.embedded.build import build_benchmark, model_groups
 from synthdet.datasets.embedded.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
 from synthdet.datasets.embedded.generators.common import images_to_tensor, tensor_to_images
+from synthdet.datasets.embedded.reproducible import subset_hash
 from synthdet.datasets.embedded.sources import prepare_reals
 
 
@@ -48,10 +50,11 @@ def test_image_tensor_roundtrip_is_exact():
     assert np.array_equal(tensor_to_images(images_to_tensor(imgs)), np.stack(imgs))
 
 
-def test_build_benchmark_writes_balanced_genimage_layout(embedded_data, tmp_path):
+def test_build_benchmark_writes_balanced_genimage_layout(embedded_data, tmp_path, monkeypatch):
     reals = prepare_reals(embedded_data, tmp_path / "reals")
     reals = reals[reals.status == "ok"].assign(group=lambda d: d["original"])
     subsets = {"dcgan": {"generator": "dcgan", "family": "gan", "epochs": 1, "width": 8},
+               "vae": {"generator": "vae", "family": "vae", "epochs": 1, "width": 8},
                "vqae": {"generator": "vq_autoencoder", "family": "vq", "epochs": 1, "width": 8},
                "gan_face": {"generator": "gan_face", "family": "gan"}}
     labels, _ = build_benchmark(reals, tmp_path / "bench", embedded_data / "weights", subsets, images_per_subset=20,
@@ -64,10 +67,25 @@ def test_build_benchmark_writes_balanced_genimage_layout(embedded_data, tmp_path
     # reals of one original never straddle train and test
     real = df[df.label == 0]
     assert real.groupby("group")["split"].nunique().max() == 1
-    again, _ = build_benchmark(reals, tmp_path / "bench2", embedded_data / "weights", subsets, 20, 0.25, 0, 64, 8)
+
+    # another "machine": one worker instead of one per core, one OpenMP thread, and oneDNN / ATen
+    # capped to SSE4.1 (each of these alone changes the VAE's and VQ-AE's bytes when unpinned)
+    for name, value in {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1",
+                        "MKL_CBWR": "COMPATIBLE"}.items():
+        monkeypatch.setenv(name, value)
+    again, _ = build_benchmark(reals, tmp_path / "bench2", embedded_data / "weights", subsets, 20, 0.25, 0, 64, 8,
+                               processes=1)
     a = pd.Series([open(p, "rb").read() for p in labels.path])
     b = pd.Series([open(p, "rb").read() for p in again.path])
-    assert (a == b).all(), "the same seed must give byte-identical benchmarks"
+    assert len(a) == 4 * 40 and (a == b).all(), "the same seed must give byte-identical benchmarks on any machine"
+    assert {s: subset_hash(tmp_path / "bench" / s) for s in subsets} == {
+        s: subset_hash(tmp_path / "bench2" / s) for s in subsets}
+
+
+def test_content_tests_are_built_by_their_generators_worker():
+    params = yaml.safe_load(open("params.yaml"))["embedded"]["benchmark"]
+    assert model_groups(params["subsets"], params["content_tests"]) == [
+        ["dcgan"], ["upgan"], ["vae"], ["vqae"], ["ldm", "faces", "paintings"], ["gan_face"], ["omniart_eyes"]]
 
 
 def test_a_collapsed_generator_fails_the_build(embedded_data, tmp_path, monkeypatch):
@@ -79,7 +97,7 @@ def test_a_collapsed_generator_fails_the_build(embedded_data, tmp_path, monkeypa
     with pytest.raises(build.GeneratorCollapsedError, match="only 1 distinct train images"):
         build_benchmark(reals, tmp_path / "b", embedded_data / "weights",
                         {"x": {"generator": "dcgan", "family": "gan"}}, images_per_subset=12, test_fraction=0.25,
-                        seed=0, image_size=64)
+                        seed=0, image_size=64, processes=0)  # in this process, where the patch applies
 
 
 def test_conditional_ldm_follows_its_labels():

@@ -279,6 +279,25 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hashes(args: argparse.Namespace) -> int:
+    """Show whether the last download built the recorded embedded benchmark; ``--record`` makes its
+    hashes the expected ones (after a deliberate change to the generators or the default params)."""
+    from synthdet.datasets.embedded import reproducible
+
+    path = Path(args.metrics)
+    hint = "run the download stage (dvc repro download) to write it"
+    check = read_json(path, "metrics file", hint).get("reproducibility")
+    if not isinstance(check, dict) or not isinstance(check.get("observed"), dict):
+        raise UserError(f"{path}: no embedded-benchmark hashes in it (data.name must be embedded); {hint}")
+    now = reproducible.verify(check["observed"], check["config_key"], reproducible.load_expected())
+    print(f"configuration {check['config_key']}: {now['status']} against the recorded hashes"
+          + (f" (differing: {', '.join(now['differing'])})" if now["differing"] else ""))
+    if args.record:
+        target = reproducible.record(check["config_key"], check["observed"])
+        print(f"{target}: recorded {len(check['observed'])} subset hashes for configuration {check['config_key']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="synthdet")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("items", nargs="*", help="matrix items as key=value (xgen: model=resnet50 subset=ldm seed=0)")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=cmd_stage)
+    p = sub.add_parser("hashes", help="did the last download build the recorded embedded benchmark? (--record)")
+    p.add_argument("--metrics", default="metrics/download.json")
+    p.add_argument("--record", action="store_true", help="record its subset hashes with the repository")
+    p.set_defaults(func=cmd_hashes)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

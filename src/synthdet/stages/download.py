@@ -7,6 +7,7 @@ here), GenImage's archives, or ImagiNet's annotation files.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pandas as pd
 
 from synthdet.data.manifest import describe_files, index_genimage_tree, normalise, usable, write_manifest
 from synthdet.datasets import genimage, imaginet
-from synthdet.datasets.embedded import sources
+from synthdet.datasets.embedded import reproducible, sources
 from synthdet.datasets.embedded.build import build_benchmark
 from synthdet.fsutil import DataSourceError, write_json
 from synthdet.report import sample_grid
@@ -50,10 +51,9 @@ def run(params: dict) -> Result:
     cfg = Config.from_params(params)
     out = Path(paths.DOWNLOAD)
     t0 = time.perf_counter()
-    generator_seconds: dict = {}
+    extra: dict = {}
     if cfg.dataset == "embedded":
-        manifest, generator_seconds = download_embedded(Path(paths.DATA) / "embedded", out, cfg.embedded["prepare"],
-                                                        cfg.embedded["benchmark"], cfg.seed)
+        manifest, extra = download_embedded(Path(paths.DATA) / "embedded", out, cfg.embedded, cfg.seed)
     elif cfg.dataset == "genimage":
         g = cfg.genimage
         if not g["source"]:
@@ -69,8 +69,7 @@ def run(params: dict) -> Result:
             raise DataSourceError("data.imaginet.root is empty: set it to the ImagiNet dataset root")
         manifest = download_imaginet(Path(i["root"]), out, i["annotations"], i["perturb"], cfg.seed)
     metrics = {"images": int(len(manifest)), "usable": int((manifest["status"] == "ok").sum()),
-               "subsets": int(manifest["subset"].nunique()), "seconds": round(time.perf_counter() - t0, 1),
-               "generator_seconds": generator_seconds}
+               "subsets": int(manifest["subset"].nunique()), "seconds": round(time.perf_counter() - t0, 1), **extra}
     write_json(metrics, Path(paths.metrics_file("download")))
     figures = {}
     for subset, g in usable(manifest).groupby("subset"):
@@ -86,10 +85,14 @@ def run(params: dict) -> Result:
                   figures=figures, metrics=metrics)
 
 
-def download_embedded(data_root: Path, out: Path, prepare: dict, benchmark: dict,
-                      seed: int) -> tuple[pd.DataFrame, dict[str, float]]:
+def download_embedded(data_root: Path, out: Path, embedded: dict, seed: int) -> tuple[pd.DataFrame, dict]:
     """Reals from ``data_root`` (``data/embedded``) -> crops -> fakes -> GenImage tree -> manifest.
-    Returns the manifest and the seconds each generator took (metrics, not data)."""
+
+    Returns the manifest and metrics (not data): the seconds each generator took and whether every
+    generated subset is byte-identical to the one recorded with the repository (a mismatch warns, or
+    stops with ``embedded.reproducibility: error``).
+    """
+    prepare, benchmark = embedded["prepare"], embedded["benchmark"]
     reals = sources.prepare_reals(
         data_root, out / "reals", size=benchmark["image_size"], scale=prepare["crop_scale"],
         max_crops=prepare["max_crops_per_image"], min_side=prepare["min_side"],
@@ -102,14 +105,41 @@ def download_embedded(data_root: Path, out: Path, prepare: dict, benchmark: dict
         benchmark["subsets"], benchmark["images_per_subset"], benchmark["test_fraction"], seed,
         benchmark["image_size"], batch_size=benchmark["generator_batch_size"],
         generator_train_images=benchmark.get("generator_train_images"), content_tests=benchmark.get("content_tests"),
+        processes=embedded.get("generator_processes"),
     )
     sources.write_attribution(data_root, out / "ATTRIBUTION.md")
     names = list(benchmark["subsets"]) + list((benchmark.get("content_tests") or {}).get("subsets", {}))
+    check = check_reproducible(out / "benchmark", names, seed, prepare, benchmark,
+                               embedded.get("reproducibility", "warn"))
     manifest = index_genimage_tree(out / "benchmark", names)
     manifest = manifest.drop(columns=[c for c in labels.columns if c != "path"]).merge(labels, on="path", how="left")
     manifest = normalise(manifest)
     write_manifest(manifest, out / "manifest.parquet")
-    return manifest, seconds
+    return manifest, {"generator_seconds": seconds, "reproducibility": check}
+
+
+def check_reproducible(benchmark_dir: Path, names: list[str], seed: int, prepare: dict, benchmark: dict,
+                       on_mismatch: str = "warn", expected: dict | None = None) -> dict:
+    """Hash every generated subset and compare with ``expected_hashes.json``; warn (or raise,
+    ``on_mismatch="error"``) naming the subsets that differ and the machine facts that matter."""
+    if on_mismatch not in ("warn", "error"):
+        raise ValueError(f"embedded.reproducibility must be warn or error, not {on_mismatch!r}")
+    observed = {name: reproducible.subset_hash(benchmark_dir / name) for name in names}
+    key = reproducible.config_key(seed, prepare, benchmark)
+    report = reproducible.verify(observed, key, reproducible.load_expected() if expected is None else expected)
+    facts = reproducible.machine_facts()
+    if report["status"] == "identical":
+        print(f"embedded benchmark: all {len(names)} subsets byte-identical to the recorded ones "
+              f"(configuration {key})")
+    elif report["status"] == "unrecorded":
+        print(f"embedded benchmark: no recorded hashes for configuration {key} (params differ from the recorded "
+              "profiles); its subsets cannot be compared")
+    else:
+        message = reproducible.mismatch_message(report, facts)
+        if on_mismatch == "error":
+            raise DataSourceError(message)
+        warnings.warn(message, stacklevel=2)
+    return {**report, "machine": facts}
 
 
 def download_genimage(source: Path, out: Path, subsets: list[str] | None, extract_to: Path | None = None,

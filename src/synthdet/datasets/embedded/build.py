@@ -3,6 +3,10 @@
 ``<out>/<subset>/{train,val}/{ai,nature}/*.png``, every image the same size, mode and format
 (8-bit RGB PNG) on both sides, with as many fakes as reals in every subset and split.
 
+Generation runs in worker processes, one group of subsets that share a trained model per job,
+each started with the arithmetic pinned (see ``reproducible``): the bytes do not depend on the
+machine's core count or on which worker ran which group.
+
 A subset whose config names ``content`` and ``classes`` is class-conditional, like GenImage's
 ImageNet subsets: its reals are the ``classes`` largest classes of that content, equally many per
 class, and every fake is generated for the class of one real, so both sides share the class
@@ -14,9 +18,13 @@ generator: GenImage's LFW-faces and LAION-Art test.
 from __future__ import annotations
 
 import io
+import json
+import multiprocessing
+import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +34,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from synthdet.data.splits import group_assignment
+from synthdet.datasets.embedded import reproducible
 from synthdet.datasets.embedded.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
 from synthdet.datasets.embedded.generators.common import images_to_tensor, tensor_to_images
 from synthdet.fsutil import atomic_write_bytes, replace_owned_dir
@@ -73,16 +82,36 @@ def stratified(pool: pd.DataFrame, classes: list[str], n: int, rng: np.random.Ge
     return pool.iloc[sorted(picked)]
 
 
-class _Trained:
-    """Generators trained once per build and shared (the LDM reuses the VAE)."""
+def _seed_init(seed: int, key: str) -> None:
+    """Seed torch's global generator before a model is built, so its initial weights depend on
+    (seed, model) and not on what the process built before."""
+    torch.manual_seed(int(rng_for(seed, key, "init").integers(2**31)))
 
-    def __init__(self, train_reals: torch.Tensor, labels: pd.DataFrame, seed: int, batch_size: int) -> None:
-        self.x, self.seed, self.bs = train_reals, seed, batch_size
+
+def _vae_key(cfg: dict) -> str:
+    """Subsets whose VAE configs agree share one trained VAE (the LDM's latent space)."""
+    return "vae:" + json.dumps({"width": cfg.get("width", 32), "epochs": cfg["epochs"],
+                                "beta": cfg.get("beta", 0.02)}, sort_keys=True)
+
+
+class _Trained:
+    """Generators trained once per worker and shared (the LDM reuses the VAE)."""
+
+    def __init__(self, train_paths: list[str], labels: pd.DataFrame, seed: int, batch_size: int) -> None:
+        self.train_paths, self.seed, self.bs = train_paths, seed, batch_size
+        self._x: torch.Tensor | None = None
         self.cache: dict[str, object] = {}
         # (class, content) vocabularies of the training pool, for conditional generators
         self.classes = sorted(labels["class"].astype(str).unique())
         self.contents = sorted(labels["content"].astype(str).unique())
         self.labels = self.encode(labels)
+
+    @property
+    def x(self) -> torch.Tensor:
+        """The real training images, loaded when a generator is first trained."""
+        if self._x is None:
+            self._x = _load(self.train_paths)
+        return self._x
 
     def encode(self, labels: pd.DataFrame) -> torch.Tensor:
         """(class, content) -> indices; a class the generator never saw (a test-only class) gets the
@@ -94,11 +123,13 @@ class _Trained:
         return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
 
     def vae(self, cfg: dict) -> vae.ConvVAE:
-        if "vae" not in self.cache:
+        key = _vae_key(cfg)
+        if key not in self.cache:
+            _seed_init(self.seed, key)
             model = vae.ConvVAE(ch=cfg.get("width", 32))
-            self.cache["vae"] = vae.train_vae(model, self.x, cfg["epochs"], self.bs, self.seed,
-                                              beta=cfg.get("beta", 0.02))
-        return self.cache["vae"]  # type: ignore[return-value]
+            self.cache[key] = vae.train_vae(model, self.x, cfg["epochs"], self.bs, self.seed,
+                                            beta=cfg.get("beta", 0.02))
+        return self.cache[key]  # type: ignore[return-value]
 
 
 def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weights: Path,
@@ -114,6 +145,7 @@ def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weig
     key = f"model:{model_name or name}"
     if kind in ("dcgan", "upsample_gan"):
         if key not in trained.cache:
+            _seed_init(trained.seed, key)
             cls = dcgan.DCGANGenerator if kind == "dcgan" else upsample_gan.UpsampleGenerator
             gen = cls(nz=cfg.get("nz", 100), ngf=cfg.get("width", 32), size=size)
             trained.cache[key] = dcgan.train_gan(gen, trained.x, cfg["epochs"], trained.bs, trained.seed, desc=name)
@@ -122,6 +154,7 @@ def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weig
         return vae.sample_vae(trained.vae(cfg), n, seed, latent_hw=size // 8)
     if kind == "vq_autoencoder":
         if key not in trained.cache:
+            _seed_init(trained.seed, key)
             model = vq_autoencoder.VQAutoencoder(ch=cfg.get("width", 32), codebook_size=cfg.get("codebook_size", 256))
             trained.cache[key] = vq_autoencoder.train_vq(model, trained.x, cfg["epochs"], trained.bs, trained.seed)
         return vq_autoencoder.reconstruct(trained.cache[key], recon_source(n))
@@ -131,6 +164,7 @@ def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weig
         if key not in trained.cache:
             latents = latent_diffusion.encode_latents(v, trained.x)
             n_cls, n_con = (len(trained.classes), len(trained.contents)) if conditional else (0, 0)
+            _seed_init(trained.seed, key)
             unet = latent_diffusion.LatentUNet(in_ch=v.latent_channels, ch=cfg.get("width", 64),
                                                n_classes=n_cls, n_contents=n_con)
             trained.cache[key] = latent_diffusion.train_ldm(unet, latents, cfg["epochs"], trained.bs, trained.seed,
@@ -155,17 +189,33 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def model_groups(subsets: dict[str, dict], content_tests: dict | None = None) -> list[list[str]]:
+    """One worker job per subset, in config order; a content test joins its source subset's job,
+    whose generator it samples. (The LDM trains its own copy of the VAE it shares with the ``vae``
+    subset: initial weights and training are seeded by the model's config, so both copies are the
+    same model, and the two jobs can run side by side.)"""
+    groups = {name: [name] for name in subsets}
+    for name in (content_tests or {}).get("subsets", {}):
+        groups[content_tests["generator_subset"]].append(name)
+    return list(groups.values())
+
+
 def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict[str, dict],
                     images_per_subset: int, test_fraction: float, seed: int, image_size: int,
                     batch_size: int = 64, generator_train_images: int | None = None,
-                    content_tests: dict | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+                    content_tests: dict | None = None,
+                    processes: int | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """Write every subset; return the per-image labels (keyed by path) for the manifest and the
     seconds each subset took (a metric, kept out of the data so the data's hash is the images').
 
     ``content_tests``: ``{"generator_subset": <a class-conditional subset>, "images": n,
     "subsets": {name: content}}`` adds test-only subsets (see the module docstring).
+    ``processes``: worker processes (None = one per core, at most one per group); 0 runs the
+    groups in this process, without the pinned arithmetic (debugging only: other bytes).
     """
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if content_tests and "classes" not in subsets.get(content_tests["generator_subset"], {}):
+        raise ValueError(f"content_tests.generator_subset {content_tests['generator_subset']!r} must be a "
+                         f"class-conditional subset (one with `content` and `classes`) of {list(subsets)}")
     reals = split_reals(reals, test_fraction, seed)
     pools = {s: reals[reals["split"] == s].reset_index(drop=True) for s in ("train", "test")}
     n_per = {"train": round(images_per_subset * (1 - test_fraction))}
@@ -178,9 +228,60 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
     if generator_train_images and generator_train_images < len(train_pool):
         train_pool = train_pool.iloc[np.sort(rng_for(seed, "generator_train").choice(
             len(train_pool), generator_train_images, replace=False))]
-    trained = _Trained(_load(train_pool["path"].tolist()), train_pool, seed, batch_size)
     replace_owned_dir(out)  # a previous build of ours is replaced; any other folder is refused
-    rows, timings = [], {}
+    plan = _Plan(out, weights, subsets, content_tests or {}, pools, train_pool, n_per, seed, image_size, batch_size)
+    groups = model_groups(subsets, content_tests)
+    results: dict[int, tuple[list[dict], dict[str, float]]] = {}
+    progress = tqdm(total=len(groups), desc="generator groups")
+    if processes == 0:
+        for i, group in enumerate(groups):
+            results[i] = _build_group(plan, group)
+            progress.update()
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = max(1, min(processes or cores, len(groups)))
+        with reproducible.pinned_environment(), ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=reproducible.init_worker) as pool:
+            # the longest groups (the most training epochs) first, so the last one to start is short
+            order = sorted(range(len(groups)), key=lambda i: -_work(subsets, groups[i]))
+            futures = {pool.submit(_build_group, plan, groups[i]): i for i in order}
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                progress.set_postfix_str(",".join(groups[futures[future]]))
+                progress.update()
+    progress.close()
+    rows = [row for i in range(len(groups)) for row in results[i][0]]
+    timings = {name: t for i in range(len(groups)) for name, t in results[i][1].items()}
+    order = list(subsets) + list((content_tests or {}).get("subsets", {}))
+    return pd.DataFrame(rows), {name: timings[name] for name in order}
+
+
+def _work(subsets: dict[str, dict], group: list[str]) -> float:
+    """Training epochs a group runs: the order in which groups are handed to workers."""
+    total = 0.0
+    for name in group:
+        cfg = subsets.get(name, {})
+        total += cfg.get("epochs", 0) + cfg.get("vae", {}).get("epochs", 0) + cfg.get("ddim_steps", 0) / 10
+    return total
+
+
+class _Plan:
+    """What every worker needs to build its groups (pickled once per job)."""
+
+    def __init__(self, out: Path, weights: Path, subsets: dict, content_tests: dict, pools: dict[str, pd.DataFrame],
+                 train_pool: pd.DataFrame, n_per: dict[str, int], seed: int, image_size: int,
+                 batch_size: int) -> None:
+        self.out, self.weights, self.subsets, self.content_tests = out, weights, subsets, content_tests
+        self.pools, self.train_pool, self.n_per = pools, train_pool, n_per
+        self.seed, self.image_size, self.batch_size = seed, image_size, batch_size
+
+
+def _build_group(plan: _Plan, group: list[str]) -> tuple[list[dict], dict[str, float]]:
+    """Train the group's generators once and write each of its subsets; rows and seconds per subset."""
+    out, pools, seed = plan.out, plan.pools, plan.seed
+    trained = _Trained(plan.train_pool["path"].tolist(), plan.train_pool, seed, plan.batch_size)
+    rows: list[dict] = []
+    timings: dict[str, float] = {}
 
     def write_split(name: str, cfg: dict, split: str, chosen: pd.DataFrame, conditional: bool,
                     written: set[bytes], model_name: str | None = None) -> None:
@@ -198,8 +299,8 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
         labels = None
         if conditional:  # one fake per real, for its class; the extras cycle through the same labels
             labels = chosen[["class", "content"]].iloc[np.arange(n + extra) % n].reset_index(drop=True)
-        fakes = tensor_to_images(make_fakes(name, cfg, n + extra, split, trained, weights, recon_source,
-                                            image_size, labels=labels, model_name=model_name))
+        fakes = tensor_to_images(make_fakes(name, cfg, n + extra, split, trained, plan.weights, recon_source,
+                                            plan.image_size, labels=labels, model_name=model_name))
         kept = 0
         for i, arr in enumerate(fakes):
             png = _png_bytes(arr)
@@ -228,40 +329,37 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
                          "content": r["content"], "class": r["class"], "source": r["source"],
                          "group": r["group"]})
 
-    for name, cfg in tqdm(subsets.items(), desc="subsets"):
+    for name in group:
         t0 = time.perf_counter()
-        written: set[bytes] = set()
-        conditional = "classes" in cfg
-        if conditional:
-            classes = pick_classes(pools["train"], pools["test"], cfg["content"], cfg["classes"])
-        for split in ("train", "test"):
-            pool, n = pools[split], n_per[split]
-            rng = rng_for(seed, name, split, "reals")
+        if name in plan.subsets:
+            cfg = plan.subsets[name]
+            written: set[bytes] = set()
+            conditional = "classes" in cfg
             if conditional:
-                chosen = stratified(pool[(pool["content"] == cfg["content"]) & pool["class"].isin(classes)],
-                                    classes, n, rng)
-                if len(chosen) < n:
-                    raise ValueError(f"{name}: the {len(classes)} {cfg['content']!r} classes hold only {len(chosen)} "
-                                     f"real {split} images for {n}; raise `classes` or lower images_per_subset")
-            else:
-                chosen = pool.iloc[np.sort(rng.choice(len(pool), n, replace=False))]
-            write_split(name, cfg, split, chosen, conditional, written)
-        timings[name] = round(time.perf_counter() - t0, 2)
-    if content_tests:
-        source = content_tests["generator_subset"]
-        if "classes" not in subsets.get(source, {}):
-            raise ValueError(f"content_tests.generator_subset {source!r} must be a class-conditional subset "
-                             f"(one with `content` and `classes`) of {list(subsets)}")
-        for name, content in content_tests["subsets"].items():
-            t0 = time.perf_counter()
+                classes = pick_classes(pools["train"], pools["test"], cfg["content"], cfg["classes"])
+            for split in ("train", "test"):
+                pool, n = pools[split], plan.n_per[split]
+                rng = rng_for(seed, name, split, "reals")
+                if conditional:
+                    chosen = stratified(pool[(pool["content"] == cfg["content"]) & pool["class"].isin(classes)],
+                                        classes, n, rng)
+                    if len(chosen) < n:
+                        raise ValueError(f"{name}: the {len(classes)} {cfg['content']!r} classes hold only "
+                                         f"{len(chosen)} real {split} images for {n}; raise `classes` or lower "
+                                         "images_per_subset")
+                else:
+                    chosen = pool.iloc[np.sort(rng.choice(len(pool), n, replace=False))]
+                write_split(name, cfg, split, chosen, conditional, written)
+        else:  # a content test: test-only, from the conditional source subset's generator
+            source, content = plan.content_tests["generator_subset"], plan.content_tests["subsets"][name]
             pool = pools["test"][pools["test"]["content"] == content]
             if pool.empty:
                 raise ValueError(f"content test {name!r}: no real test images of content {content!r}")
             classes = sorted(pool["class"].astype(str).unique())
-            chosen = stratified(pool, classes, min(content_tests["images"], len(pool)),
+            chosen = stratified(pool, classes, min(plan.content_tests["images"], len(pool)),
                                 rng_for(seed, name, "test", "reals"))
-            write_split(name, subsets[source], "test", chosen, True, set(), model_name=source)
+            write_split(name, plan.subsets[source], "test", chosen, True, set(), model_name=source)
             for label_dir in ("ai", "nature"):  # GenImage's layout: a test-only subset has an empty train/
                 (out / name / "train" / label_dir).mkdir(parents=True, exist_ok=True)
-            timings[name] = round(time.perf_counter() - t0, 2)
-    return pd.DataFrame(rows), timings
+        timings[name] = round(time.perf_counter() - t0, 2)
+    return rows, timings

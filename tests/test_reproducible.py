@@ -1,0 +1,86 @@
+"""The download stage checks the generated benchmark against the hashes recorded with the repo."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synthdet import cli
+from synthdet.datasets.embedded import reproducible
+from synthdet.fsutil import DataSourceError
+from synthdet.stages.download import check_reproducible
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def _bench(root: Path) -> Path:
+    for subset, files in {"dcgan": {"train/ai/a.png": b"A", "val/ai/b.png": b"B"},
+                          "vae": {"train/ai/a.png": b"C"}}.items():
+        for rel, data in files.items():
+            (root / subset / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / subset / rel).write_bytes(data)
+    return root
+
+
+def test_subset_hash_sees_content_and_names(tmp_path):
+    root = _bench(tmp_path)
+    before = reproducible.subset_hash(root / "dcgan")
+    (root / "dcgan" / "val/ai/b.png").write_bytes(b"b")
+    changed = reproducible.subset_hash(root / "dcgan")
+    (root / "dcgan" / "val/ai/b.png").rename(root / "dcgan" / "val/ai/c.png")
+    renamed = reproducible.subset_hash(root / "dcgan")
+    assert len({before, changed, renamed}) == 3
+
+
+def test_a_differing_subset_is_named_with_the_machine_facts(tmp_path):
+    root = _bench(tmp_path)
+    key = reproducible.config_key(0, {"a": 1}, {"b": 2})
+    observed = {s: reproducible.subset_hash(root / s) for s in ("dcgan", "vae")}
+    same = check_reproducible(root, ["dcgan", "vae"], 0, {"a": 1}, {"b": 2}, expected={key: observed})
+    assert same["status"] == "identical" and same["differing"] == []
+
+    recorded = {key: {**observed, "vae": "0" * 64}}
+    with pytest.warns(UserWarning, match=r"differs .* in subsets \['vae'\]") as caught:
+        report = check_reproducible(root, ["dcgan", "vae"], 0, {"a": 1}, {"b": 2}, expected=recorded)
+    message = str(caught[0].message)
+    assert report["status"] == "differs" and report["differing"] == ["vae"]
+    assert "ONEDNN_MAX_CPU_ISA" in message and "torch" in message and "table cell" in message
+    assert report["machine"]["torch_cpu_capability"] and report["machine"]["cores"] >= 1
+    with pytest.raises(DataSourceError, match=r"subsets \['vae'\]"):
+        check_reproducible(root, ["dcgan", "vae"], 0, {"a": 1}, {"b": 2}, "error", expected=recorded)
+    # other params (another seed) have no record: said, not flagged
+    assert check_reproducible(root, ["dcgan", "vae"], 1, {"a": 1}, {"b": 2},
+                              expected=recorded)["status"] == "unrecorded"
+
+
+def test_the_default_configuration_has_recorded_hashes():
+    """`make repro` must be checkable: params.yaml's benchmark has its hashes in the repo (a change
+    to the defaults or the generators needs `synthdet hashes --record` after a download run)."""
+    e = PARAMS["embedded"]
+    key = reproducible.config_key(PARAMS["seed"], e["prepare"], e["benchmark"])
+    recorded = reproducible.load_expected()
+    assert key in recorded
+    names = list(e["benchmark"]["subsets"]) + list(e["benchmark"]["content_tests"]["subsets"])
+    assert sorted(recorded[key]) == sorted(names)
+
+
+def test_hashes_cli_reports_and_refuses_other_metrics(tmp_path, capsys):
+    metrics = tmp_path / "download.json"
+    e = PARAMS["embedded"]
+    key = reproducible.config_key(PARAMS["seed"], e["prepare"], e["benchmark"])
+    observed = {**reproducible.load_expected()[key], "vae": "1"}
+    metrics.write_text(json.dumps({"reproducibility": {"status": "identical", "config_key": key, "differing": [],
+                                                       "observed": observed}}))
+    assert cli.main(["hashes", "--metrics", str(metrics)]) == 0  # re-checked against the record
+    assert f"configuration {key}: differs against the recorded hashes (differing: vae)" in capsys.readouterr().out
+    metrics.write_text(json.dumps({"images": 3}))
+    assert cli.main(["hashes", "--metrics", str(metrics)]) == 2
+    assert "no embedded-benchmark hashes" in capsys.readouterr().err
+
+
+def test_generation_workers_refuse_to_run_unpinned(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    with pytest.raises(RuntimeError, match="without the pinned environment"):
+        reproducible.init_worker()
