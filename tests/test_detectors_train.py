@@ -12,13 +12,39 @@ ZOO = ["resnet50", "deit_s", "swin_t", "resnet50_nodown", "cnnspot", "spec", "f3
 
 @pytest.mark.parametrize("name", ZOO)
 def test_registered_detectors_forward_backward(name):
+    """Every trainable tensor is in the graph (a detached branch, F3Net's frequency streams or
+    GramNet's Gram blocks, would have no gradient) and every convolution and linear layer learns.
+    Checked at the second step: ResNets start with the last BN of each block at zero, which
+    blocks the gradient into the block until the first update."""
     assert name in list_detectors()
+    torch.manual_seed(0)
     model = create_detector(name, img_size=32)
-    x = torch.randn(2, 3, 32, 32)
-    out = model(x)
-    assert out.shape == (2,)
-    out.sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    for _ in range(2):
+        opt.zero_grad()
+        out = model(x)
+        assert out.shape == (4,)
+        torch.nn.functional.binary_cross_entropy_with_logits(out, y).backward()
+        opt.step()
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, f"{name}: no gradient reaches {missing[:5]}"
+    layers = [f"{m}.weight" for m, mod in model.named_modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]
+    still = [n for n in layers if params[n].requires_grad and params[n].grad.abs().sum() == 0]
+    assert layers and not still, f"{name}: layers that do not learn: {still[:5]}"
+
+
+def test_resnet50_nodown_keeps_full_resolution_into_the_first_stage():
+    """No stride in the stem and no max-pool: layer1 sees the input at full resolution (16x the
+    positions of the standard ResNet-50's 1/4 resolution)."""
+    shapes = {}
+    for name in ("resnet50", "resnet50_nodown"):
+        model = create_detector(name, img_size=32).eval()
+        model.model.layer1.register_forward_hook(lambda m, i, o, n=name: shapes.__setitem__(n, tuple(o.shape[-2:])))
+        with torch.no_grad():
+            model(torch.randn(1, 3, 32, 32))
+    assert shapes == {"resnet50": (8, 8), "resnet50_nodown": (32, 32)}
 
 
 def test_detector_specific_pieces():
@@ -192,3 +218,28 @@ def test_unreadable_images_are_counted_across_dataloader_workers(tiny_rows, tmp_
     open(rows.path.iloc[3], "wb").close()  # broke after indexing
     result = train_detector(rows.iloc[:16], rows.iloc[16:], _cfg(epochs=1, num_workers=2), tmp_path / "w")
     assert result["failures"] == {rows.path.iloc[3]: "zero-byte file"}
+
+
+def test_train_weights_are_the_starting_point(tiny_rows, tmp_path):
+    torch.manual_seed(123)
+    donor = create_detector("resnet18", img_size=32)
+    torch.save({"model": donor.state_dict()}, tmp_path / "start.pt")  # the detector.pt layout
+    loaded = create_detector("resnet18", img_size=32, weights=str(tmp_path / "start.pt"))
+    pairs = zip(donor.state_dict().values(), loaded.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    # through training: with a zero learning rate the trained weights are the checkpoint's
+    train_detector(tiny_rows.iloc[:16], tiny_rows.iloc[16:], _cfg(epochs=1, lr=0.0, weight_decay=0.0,
+                                                                  weights=str(tmp_path / "start.pt")), tmp_path / "t")
+    trained, _ = load_detector(tmp_path / "t/detector.pt")
+    assert all(torch.equal(p, q) for p, q in zip(donor.parameters(), trained.parameters(), strict=True))
+    scratch = create_detector("resnet18", img_size=32)
+    assert not all(torch.equal(p, q) for p, q in zip(donor.parameters(), scratch.parameters(), strict=True))
+    # a checkpoint with ImageNet's 1000-class head: the backbone loads, the one-logit head stays new
+    imagenet = {k: torch.zeros(1000, *v.shape[1:]) if k.startswith("model.fc.") else v
+                for k, v in donor.state_dict().items()}
+    torch.save(imagenet, tmp_path / "imagenet.pt")
+    backbone = create_detector("resnet18", img_size=32, weights=str(tmp_path / "imagenet.pt"))
+    assert torch.equal(backbone.model.conv1.weight, donor.model.conv1.weight) and backbone.model.fc.out_features == 1
+    torch.save({"model": create_detector("resnet50", img_size=32).state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: weights do not fit resnet18"):
+        create_detector("resnet18", img_size=32, weights=str(tmp_path / "other.pt"))

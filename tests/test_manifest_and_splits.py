@@ -2,7 +2,15 @@ import pandas as pd
 import pytest
 
 from synthdet.data.manifest import LayoutError, index_genimage_tree
-from synthdet.data.splits import LeakageError, assign_splits, check_no_leaks, find_leaks, group_assignment
+from synthdet.data.splits import (
+    LeakageError,
+    assign_splits,
+    check_no_leaks,
+    class_subset,
+    find_leaks,
+    group_assignment,
+    parse_class_budget,
+)
 from synthdet.stages.download import download_genimage
 from tests.conftest import make_genimage_tree
 
@@ -87,3 +95,54 @@ def test_calibration_may_share_training_images_but_not_test_images():
     assert find_leaks(pd.concat([df, calib])).empty
     test_sha = df.loc[df["split"] == "test", "sha256"].iloc[0]
     assert len(find_leaks(pd.concat([df, calib.assign(sha256=test_sha, group="other")]))) == 2
+
+
+def test_a_group_shared_across_splits_is_a_leak_even_with_distinct_files():
+    df = assign_splits(_frame(), 0.3, seed=0)
+    leaky = df.copy()
+    val_row = leaky.index[leaky["split"] == "val"][0]
+    # another crop of a train picture: other bytes, same group
+    leaky.loc[val_row, "group"] = leaky.loc[leaky["split"] == "train", "group"].iloc[0]
+    assert leaky["sha256"].is_unique
+    with pytest.raises(LeakageError, match="group"):
+        check_no_leaks(leaky, "error")
+    kept = check_no_leaks(leaky, "drop")
+    assert find_leaks(kept).empty and val_row not in kept.index
+
+
+def test_calibration_images_are_never_moved_into_val():
+    df = _frame(n_groups=20)
+    shared = df[df["group"].isin(["g0", "g1"])]
+    calib = shared.assign(split="calibration", path=lambda d: "calib_" + d["path"])
+    out = assign_splits(pd.concat([df, calib], ignore_index=True), 0.99, seed=0)  # nearly every train group to val
+    assert (out.loc[out["path"].str.startswith("calib_"), "split"] == "calibration").all()
+    assert (out.loc[out["group"].isin(["g0", "g1"]) & ~out["path"].str.startswith("calib_"), "split"] == "train").all()
+    assert (out["split"] == "val").sum() >= 3 * 17  # the other groups did move
+    assert find_leaks(out).empty
+
+
+def test_class_budgets_draw_whole_classes_with_equal_real_and_fake_counts():
+    rows = pd.DataFrame([{"path": f"{c}_{label}_{k}.png", "class": f"c{c}", "label": label}
+                         for c in range(6) for label in (0, 1) for k in range(5 if c < 4 else 2)])
+    sub = class_subset(rows, n_classes=3, per_class=4, seed=0)
+    per = sub.groupby(["class", "label"]).size().unstack("label")
+    assert len(per) == 3 and (per == 4).all().all()
+    assert set(per.index) <= {"c0", "c1", "c2", "c3"}  # c4, c5 hold only 2 images per label
+    assert sub.equals(class_subset(rows, 3, 4, seed=0))
+    assert any(not class_subset(rows, 3, 4, seed=s).equals(sub) for s in range(1, 6))
+    with pytest.raises(ValueError, match="only 4 classes have 4 real and 4 fake"):
+        class_subset(rows, 5, 4, seed=0)
+    assert parse_class_budget("8x20") == (8, 20)
+    for bad in ("8", "8x0", "axb"):
+        with pytest.raises(ValueError, match="class budget"):
+            parse_class_budget(bad)
+
+
+def test_fake_class_indices_map_to_imagenet_synsets():
+    from synthdet.datasets.genimage import image_class
+
+    assert image_class("n03495258_20762.JPEG") == "n03495258"  # reals carry the synset
+    assert image_class("000_sdv4_00134.png") == "n01440764"  # index 0: tench
+    assert image_class("207_adm_11.PNG") == "n02099601"  # index 207: golden retriever
+    assert image_class("GLIDE_1000_200_08_999_glide_00033.png") == "n15075141"  # index 999: toilet tissue
+    assert image_class("photo.png") is None and image_class("n0349_1.JPEG") is None

@@ -1,5 +1,6 @@
 import io
 import json
+import shutil
 import tarfile
 
 import numpy as np
@@ -143,3 +144,41 @@ def test_gcompris_pieces_of_one_picture_share_a_group_and_content(rel, picture, 
     from synthdet.datasets.embedded.sources import _content_and_class, picture_of
 
     assert picture_of("gcompris", rel) == picture and _content_and_class("gcompris", rel)[0] == content
+
+
+def test_attribution_names_every_package_with_its_licence_and_copyright_file(embedded_data, tmp_path):
+    embedded.write_attribution(embedded_data, tmp_path / "ATTRIBUTION.md")
+    text = (tmp_path / "ATTRIBUTION.md").read_text()
+    for name in embedded.REAL_SOURCES + embedded.WEIGHT_SOURCES:
+        s = embedded.SOURCES[name]
+        assert f"`{s.package}` {s.version}" in text and s.licence in text and s.sha256[:16] in text
+    # the Debian copyright file is copied in full under its package's heading
+    assert "## endless-sky-data\n\n```\nFiles: *\nLicense: CC-BY-SA-4.0\n```" in text
+
+
+def test_make_data_accepts_only_the_recorded_data(tmp_path, monkeypatch):
+    """`synthdet data`'s check on a fresh clone (empty DVC cache): the same bytes pass; one changed
+    byte fails, and data.dvc is left as git has it."""
+    import subprocess
+
+    from synthdet import cli
+
+    def run(*cmd: str) -> None:
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+
+    run("git", "init", "-q")
+    run(cli.dvc_executable(), "init", "-q")
+    (tmp_path / "data/embedded").mkdir(parents=True)
+    (tmp_path / "data/embedded/a.txt").write_text("pinned bytes")
+    run(cli.dvc_executable(), "add", "-q", "data")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "data")
+    shutil.rmtree(tmp_path / ".dvc/cache")  # what a fresh clone has
+    monkeypatch.chdir(tmp_path)
+    assert cli.data_matches("data.dvc") == (True, "")
+    recorded = (tmp_path / "data.dvc").read_text()
+    shutil.rmtree(tmp_path / ".dvc/cache")
+    (tmp_path / "data/embedded/a.txt").write_text("pinned byteS")
+    ok, detail = cli.data_matches("data.dvc")
+    assert not ok and "data" in detail
+    assert (tmp_path / "data.dvc").read_text() == recorded

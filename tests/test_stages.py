@@ -148,6 +148,10 @@ def test_the_clean_condition_is_exactly_what_the_detector_sees(tmp_path):
             assert stored.size == (32, 32) and fit_to_input(stored, 32) is stored
     low = Image.open(table_[table_.condition == "lowres_112"].path.iloc[0]).convert("RGB")
     assert np.array_equal(np.asarray(low), np.asarray(conds[1].apply(fit_to_input(img, 32))))
+    # each row records the paper's value and the one applied at the input size
+    values = table_.set_index("condition")[["paper_value", "effective_value"]]
+    assert values.loc["lowres_112"].tolist() == [112, 16] and values.loc["jpeg_q65"].tolist() == [65, 65]
+    assert values.loc["blur_sigma3", "effective_value"] == pytest.approx(3 * 32 / 224, abs=1e-3)
 
 
 def test_conditions_keep_their_natural_order():

@@ -39,8 +39,12 @@ def create_detector(name: str, img_size: int = 224, weights: str | None = None, 
         path = Path(weights)
         state = load_torch_file(path, "detector weights")
         state = state.get("model", state)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or len(missing) > 2:  # a new head may be missing, nothing else
-            raise ValueError(f"{path}: weights do not fit {name} (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
+        own = model.state_dict()
+        # a new head (one logit instead of ImageNet's 1000) may be missing or shaped otherwise, nothing else
+        reshaped = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+        missing, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in reshaped},
+                                                    strict=False)
+        if unexpected or len(missing) > 2:
+            raise ValueError(f"{path}: weights do not fit {name} (missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                             f"other shapes {reshaped[:5]})")
     return model

@@ -190,13 +190,25 @@ def _png_bytes(arr: np.ndarray) -> bytes:
 
 
 def model_groups(subsets: dict[str, dict], content_tests: dict | None = None) -> list[list[str]]:
-    """One worker job per subset, in config order; a content test joins its source subset's job,
-    whose generator it samples. (The LDM trains its own copy of the VAE it shares with the ``vae``
-    subset: initial weights and training are seeded by the model's config, so both copies are the
-    same model, and the two jobs can run side by side.)"""
-    groups = {name: [name] for name in subsets}
+    """Worker jobs, in config order: subsets that share a trained model share a job, an LDM with the
+    ``vae`` subset of the same VAE config (it works in that VAE's latent space) and a content test
+    with its source subset; every other subset is a job of its own.
+
+    (Sharing saves work only: each model's initial weights and training are seeded by its config,
+    so an LDM that trained its own copy of the VAE in another worker gives the same bytes; measured
+    on the default build, see the README.)
+    """
+    def model(name: str) -> str:
+        cfg = subsets[name]
+        if cfg["generator"] == "vae":
+            return _vae_key(cfg)
+        return _vae_key(cfg["vae"]) if cfg["generator"] == "latent_diffusion" else name
+
+    groups: dict[str, list[str]] = {}
+    for name in subsets:
+        groups.setdefault(model(name), []).append(name)
     for name in (content_tests or {}).get("subsets", {}):
-        groups[content_tests["generator_subset"]].append(name)
+        groups[model(content_tests["generator_subset"])].append(name)
     return list(groups.values())
 
 
