@@ -103,6 +103,21 @@ def test_a_collapsed_generator_fails_the_build(embedded_data, tmp_path, monkeypa
                         seed=0, image_size=64, processes=0)  # in this process, where the patch applies
 
 
+def test_a_generator_collapsing_in_a_worker_stops_the_build_with_its_error(embedded_data, tmp_path):
+    reals = prepare_reals(embedded_data, tmp_path / "reals")
+    reals = reals[reals.status == "ok"].assign(group=lambda d: d["original"])
+    dead = dcgan.DCGANGenerator(nz=100, ngf=64, size=64)
+    for param in dead.parameters():
+        torch.nn.init.zeros_(param)  # every sample is the same grey image
+    (tmp_path / "weights").mkdir()
+    torch.save({"netG_state_dict": dead.state_dict()}, tmp_path / "weights/weights.tar")
+    from synthdet.datasets.embedded.build import GeneratorCollapsedError
+
+    with pytest.raises(GeneratorCollapsedError, match="gan_face: only 1 distinct train images"):
+        build_benchmark(reals, tmp_path / "b", tmp_path / "weights", {"gan_face": {"generator": "gan_face",
+                        "family": "gan"}}, images_per_subset=12, test_fraction=0.25, seed=0, image_size=64)
+
+
 def test_conditional_ldm_follows_its_labels():
     x = _reals(n=24, size=32)
     labels = torch.tensor([[i % 3, i % 2] for i in range(24)])

@@ -25,6 +25,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -257,10 +258,15 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
             # the longest groups (the most training epochs) first, so the last one to start is short
             order = sorted(range(len(groups)), key=lambda i: -_work(subsets, groups[i]))
             futures = {pool.submit(_build_group, plan, groups[i]): i for i in order}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                progress.set_postfix_str(",".join(groups[futures[future]]))
-                progress.update()
+            try:
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    progress.set_postfix_str(",".join(groups[futures[future]]))
+                    progress.update()
+            except BaseException:  # a failed job (a collapsed generator) stops the queued ones
+                for future in futures:
+                    future.cancel()
+                raise
     progress.close()
     rows = [row for i in range(len(groups)) for row in results[i][0]]
     timings = {name: t for i in range(len(groups)) for name, t in results[i][1].items()}
@@ -277,15 +283,20 @@ def _work(subsets: dict[str, dict], group: list[str]) -> float:
     return total
 
 
+@dataclass(frozen=True)
 class _Plan:
     """What every worker needs to build its groups (pickled once per job)."""
 
-    def __init__(self, out: Path, weights: Path, subsets: dict, content_tests: dict, pools: dict[str, pd.DataFrame],
-                 train_pool: pd.DataFrame, n_per: dict[str, int], seed: int, image_size: int,
-                 batch_size: int) -> None:
-        self.out, self.weights, self.subsets, self.content_tests = out, weights, subsets, content_tests
-        self.pools, self.train_pool, self.n_per = pools, train_pool, n_per
-        self.seed, self.image_size, self.batch_size = seed, image_size, batch_size
+    out: Path
+    weights: Path
+    subsets: dict
+    content_tests: dict
+    pools: dict[str, pd.DataFrame]
+    train_pool: pd.DataFrame
+    n_per: dict[str, int]
+    seed: int
+    image_size: int
+    batch_size: int
 
 
 def _build_group(plan: _Plan, group: list[str]) -> tuple[list[dict], dict[str, float]]:
