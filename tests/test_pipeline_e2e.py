@@ -48,6 +48,10 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert all(0 <= v["acc"] <= 1 for k, v in evaluate["clean"].items())
     assert (ws / "plots/accuracy_heatmap.png").stat().st_size > 0
     assert json.loads((ws / "metrics/split.json").read_text())["leaks"] == 0
+    # every generated subset was hashed by the download stage (this fabricated build has no record)
+    check = json.loads((ws / "metrics/download.json").read_text())["reproducibility"]
+    assert check["status"] == "unrecorded" and set(check["observed"]) == subsets | {"faces", "paintings"}
+    assert check["machine"]["pinned_env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     tables = json.loads((ws / "metrics/tables.json").read_text())
     assert tables["runs"] == 5  # resnet50 on ldm and dcgan, npr on ldm, two class-budget runs on ldm
     assert set(tables["training_size"]) == {"1x4", "2x2", "full"}
