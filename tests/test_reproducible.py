@@ -84,3 +84,12 @@ def test_generation_workers_refuse_to_run_unpinned(monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     with pytest.raises(RuntimeError, match="without the pinned environment"):
         reproducible.init_worker()
+
+
+def test_bad_reproducibility_params_fail_before_the_build():
+    from synthdet.stages.download import Config
+
+    for key, value in (("reproducibility", "strict"), ("generator_processes", -1), ("generator_processes", "2")):
+        params = {**PARAMS, "embedded": {**PARAMS["embedded"], key: value}}
+        with pytest.raises(ValueError, match=f"embedded.{key}"):
+            Config.from_params(params)

@@ -44,7 +44,13 @@ class Config:
         d = p["data"]
         if d["name"] not in ("embedded", "genimage", "imaginet"):
             raise ValueError(f"data.name must be embedded, genimage or imaginet, not {d['name']!r}")
-        return cls(int(p["seed"]), d["name"], dict(d["genimage"]), dict(d["imaginet"]), dict(p["embedded"]))
+        e = dict(p["embedded"])
+        if e.get("reproducibility", "warn") not in ("warn", "error"):  # checked before a 10-minute build
+            raise ValueError(f"embedded.reproducibility must be warn or error, not {e['reproducibility']!r}")
+        procs = e.get("generator_processes")
+        if procs is not None and (not isinstance(procs, int) or procs < 0):
+            raise ValueError(f"embedded.generator_processes must be null or a count >= 0, not {procs!r}")
+        return cls(int(p["seed"]), d["name"], dict(d["genimage"]), dict(d["imaginet"]), e)
 
 
 def run(params: dict) -> Result:
