@@ -103,10 +103,8 @@ def machine_facts() -> dict:
             "pinned_env": PINNED_ENV}
 
 
-def load_expected(path: Path | None = None) -> dict[str, dict[str, str]]:
+def load_expected() -> dict[str, dict[str, str]]:
     """{config key: {subset: hash}} recorded with the repository."""
-    if path is not None:
-        return json.loads(path.read_text()) if path.exists() else {}
     text = resources.files(__package__).joinpath(EXPECTED_FILE).read_text()
     return json.loads(text)["configs"]
 
