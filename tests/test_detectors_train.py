@@ -243,3 +243,88 @@ def test_train_weights_are_the_starting_point(tiny_rows, tmp_path):
     torch.save({"model": create_detector("resnet50", img_size=32).state_dict()}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt: weights do not fit resnet18"):
         create_detector("resnet18", img_size=32, weights=str(tmp_path / "other.pt"))
+
+
+def _distinct(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A timm model's state dict with every float tensor random, so each can be recognised."""
+    g = torch.Generator().manual_seed(7)
+    return {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+
+
+def _found(state: dict[str, torch.Tensor], detector: torch.nn.Module) -> set[str]:
+    """The keys of ``state`` whose tensor is in ``detector`` (under any name: detectors rearrange)."""
+    have = {(tuple(v.shape), float(v.double().sum())) for v in detector.state_dict().values() if v.is_floating_point()}
+    return {k for k, v in state.items() if v.is_floating_point() and (tuple(v.shape), float(v.double().sum())) in have}
+
+
+def test_pretrained_backbones_load_from_local_timm_torchvision_and_safetensors_files(tmp_path):
+    """``train.pretrained: <file>`` reaches every backbone-based detector, heads re-initialised."""
+    import timm
+    import torchvision
+    from safetensors.torch import save_file
+
+    resnet = _distinct(timm.create_model("resnet50"))
+    torch.save(resnet, tmp_path / "resnet50_timm.pth")
+    head = {"fc.weight", "fc.bias"}
+    body = set(resnet) - head
+    for name in ("resnet50", "cnnspot", "spec", "gramnet", "resnet50_nodown"):
+        detector = create_detector(name, img_size=32, pretrained=str(tmp_path / "resnet50_timm.pth"))
+        assert _found(resnet, detector) == {k for k in body if resnet[k].is_floating_point()}, name
+    kept = {k for k in body if k.startswith(("conv1", "bn1", "layer1.", "layer2.")) and resnet[k].is_floating_point()}
+    npr = create_detector("npr", img_size=32, pretrained=str(tmp_path / "resnet50_timm.pth"))
+    assert _found(resnet, npr) == kept  # NPR keeps the stem and the first two stages
+    # torchvision's ResNet-50 naming, inside a DDP-style {"state_dict": {"module.<key>": ...}} file
+    tv = _distinct(torchvision.models.resnet50())
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tv.items()}}, tmp_path / "resnet50_tv.pth")
+    detector = create_detector("resnet50", img_size=32, pretrained=str(tmp_path / "resnet50_tv.pth"))
+    assert torch.equal(detector.model.layer4[2].conv3.weight, tv["layer4.2.conv3.weight"])
+    assert detector.model.fc.out_features == 1
+    # F3Net: one Xception file for both streams, their input convolutions adapted to 12 and 6 channels
+    xception = _distinct(timm.create_model("legacy_xception"))
+    save_file({k: v.contiguous() for k, v in xception.items()}, str(tmp_path / "xception.safetensors"))
+    f3 = create_detector("f3net", img_size=32, pretrained=str(tmp_path / "xception.safetensors"))
+    assert torch.equal(f3.fad_net.block12.skip.weight, xception["block12.skip.weight"])
+    assert torch.equal(f3.lfs_net.conv2.weight, xception["conv2.weight"])
+    assert f3.fad_net.conv1.weight.shape[1] == 12 and f3.lfs_net.conv1.weight.shape[1] == 6
+    # DeiT-S at 64 px: the position embedding is resampled from 14x14 to 4x4 patches
+    deit = _distinct(timm.create_model("deit_small_patch16_224"))
+    torch.save(deit, tmp_path / "deit.pth")
+    d = create_detector("deit_s", img_size=64, pretrained=str(tmp_path / "deit.pth"))
+    assert torch.equal(d.model.blocks[11].mlp.fc2.weight, deit["blocks.11.mlp.fc2.weight"])
+    assert d.model.pos_embed.shape[1] == 1 + 16
+
+
+def test_pretrained_weights_are_where_training_starts(tiny_rows, tmp_path):
+    import timm
+
+    state = _distinct(timm.create_model("resnet18"))
+    torch.save(state, tmp_path / "resnet18.pth")
+    cfg = _cfg(epochs=1, lr=0.0, weight_decay=0.0, pretrained=str(tmp_path / "resnet18.pth"))
+    train_detector(tiny_rows.iloc[:16], tiny_rows.iloc[16:], cfg, tmp_path / "t")
+    trained, saved_cfg = load_detector(tmp_path / "t/detector.pt")
+    assert saved_cfg["pretrained"] == str(tmp_path / "resnet18.pth")
+    params = dict(trained.model.named_parameters())
+    assert all(torch.equal(params[k], v) for k, v in state.items() if k in params and not k.startswith("fc."))
+    # another file under the same path is another run: its checkpoint is not resumed
+    before = cfg.fingerprint("data")
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "resnet18.pth")
+    assert cfg.fingerprint("data") != before
+
+
+def test_pretrained_errors_name_the_file_the_keys_or_the_way_out(tmp_path, monkeypatch):
+    import timm
+
+    from synthdet.detectors.backbones import PretrainedWeightsError
+
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "resnet18.pth")
+    with pytest.raises(PretrainedWeightsError, match=r"resnet18.pth: not resnet50 weights .*missing \['layer1.0.bn3"):
+        create_detector("resnet50", img_size=32, pretrained=str(tmp_path / "resnet18.pth"))
+    with pytest.raises(PretrainedWeightsError, match="nope.pth: no such file"):
+        create_detector("resnet50", img_size=32, pretrained=str(tmp_path / "nope.pth"))
+    torch.save({"epoch": 3, "config": {"lr": 1.0}}, tmp_path / "empty.pth")
+    with pytest.raises(PretrainedWeightsError, match="empty.pth: no tensors in it"):
+        create_detector("resnet50", img_size=32, pretrained=str(tmp_path / "empty.pth"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedWeightsError, match=r"true needs timm's 'resnet50' weights .*HF_HUB_OFFLINE=1.*"
+                                                     r"set train.pretrained to that file"):
+        create_detector("cnnspot", img_size=32, pretrained=True)

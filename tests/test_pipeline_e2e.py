@@ -79,12 +79,21 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
 
     # another detector: `dvc exp run -S model=<name>` (the design card's swin_t, and npr) reruns train
     # and evaluate with it; every other registered name runs the same two stages' code directly
-    # (`synthdet stage train|evaluate`, what the notebooks call), which saves minutes of notebook starts
+    # (`synthdet stage train|evaluate`, what the notebooks call), which saves minutes of notebook starts.
+    # From npr on (npr, resnet50, resnet50_nodown, spec) the backbone starts from a local timm
+    # ResNet-50 file (`-S train.pretrained=<file>`); swin_t goes back to random weights.
+    import timm
+
     conditions = set(evaluate) - {"jpeg_q65", "jpeg_q30"} | {"jpeg_q50"}
+    resnet50 = tmp_path / "resnet50_timm.pth"
+    torch.save(timm.create_model("resnet50").state_dict(), resnet50)
     monkeypatch.chdir(ws)
     for name in list_detectors():
         if name in ("swin_t", "npr"):
-            _dvc(ws, "exp", "run", "-S", f"model={name}")
+            start = "false" if name == "swin_t" else str(resnet50)
+            _dvc(ws, "exp", "run", "-S", f"model={name}", "-S", f"train.pretrained={start}")
+            saved = torch.load(ws / "artifacts/train/detector.pt", weights_only=True)["config"]["pretrained"]
+            assert saved == (False if name == "swin_t" else str(resnet50))
         else:
             params = yaml.safe_load((ws / "params.yaml").read_text())
             (ws / "params_model.yaml").write_text(yaml.safe_dump({**params, "model": name}))
@@ -147,7 +156,7 @@ def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:
     """A scratch repository running ``profile`` (plus ``overrides``); data/ holds fabricated
     embedded data because the download stage depends on it whatever the dataset."""
     data = make_embedded_data(tmp_path / "fabricated" / "embedded")
-    small = {"train": {"input_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0},
+    small = {"train": {"input_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "pretrained": False},
              "evaluate": {"batch_size": 32, "num_workers": 0, "n_bootstrap": 20},
              "tables": {"detectors": ["npr"], "n_bootstrap": 20}}
     ws = make_workspace(tmp_path / "ws", deep_update(deep_update(load_profile(profile, ROOT / "profiles"), small),

@@ -46,13 +46,24 @@ class TrainConfig:
     hflip: bool = True
     seed: int = 0
     model_kwargs: dict = field(default_factory=dict)
-    weights: str | None = None
+    pretrained: bool | str = False  # the backbone's start: False, True (timm's weights), a local file
+    weights: str | None = None  # a whole detector checkpoint to start from
 
     def fingerprint(self, data_key: str) -> str:
-        """Identifies a run: a checkpoint from another configuration, other data or other model
-        and training code is never resumed."""
+        """Identifies a run: a checkpoint from another configuration, other data, other starting
+        weights or other model and training code is never resumed."""
         keep = {k: v for k, v in asdict(self).items() if k != "num_workers"}
-        return hashlib.sha256(json.dumps([keep, data_key, _code_hash()], sort_keys=True).encode()).hexdigest()[:16]
+        starts = [_file_digest(p) for p in (self.pretrained, self.weights) if isinstance(p, str) and Path(p).is_file()]
+        return hashlib.sha256(json.dumps([keep, data_key, _code_hash(), starts], sort_keys=True).encode()
+                              ).hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _code_hash() -> str:
@@ -128,7 +139,8 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = cfg.fingerprint(data_key(train_rows, val_rows))
 
-    model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, **cfg.model_kwargs).to(device)
+    model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, pretrained=cfg.pretrained,
+                            **cfg.model_kwargs).to(device)
     # a detector whose method is a training augmentation (CNNSpot) carries it as ``train_augment``
     train_ds = ManifestDataset(train_rows, make_transform(cfg.input_size, train=True, hflip=cfg.hflip),
                                image_transform=getattr(model, "train_augment", None))
@@ -157,7 +169,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             scaler.load_state_dict(ckpt["scaler"])
-            torch.set_rng_state(ckpt["torch_rng"])
+            torch.set_rng_state(ckpt["torch_rng"][rank % len(ckpt["torch_rng"])])  # each rank its own
             loader.generator.set_state(ckpt["loader_rng"])
             start_epoch, history = ckpt["epoch"], ckpt["history"]
             best, failures = ckpt["best"], ckpt["failures"]
@@ -196,6 +208,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             val = binary_metrics(val_rows["label"].to_numpy(), scores, n_bootstrap=0)
             record.update(val_acc=val["acc"], val_auc=val["auc"])
         history.append(record)
+        rng_states = _gather_rng_states(world)
         if rank == 0:
             auc = record.get("val_auc")
             auc = None if auc is None or auc != auc else float(auc)  # NaN: one class in val
@@ -203,7 +216,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
                 best = {"epoch": epoch + 1, "val_auc": auc}
                 _save({"model": _unwrap(model).state_dict(), **best}, best_path)
             _save({"model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-                   "torch_rng": torch.get_rng_state(), "loader_rng": loader.generator.get_state(),
+                   "torch_rng": rng_states, "loader_rng": loader.generator.get_state(),
                    "epoch": epoch + 1, "history": history, "fingerprint": fingerprint, "best": best,
                    "failures": failures}, last_path)
     if rank == 0:
@@ -213,6 +226,17 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     if world > 1:
         dist.barrier()
     return {"history": history, "failures": failures, "best_epoch": best["epoch"], "best_val_auc": best["val_auc"]}
+
+
+def _gather_rng_states(world: int) -> list[torch.Tensor]:
+    """Every rank's torch RNG state, in rank order: under DDP each rank draws its own augmentations,
+    so a resumed run restores each rank's state, not rank 0's for all."""
+    state = torch.get_rng_state()
+    if world == 1:
+        return [state]
+    states: list = [None] * world
+    dist.all_gather_object(states, state)
+    return states
 
 
 def _save(obj: dict, path: Path) -> None:

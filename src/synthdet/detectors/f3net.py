@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import math
 
-import timm
 import torch
 from torch import nn
 
+from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
 from synthdet.detectors.registry import register_detector
 
 
@@ -73,11 +73,13 @@ class LFS(nn.Module):
 
 
 class F3Net(nn.Module):
-    def __init__(self, img_size: int = 224, backbone: str = "legacy_xception", **kwargs) -> None:
+    def __init__(self, img_size: int = 224, backbone: str = "legacy_xception", pretrained: PretrainedSpec = False,
+                 **kwargs) -> None:
         super().__init__()
         self.fad, self.lfs = FAD(img_size), LFS()
-        self.fad_net = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=12, **kwargs)
-        self.lfs_net = timm.create_model(backbone, pretrained=False, num_classes=0, in_chans=6, **kwargs)
+        # ImageNet weights, the input convolution adapted to 12 and 6 channels (as F3Net does)
+        self.fad_net = timm_backbone(backbone, pretrained, num_classes=0, in_chans=12, **kwargs)
+        self.lfs_net = timm_backbone(backbone, pretrained, num_classes=0, in_chans=6, **kwargs)
         self.fc = nn.Linear(self.fad_net.num_features + self.lfs_net.num_features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,10 +4,10 @@ stage's output; their features are concatenated with the backbone's before the c
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
+from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
 from synthdet.detectors.registry import register_detector
 
 
@@ -30,9 +30,10 @@ class GramBlock(nn.Module):
 
 
 class GramNet(nn.Module):
-    def __init__(self, img_size: int = 224, backbone: str = "resnet50", gram_dim: int = 32, **kwargs) -> None:
+    def __init__(self, img_size: int = 224, backbone: str = "resnet50", gram_dim: int = 32,
+                 pretrained: PretrainedSpec = False, **kwargs) -> None:
         super().__init__()
-        net = timm.create_model(backbone, pretrained=False, num_classes=0, **kwargs)
+        net = timm_backbone(backbone, pretrained, num_classes=0, **kwargs)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.act1, net.maxpool)
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         widths = [info["num_chs"] for info in net.feature_info][1:]  # after each stage

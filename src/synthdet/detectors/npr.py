@@ -5,11 +5,11 @@ a ResNet-50 truncated after its second stage classifies it, as in the authors' m
 
 from __future__ import annotations
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
 from synthdet.detectors.registry import register_detector
 
 
@@ -20,9 +20,9 @@ def npr_residual(x: torch.Tensor) -> torch.Tensor:
 
 
 class NPRDetector(nn.Module):
-    def __init__(self, img_size: int = 224, **kwargs) -> None:
+    def __init__(self, img_size: int = 224, pretrained: PretrainedSpec = False, **kwargs) -> None:
         super().__init__()
-        net = timm.create_model("resnet50", pretrained=False, num_classes=0, **kwargs)
+        net = timm_backbone("resnet50", pretrained, num_classes=0, **kwargs)
         self.stem = nn.Sequential(net.conv1, net.bn1, net.act1, net.maxpool)
         self.layer1, self.layer2 = net.layer1, net.layer2
         self.fc = nn.Linear(512, 1)

@@ -25,16 +25,19 @@ def list_detectors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_detector(name: str, img_size: int = 224, weights: str | None = None, **kwargs) -> nn.Module:
+def create_detector(name: str, img_size: int = 224, weights: str | None = None, pretrained: bool | str | None = False,
+                    **kwargs) -> nn.Module:
     """Build a registered detector, or any timm model by its timm name, with one fake logit.
 
-    ``weights`` points at a local checkpoint (no hub downloads: synthdet sets HF_HUB_OFFLINE=1 unless you export 0).
+    ``pretrained`` initialises its backbones (``True``: timm's weights, which needs the hub; a path:
+    a local timm/torchvision file; see ``backbones.py``). ``weights`` then loads a whole detector
+    checkpoint (``detector.pt``). synthdet sets HF_HUB_OFFLINE=1 unless you export 0.
     """
     if name in _REGISTRY:
-        model = _REGISTRY[name](img_size=img_size, **kwargs)
+        model = _REGISTRY[name](img_size=img_size, pretrained=pretrained, **kwargs)
     else:
         from synthdet.detectors.timm_backbones import TimmDetector
-        model = TimmDetector(name, img_size=img_size, **kwargs)
+        model = TimmDetector(name, img_size=img_size, pretrained=pretrained, **kwargs)
     if weights:
         path = Path(weights)
         state = load_torch_file(path, "detector weights")

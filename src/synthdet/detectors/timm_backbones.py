@@ -1,26 +1,26 @@
 """GenImage's generic backbones from timm: ResNet-50, DeiT-S, Swin-T (and any other timm name).
 
-Trained from scratch here: pretrained weights cannot be downloaded, but ``weights`` in
-``params.yaml`` can point at a local checkpoint.
+``train.pretrained`` starts them from ImageNet weights (timm's, or a local file: see
+``backbones.py``); ``train.weights`` from a whole detector checkpoint.
 """
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
+from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
 from synthdet.detectors.registry import register_detector
 
 _TRANSFORMERS = ("vit_", "deit_", "swin", "beit", "eva", "cait", "xcit")
 
 
 class TimmDetector(nn.Module):
-    def __init__(self, timm_name: str, img_size: int = 224, **kwargs) -> None:
+    def __init__(self, timm_name: str, img_size: int = 224, pretrained: PretrainedSpec = False, **kwargs) -> None:
         super().__init__()
         if timm_name.startswith(_TRANSFORMERS):
             kwargs.setdefault("img_size", img_size)
-        self.model = timm.create_model(timm_name, pretrained=False, num_classes=1, **kwargs)
+        self.model = timm_backbone(timm_name, pretrained, num_classes=1, **kwargs)
         self.timm_name = timm_name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

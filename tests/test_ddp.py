@@ -1,0 +1,118 @@
+"""DistributedDataParallel through the real entry point: ``torchrun --nproc_per_node=2 -m
+synthdet.cli stage train`` (gloo on the CPU), as the README's "Scale" section runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+from PIL import Image
+
+from synthdet.data.manifest import COLUMNS
+from tests.conftest import noise_image
+
+ROOT = Path(__file__).resolve().parents[1]
+N_TRAIN, N_VAL, EPOCHS = 24, 8, 3
+
+# What torchrun starts on each rank: the CLI's own main, after two test hooks: every training
+# item a rank loads is logged to seen_rank<R>.txt, and with KILL_AFTER_EPOCH=N rank 0 dies (as a
+# killed job would) right after writing the checkpoint of epoch N.
+ENTRY = """
+import os, sys
+from synthdet import training
+from synthdet.cli import main
+from synthdet.data.dataset import ManifestDataset
+
+rank = os.environ["RANK"]
+log = open(f"seen_rank{rank}.txt", "a")
+getitem = ManifestDataset.__getitem__
+def logged(self, i):
+    log.write(self.paths[i] + "\\n"); log.flush()
+    return getitem(self, i)
+ManifestDataset.__getitem__ = logged
+
+kill_after = int(os.environ.get("KILL_AFTER_EPOCH", "0"))
+save = training._save
+def save_then_die(obj, path):
+    save(obj, path)
+    if path.name == "last.pt" and obj["epoch"] == kill_after:
+        os._exit(9)
+training._save = save_then_die
+sys.exit(main(["stage", "train"]))
+"""
+
+
+def _workspace(path: Path) -> Path:
+    """params.yaml (the repository's, with a small model and no workers) and a split manifest."""
+    (path / "images").mkdir(parents=True)
+    rows = []
+    for i in range(N_TRAIN + N_VAL):
+        label = i % 2
+        a = np.asarray(noise_image(i, (32, 32))).copy()
+        if label:
+            a[::2, ::2] = 255  # fakes: a checkerboard, learnable in a few steps
+        p = path / "images" / f"img{i:02d}.png"
+        Image.fromarray(a).save(p)
+        row = dict.fromkeys(COLUMNS, "")
+        row.update(path=str(p), label=label, subset="s", split="train" if i < N_TRAIN else "val", sha256=f"{i:064x}",
+                   status="ok", width=32, height=32, jpeg_quality=None)
+        rows.append(row)
+    (path / "artifacts/split").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(path / "artifacts/split/splits.parquet", index=False)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(model="resnet18", train_subset="s", device="cpu")
+    params["train"].update(input_size=32, epochs=EPOCHS, batch_size=4, num_workers=0, warmup_epochs=0.5)
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    (path / "entry.py").write_text(ENTRY)
+    return path
+
+
+def _torchrun(ws: Path, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "entry.py"]
+    return subprocess.run(cmd, cwd=ws, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env})
+
+
+def _seen(ws: Path, rank: int) -> list[str]:
+    train = {str(ws / "images" / f"img{i:02d}.png") for i in range(N_TRAIN)}
+    return [p for p in (ws / f"seen_rank{rank}.txt").read_text().split() if p in train]
+
+
+def test_two_process_ddp_trains_disjoint_shards_writes_once_and_resumes(tmp_path):
+    full = _workspace(tmp_path / "full")
+    done = _torchrun(full)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # each epoch the two ranks load disjoint halves of the training set, together all of it
+    per_rank = N_TRAIN // 2
+    for epoch in range(EPOCHS):
+        shards = [set(_seen(full, r)[epoch * per_rank:(epoch + 1) * per_rank]) for r in (0, 1)]
+        assert len(shards[0]) == len(shards[1]) == per_rank and not shards[0] & shards[1]
+        assert len(shards[0] | shards[1]) == N_TRAIN
+    # one detector, one metrics file, one history: rank 0 writes, rank 1 writes nothing
+    metrics = json.loads((full / "metrics/train.json").read_text())
+    assert metrics["epoch"] == EPOCHS and metrics["unreadable_images"] == 0
+    assert sorted(p.name for p in (full / "artifacts/train").iterdir()) == ["checkpoints", "detector.pt"]
+    assert sorted(p.name for p in (full / "artifacts/train/checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert len(pd.read_csv(full / "plots/train_history.csv")) == EPOCHS
+
+    # killed after epoch 1, then started again: resumes at epoch 1 and ends with the same weights
+    killed = _workspace(tmp_path / "killed")
+    first = _torchrun(killed, KILL_AFTER_EPOCH="1")
+    assert first.returncode != 0 and not (killed / "artifacts/train/detector.pt").exists()
+    assert torch.load(killed / "artifacts/train/checkpoints/last.pt", weights_only=True)["epoch"] == 1
+    again = _torchrun(killed)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout + again.stderr and "at epoch 1" in again.stdout + again.stderr
+    history = [pd.read_csv(ws / "plots/train_history.csv") for ws in (full, killed)]
+    assert history[0]["train_loss"].tolist() == history[1]["train_loss"].tolist()
+    a, b = (torch.load(ws / "artifacts/train/detector.pt", weights_only=True) for ws in (full, killed))
+    assert a["epoch"] == b["epoch"]
+    different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not different, f"resumed DDP run ends with other weights: {different[:5]}"
