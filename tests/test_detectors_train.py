@@ -328,3 +328,24 @@ def test_pretrained_errors_name_the_file_the_keys_or_the_way_out(tmp_path, monke
     with pytest.raises(PretrainedWeightsError, match=r"true needs timm's 'resnet50' weights .*HF_HUB_OFFLINE=1.*"
                                                      r"set train.pretrained to that file"):
         create_detector("cnnspot", img_size=32, pretrained=True)
+
+
+def test_device_and_worker_settings_resolve_by_the_machine(monkeypatch):
+    """``device: auto`` is CUDA only when torch sees a GPU; ``num_workers: auto`` is none on the CPU
+    and, on CUDA, up to 8 from this process's share of the cores."""
+    from synthdet.training import resolve_device, resolve_workers, workers_param
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda:1")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_workers("auto", torch.device("cpu")) == 0 and resolve_workers(3, torch.device("cpu")) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 32)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resolve_workers("auto", torch.device("cuda:0")) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert resolve_workers("auto", torch.device("cuda:0")) == 3
+    for bad in (-1, "two", 1.5, True):
+        with pytest.raises(ValueError, match="num_workers: expected 'auto' or a whole number"):
+            workers_param(bad)

@@ -55,11 +55,15 @@ def test_a_differing_subset_is_named_with_the_machine_facts(tmp_path):
                               expected=recorded)["status"] == "unrecorded"
 
 
-def test_the_default_configuration_has_recorded_hashes():
-    """`make repro` must be checkable: params.yaml's benchmark has its hashes in the repo (a change
-    to the defaults or the generators needs `synthdet hashes --record` after a download run)."""
-    e = PARAMS["embedded"]
-    key = reproducible.config_key(PARAMS["seed"], e["prepare"], e["benchmark"])
+@pytest.mark.parametrize("profile", [None, "smoke"])
+def test_the_default_and_smoke_configurations_have_recorded_hashes(profile):
+    """`make repro` and `make smoke` must be checkable: their benchmarks have hashes in the repo (a
+    change to the defaults or the generators needs `synthdet hashes --record` after a download run)."""
+    from synthdet.cli import deep_update, load_profile
+
+    params = deep_update(PARAMS, load_profile(profile, ROOT / "profiles")) if profile else PARAMS
+    e = params["embedded"]
+    key = reproducible.config_key(params["seed"], e["prepare"], e["benchmark"])
     recorded = reproducible.load_expected()
     assert key in recorded
     names = list(e["benchmark"]["subsets"]) + list(e["benchmark"]["content_tests"]["subsets"])

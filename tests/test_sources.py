@@ -2,9 +2,11 @@ import io
 import json
 import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from synthdet.data.archives import iter_deb_data, verify_sha256
@@ -182,3 +184,15 @@ def test_make_data_accepts_only_the_recorded_data(tmp_path, monkeypatch):
     ok, detail = cli.data_matches("data.dvc")
     assert not ok and "data" in detail
     assert (tmp_path / "data.dvc").read_text() == recorded
+
+
+def test_environment_yml_installs_the_pinned_requirements_and_the_package():
+    """Conda users get what `make setup` installs: requirements.txt and the package, on the same
+    Python minor version the pins are made for."""
+    root = Path(__file__).resolve().parents[1]
+    env = yaml.safe_load((root / "environment.yml").read_text())
+    deps = env["dependencies"]
+    pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+    assert "pip" in deps and "-r requirements.txt" in pip and "-e ." in pip
+    python = next(d for d in deps if isinstance(d, str) and d.startswith("python="))
+    assert f"(Python {python.split('=')[1]})" in (root / "requirements.txt").read_text().splitlines()[0]

@@ -69,8 +69,11 @@ def sample_grid(paths: list[str], cols: int = 8, size: int = 64) -> Image.Image:
 
 
 def _save(fig: plt.Figure, path: Path | None) -> plt.Figure:
+    """Lay out, write ``path``, and release the figure from pyplot: the caller keeps a figure that
+    still draws (``Result.show`` renders it), and a stage with many plots holds none open."""
     fig.tight_layout()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
+    plt.close(fig)
     return fig

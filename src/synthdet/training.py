@@ -41,9 +41,10 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 0.5
-    num_workers: int = 2
+    num_workers: int | str = "auto"  # DataLoader workers per process; "auto": resolve_workers
     amp: bool = True  # bf16 autocast on CUDA (fp16 with a scaler where bf16 is missing); ignored on CPU
     hflip: bool = True
+    channels_last: bool = True  # NHWC: oneDNN's and cuDNN's fast layout for convolutions
     seed: int = 0
     model_kwargs: dict = field(default_factory=dict)
     pretrained: bool | str = False  # the backbone's start: False, True (timm's weights), a local file
@@ -88,6 +89,25 @@ def resolve_device(spec: str | torch.device = "auto", local_rank: int = 0) -> to
     return torch.device(spec)
 
 
+def resolve_workers(spec: int | str, device: torch.device) -> int:
+    """``auto``: no worker processes on the CPU (decoding in workers takes cores from the model's
+    own threads: slower on small machines, see benchmarks/table_run.py); on CUDA up to 8 per
+    process from the cores this process's share (one fewer, for the training loop itself)."""
+    if spec == "auto":
+        if device.type != "cuda":
+            return 0
+        share = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return max(1, min(8, share - 1))
+    if isinstance(spec, bool) or not isinstance(spec, int | str) or not str(spec).isdigit():
+        raise ValueError(f"num_workers: expected 'auto' or a whole number >= 0, got {spec!r}")
+    return int(spec)
+
+
+def workers_param(spec: int | str) -> int | str:
+    """A params value for ``num_workers``, checked (``auto`` stays until the device is known)."""
+    return spec if spec == "auto" else resolve_workers(spec, torch.device("cpu"))
+
+
 def _dist_info() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -106,6 +126,10 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
         return base * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return base * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _layout(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
@@ -133,6 +157,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     """
     world, rank, local = _dist_info()
     device = resolve_device(device, local)
+    workers = resolve_workers(cfg.num_workers, device)
     seed_everything(cfg.seed + rank)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = checkpoint_dir or out_dir / "checkpoints"
@@ -140,14 +165,14 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     fingerprint = cfg.fingerprint(data_key(train_rows, val_rows))
 
     model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, pretrained=cfg.pretrained,
-                            **cfg.model_kwargs).to(device)
+                            **cfg.model_kwargs).to(device, memory_format=_layout(cfg.channels_last))
     # a detector whose method is a training augmentation (CNNSpot) carries it as ``train_augment``
     train_ds = ManifestDataset(train_rows, make_transform(cfg.input_size, train=True, hflip=cfg.hflip),
                                image_transform=getattr(model, "train_augment", None))
     sampler = DistributedSampler(train_ds, seed=cfg.seed, shuffle=True) if world > 1 else None
     loader = DataLoader(
         train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-        num_workers=cfg.num_workers, worker_init_fn=seed_worker, drop_last=len(train_ds) > cfg.batch_size,
+        num_workers=workers, worker_init_fn=seed_worker, drop_last=len(train_ds) > cfg.batch_size,
         generator=torch.Generator().manual_seed(cfg.seed), persistent_workers=False,
         pin_memory=device.type == "cuda",
     )
@@ -190,7 +215,8 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             _collect(failures, skipped)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, cfg.lr)
-            x, y = x.to(device, non_blocking=True), y.float().to(device, non_blocking=True)
+            x = x.to(device, non_blocking=True, memory_format=_layout(cfg.channels_last))
+            y = y.float().to(device, non_blocking=True)
             with _autocast(device, cfg.amp):
                 loss = loss_fn(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
@@ -204,7 +230,8 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
                   "images_per_s": seen * world / (time.perf_counter() - t0), "lr": opt.param_groups[0]["lr"]}
         if rank == 0 and len(val_rows):
-            scores = predict(_unwrap(model), val_rows, cfg.input_size, cfg.batch_size * 2, device, cfg.num_workers)
+            scores = predict(_unwrap(model), val_rows, cfg.input_size, cfg.batch_size * 2, device, workers,
+                             channels_last=cfg.channels_last)
             val = binary_metrics(val_rows["label"].to_numpy(), scores, n_bootstrap=0)
             record.update(val_acc=val["acc"], val_auc=val["auc"])
         history.append(record)
@@ -251,17 +278,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def predict(model: nn.Module, rows: pd.DataFrame, input_size: int, batch_size: int = 128,
-            device: str | torch.device = "auto", num_workers: int = 0, image_transform=None) -> np.ndarray:  # noqa: ANN001
+            device: str | torch.device = "auto", num_workers: int | str = 0, image_transform=None,  # noqa: ANN001
+            channels_last: bool = True) -> np.ndarray:
     """Fake-probabilities for ``rows`` (in row order); NaN where a file cannot be decoded."""
     device = resolve_device(device)
     ds = ManifestDataset(rows, make_transform(input_size, train=False), image_transform=image_transform)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=resolve_workers(num_workers, device),
                         pin_memory=device.type == "cuda")
-    model.eval().to(device)
+    layout = _layout(channels_last)
+    model.eval().to(device, memory_format=layout)
     scores = np.full(len(rows), np.nan)
     for x, _, idx, _ in tqdm(loader, desc="predict", leave=False):
         with _autocast(device):
-            scores[idx.numpy()] = torch.sigmoid(model(x.to(device, non_blocking=True)).float()).cpu().numpy()
+            logits = model(x.to(device, non_blocking=True, memory_format=layout))
+            scores[idx.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
     return scores
 
 
@@ -276,12 +306,13 @@ def load_detector(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Mo
     return model.to(resolve_device(device)).eval(), cfg
 
 
-def score_table(model_path: Path, table: pd.DataFrame, batch_size: int = 128, num_workers: int = 0,
+def score_table(model_path: Path, table: pd.DataFrame, batch_size: int = 128, num_workers: int | str = 0,
                 device: str | torch.device = "auto") -> pd.DataFrame:
     """``table`` (rows with a ``path``) plus the saved detector's fake-probability and name."""
     model, cfg = load_detector(model_path, device)
     table = table.reset_index(drop=True)
-    table["score"] = predict(model, table, cfg["input_size"], batch_size, device, num_workers)
+    table["score"] = predict(model, table, cfg["input_size"], batch_size, device, num_workers,
+                             channels_last=cfg.get("channels_last", True))
     table["model"] = cfg["model"]
     return table
 

@@ -12,7 +12,7 @@ from synthdet.fsutil import write_json
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.training import score_table
+from synthdet.training import score_table, workers_param
 
 ACC_HEATMAP, AUC_HEATMAP = f"{paths.PLOTS}/accuracy_heatmap.png", f"{paths.PLOTS}/auc_heatmap.png"
 STAGE = Stage(
@@ -28,14 +28,14 @@ class Config:
     seed: int
     n_bootstrap: int
     batch_size: int
-    num_workers: int
+    num_workers: int | str
     device: str
 
     @classmethod
     def from_params(cls, params: dict) -> Config:
         p = select(params, STAGE.params)
         e = p["evaluate"]
-        return cls(int(p["seed"]), int(e["n_bootstrap"]), int(e["batch_size"]), int(e["num_workers"]),
+        return cls(int(p["seed"]), int(e["n_bootstrap"]), int(e["batch_size"]), workers_param(e["num_workers"]),
                    str(p["device"]))
 
 

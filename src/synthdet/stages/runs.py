@@ -21,7 +21,7 @@ import pandas as pd
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.training import score_table, train_on_manifest
+from synthdet.training import score_table, train_on_manifest, workers_param
 
 FULL = "full"  # the budget of a run on the whole training subset
 NOTEBOOK = "notebooks/06_run.ipynb"
@@ -77,7 +77,7 @@ class Config:
     train: dict
     model_kwargs: dict
     batch_size: int
-    num_workers: int
+    num_workers: int | str
     device: str
 
     @classmethod
@@ -95,7 +95,7 @@ class Config:
                              "set the notebook's parameters (papermill -p model ... -p subset ...)")
         return cls(family, str(model), str(subset), int(seed), str(budget or FULL), dict(p["train"]),
                    dict((tables["model_kwargs"] or {}).get(model, {})), int(p["evaluate"]["batch_size"]),
-                   int(p["evaluate"]["num_workers"]), str(p["device"]))
+                   workers_param(p["evaluate"]["num_workers"]), str(p["device"]))
 
     @property
     def name(self) -> str:
