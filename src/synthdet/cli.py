@@ -15,7 +15,7 @@ import yaml
 from synthdet.data.imageio import ImageDecodeError
 from synthdet.data.manifest import LayoutError
 from synthdet.degrade import natural_order
-from synthdet.fsutil import CheckpointError, DataSourceError, inside, replace_owned_dir
+from synthdet.fsutil import CheckpointError, DataSourceError, atomic_output, inside, replace_owned_dir
 
 PROFILES = Path("profiles")
 
@@ -279,6 +279,27 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """A trained detector on files and folders: a CSV with one row per file."""
+    from synthdet.predict import predict_files
+
+    detector = Path(args.detector)
+    if not detector.is_file():
+        raise UserError(f"{detector}: no detector there; train one (dvc repro train) or give --detector <file>")
+    if not 0.0 < args.threshold < 1.0:
+        raise UserError(f"--threshold {args.threshold}: give a probability between 0 and 1")
+    try:
+        table = predict_files(args.paths, detector, args.device, args.batch_size, args.threshold)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from exc
+    out = Path(args.out)
+    with atomic_output(out) as tmp:
+        table.to_csv(tmp, index=False)
+    counts = table["prediction"].replace("", "not scored").value_counts().to_dict()
+    print(f"{out}: {len(table)} files ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    return 0
+
+
 def cmd_hashes(args: argparse.Namespace) -> int:
     """Show whether the last download built the recorded embedded benchmark; ``--record`` makes its
     hashes the expected ones (after a deliberate change to the generators or the default params)."""
@@ -331,6 +352,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("items", nargs="*", help="matrix items as key=value (xgen: model=resnet50 subset=ldm seed=0)")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=cmd_stage)
+    p = sub.add_parser("predict", help="score images and folders with a trained detector (CSV out)")
+    p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
+    p.add_argument("--detector", default="artifacts/train/detector.pt")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threshold", type=float, default=0.5, help="fake when the calibrated probability is this or more")
+    p.add_argument("--out", default="predictions.csv")
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("hashes", help="did the last download build the recorded embedded benchmark? (--record)")
     p.add_argument("--metrics", default="metrics/download.json")
     p.add_argument("--record", action="store_true", help="record its subset hashes with the repository")

@@ -31,6 +31,43 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.
     return out
 
 
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """Top-label ECE (Guo et al. 2017): in equal-width bins of confidence max(p, 1 - p), the gap
+    between accuracy and mean confidence, weighted by the share of images in the bin."""
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    if len(labels) == 0:
+        return float("nan")
+    confidence = np.maximum(probs, 1 - probs)
+    correct = ((probs >= 0.5).astype(int) == labels).astype(float)
+    bins = np.minimum(((confidence - 0.5) * 2 * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in np.unique(bins):
+        inside = bins == b
+        ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature scaling (Guo et al. 2017): the T minimising the negative log-likelihood of
+    sigmoid(logit / T) on held-out images. One parameter, so accuracy, AUC and AP do not change."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    keep = np.isfinite(logits)
+    z, y = logits[keep], labels[keep]
+    if len(z) == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))
+
+    best = minimize_scalar(nll, bounds=tuple(np.log(bounds)), method="bounded", options={"xatol": 1e-6})
+    return float(np.exp(best.x))
+
+
 def bootstrap_ci(correct: np.ndarray, n_bootstrap: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap of the mean of a 0/1 vector."""
     correct = np.asarray(correct, dtype=np.float64)

@@ -28,7 +28,7 @@ from synthdet.data.manifest import read_manifest
 from synthdet.data.splits import class_subset, parse_class_budget
 from synthdet.detectors import create_detector
 from synthdet.fsutil import CheckpointError, atomic_output, load_torch_file
-from synthdet.metrics import binary_metrics
+from synthdet.metrics import binary_metrics, expected_calibration_error, fit_temperature
 from synthdet.seeding import seed_everything, seed_worker
 
 
@@ -128,11 +128,11 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _layout(channels_last: bool) -> torch.memory_format:
+def memory_layout(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+def device_autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
     """bf16 on CUDA (fp16 on GPUs without bf16); a no-op on the CPU."""
     on = enabled and device.type == "cuda"
     dtype = torch.bfloat16 if on and torch.cuda.is_bf16_supported() else torch.float16
@@ -165,7 +165,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     fingerprint = cfg.fingerprint(data_key(train_rows, val_rows))
 
     model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, pretrained=cfg.pretrained,
-                            **cfg.model_kwargs).to(device, memory_format=_layout(cfg.channels_last))
+                            **cfg.model_kwargs).to(device, memory_format=memory_layout(cfg.channels_last))
     # a detector whose method is a training augmentation (CNNSpot) carries it as ``train_augment``
     train_ds = ManifestDataset(train_rows, make_transform(cfg.input_size, train=True, hflip=cfg.hflip),
                                image_transform=getattr(model, "train_augment", None))
@@ -215,9 +215,9 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             _collect(failures, skipped)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, total, warmup, cfg.lr)
-            x = x.to(device, non_blocking=True, memory_format=_layout(cfg.channels_last))
+            x = x.to(device, non_blocking=True, memory_format=memory_layout(cfg.channels_last))
             y = y.float().to(device, non_blocking=True)
-            with _autocast(device, cfg.amp):
+            with device_autocast(device, cfg.amp):
                 loss = loss_fn(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -246,13 +246,36 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
                    "torch_rng": rng_states, "loader_rng": loader.generator.get_state(),
                    "epoch": epoch + 1, "history": history, "fingerprint": fingerprint, "best": best,
                    "failures": failures}, last_path)
+    calibration: dict = {"temperature": 1.0, "ece_before": None, "ece_after": None}
     if rank == 0:
-        weights = load_torch_file(best_path, "best checkpoint")["model"] if best_path.exists() else \
-            _unwrap(model).state_dict()
-        _save({"model": weights, "config": asdict(cfg), **best}, out_dir / "detector.pt")
+        if best_path.exists():
+            _unwrap(model).load_state_dict(load_torch_file(best_path, "best checkpoint")["model"])
+        if len(val_rows):
+            calibration = calibrate(_unwrap(model), val_rows, cfg, device, workers)
+        _save({"model": _unwrap(model).state_dict(), "config": asdict(cfg), **best, **calibration},
+              out_dir / "detector.pt")
     if world > 1:
         dist.barrier()
-    return {"history": history, "failures": failures, "best_epoch": best["epoch"], "best_val_auc": best["val_auc"]}
+    return {"history": history, "failures": failures, "best_epoch": best["epoch"], "best_val_auc": best["val_auc"],
+            "calibration": calibration}
+
+
+def calibrate(model: nn.Module, val_rows: pd.DataFrame, cfg: TrainConfig, device: torch.device,
+              workers: int) -> dict:
+    """Temperature scaling on the validation split, with the expected calibration error before
+    and after (on the same split: it says how far off the raw probabilities were)."""
+    logits = predict(model, val_rows, cfg.input_size, cfg.batch_size * 2, device, workers,
+                     channels_last=cfg.channels_last, logits=True)
+    labels = val_rows["label"].to_numpy()
+    keep = np.isfinite(logits)
+    temperature = fit_temperature(logits[keep], labels[keep])
+    before = expected_calibration_error(labels[keep], _sigmoid(logits[keep]))
+    after = expected_calibration_error(labels[keep], _sigmoid(logits[keep] / temperature))
+    return {"temperature": round(temperature, 6), "ece_before": round(before, 6), "ece_after": round(after, 6)}
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow for large |z|
 
 
 def _gather_rng_states(world: int) -> list[torch.Tensor]:
@@ -279,19 +302,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
 @torch.no_grad()
 def predict(model: nn.Module, rows: pd.DataFrame, input_size: int, batch_size: int = 128,
             device: str | torch.device = "auto", num_workers: int | str = 0, image_transform=None,  # noqa: ANN001
-            channels_last: bool = True) -> np.ndarray:
-    """Fake-probabilities for ``rows`` (in row order); NaN where a file cannot be decoded."""
+            channels_last: bool = True, logits: bool = False) -> np.ndarray:
+    """Fake-probabilities (``logits``: the raw logits) for ``rows``, in row order; NaN where a file
+    cannot be decoded."""
     device = resolve_device(device)
     ds = ManifestDataset(rows, make_transform(input_size, train=False), image_transform=image_transform)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=resolve_workers(num_workers, device),
                         pin_memory=device.type == "cuda")
-    layout = _layout(channels_last)
+    layout = memory_layout(channels_last)
     model.eval().to(device, memory_format=layout)
     scores = np.full(len(rows), np.nan)
     for x, _, idx, _ in tqdm(loader, desc="predict", leave=False):
-        with _autocast(device):
-            logits = model(x.to(device, non_blocking=True, memory_format=layout))
-            scores[idx.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
+        with device_autocast(device):
+            out = model(x.to(device, non_blocking=True, memory_format=layout)).float()
+            scores[idx.numpy()] = (out if logits else torch.sigmoid(out)).cpu().numpy()
     return scores
 
 
@@ -300,7 +324,7 @@ def load_detector(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Mo
     if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
         raise CheckpointError(f"{path}: not a synthdet detector (expected the keys 'model' and 'config' that "
                               "the train stage writes)")
-    cfg = ckpt["config"]
+    cfg = {**ckpt["config"], "temperature": float(ckpt.get("temperature", 1.0))}  # the calibration, with it
     model = create_detector(cfg["model"], img_size=cfg["input_size"], **cfg.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval(), cfg

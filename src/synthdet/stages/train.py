@@ -55,7 +55,8 @@ def run(params: dict) -> Result:
     last = history.iloc[-1].to_dict() if len(history) else {}
     metrics = {"model": cfg.model, "train_subset": cfg.train_subset, "seconds": result["seconds"],
                "unreadable_images": len(result["failures"]), "best_epoch": result["best_epoch"],
-               "best_val_auc": result["best_val_auc"], **{k: float(v) for k, v in last.items()}}
+               "best_val_auc": result["best_val_auc"], **result["calibration"],
+               **{k: float(v) for k, v in last.items()}}
     write_json(metrics, Path(paths.metrics_file("train")))
     failures = pd.DataFrame(sorted(result["failures"].items()), columns=["path", "problem"])
     return Result(tables={"history": history, "unreadable images (skipped)": failures},
