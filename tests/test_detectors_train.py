@@ -349,3 +349,38 @@ def test_device_and_worker_settings_resolve_by_the_machine(monkeypatch):
     for bad in (-1, "two", 1.5, True):
         with pytest.raises(ValueError, match="num_workers: expected 'auto' or a whole number"):
             workers_param(bad)
+
+
+def test_pixel_cache_gives_the_reference_pixels_and_the_same_training(tiny_rows, tmp_path):
+    """The cached path hands the transform exactly the pixels the decoding path does, keeps a
+    file that breaks out of training, and trains to the same weights."""
+    from PIL import Image
+
+    from synthdet.data.dataset import ManifestDataset, make_transform, view_transform
+    from synthdet.data.pixelcache import PixelCache
+
+    rows = tiny_rows.copy()
+    big = tmp_path / "big.jpg"  # a full-size JPEG: the cache stores its 32 px view, not the file
+    noise_image(99, (300, 200)).save(big, quality=92)
+    rows.loc[0, "path"] = str(big)
+    open(rows.path.iloc[3], "wb").close()  # zero-byte: unreadable in both paths
+    cache = PixelCache(tmp_path / "cache", rows["path"].tolist(), [""] * len(rows), 32)
+    cache.build()
+    assert cache.complete and cache.problems == {3: "zero-byte file"}
+    plain = ManifestDataset(rows, make_transform(32, train=False))
+    cached = ManifestDataset(rows, view_transform(train=False), cache=cache)
+    for i in range(len(rows)):
+        a, b = plain[i], cached[i]
+        assert torch.equal(a[0], b[0]) and a[1:] == b[1:], i
+    assert plain[3][3] == cached[3][3] == f"{rows.path.iloc[3]}\tzero-byte file"
+    # another size or other content under the same names is another cache
+    assert PixelCache(tmp_path / "cache", rows["path"].tolist(), [""] * len(rows), 16).key != cache.key
+    assert PixelCache(tmp_path / "cache", rows["path"].tolist(), ["x"] * len(rows), 32).key != cache.key
+    # training with the cache: same losses and weights as without
+    a = train_detector(rows.iloc[:16], rows.iloc[16:], _cfg(), tmp_path / "a")
+    b = train_detector(rows.iloc[:16], rows.iloc[16:], _cfg(pixel_cache=str(tmp_path / "c2")), tmp_path / "b")
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert a["failures"] == b["failures"] == {rows.path.iloc[3]: "zero-byte file"}
+    wa, wb = (torch.load(tmp_path / r / "detector.pt", weights_only=True)["model"] for r in ("a", "b"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert len(list((tmp_path / "c2").glob("*.npy"))) == 2 and Image.open(big).size == (300, 200)

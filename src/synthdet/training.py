@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from synthdet.codegraph import import_closure
-from synthdet.data.dataset import ManifestDataset, make_transform
+from synthdet.data.dataset import ManifestDataset, make_transform, view_transform
 from synthdet.data.manifest import read_manifest
+from synthdet.data.pixelcache import PixelCache
 from synthdet.data.splits import class_subset, parse_class_budget
 from synthdet.detectors import create_detector
 from synthdet.fsutil import CheckpointError, atomic_output, load_torch_file
@@ -47,13 +48,14 @@ class TrainConfig:
     channels_last: bool = True  # NHWC: oneDNN's and cuDNN's fast layout for convolutions
     seed: int = 0
     model_kwargs: dict = field(default_factory=dict)
+    pixel_cache: str | None = None  # a folder: decode each training image once (data/pixelcache.py)
     pretrained: bool | str = False  # the backbone's start: False, True (timm's weights), a local file
     weights: str | None = None  # a whole detector checkpoint to start from
 
     def fingerprint(self, data_key: str) -> str:
         """Identifies a run: a checkpoint from another configuration, other data, other starting
         weights or other model and training code is never resumed."""
-        keep = {k: v for k, v in asdict(self).items() if k != "num_workers"}
+        keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "pixel_cache")}  # same results
         starts = [_file_digest(p) for p in (self.pretrained, self.weights) if isinstance(p, str) and Path(p).is_file()]
         return hashlib.sha256(json.dumps([keep, data_key, _code_hash(), starts], sort_keys=True).encode()
                               ).hexdigest()[:16]
@@ -167,8 +169,11 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, pretrained=cfg.pretrained,
                             **cfg.model_kwargs).to(device, memory_format=memory_layout(cfg.channels_last))
     # a detector whose method is a training augmentation (CNNSpot) carries it as ``train_augment``
-    train_ds = ManifestDataset(train_rows, make_transform(cfg.input_size, train=True, hflip=cfg.hflip),
-                               image_transform=getattr(model, "train_augment", None))
+    augment = getattr(model, "train_augment", None)
+    cache = _pixel_cache(train_rows, cfg, augment, workers, world, rank)
+    transform = view_transform(train=True, hflip=cfg.hflip) if cache else \
+        make_transform(cfg.input_size, train=True, hflip=cfg.hflip)
+    train_ds = ManifestDataset(train_rows, transform, image_transform=augment, cache=cache)
     sampler = DistributedSampler(train_ds, seed=cfg.seed, shuffle=True) if world > 1 else None
     loader = DataLoader(
         train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -276,6 +281,26 @@ def calibrate(model: nn.Module, val_rows: pd.DataFrame, cfg: TrainConfig, device
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow for large |z|
+
+
+def _pixel_cache(rows: pd.DataFrame, cfg: TrainConfig, augment: object, workers: int, world: int,
+                 rank: int) -> PixelCache | None:
+    """The decoded training views, when ``cfg.pixel_cache`` names a folder: rank 0 builds them,
+    the other ranks wait and read. Not for detectors that augment full-size images (CNNSpot)."""
+    if not cfg.pixel_cache:
+        return None
+    if augment is not None:
+        if rank == 0:
+            print(f"pixel cache not used: {cfg.model} augments the full-size images before the resize")
+        return None
+    digests = rows["sha256"].fillna("").tolist() if "sha256" in rows else [""] * len(rows)
+    cache = PixelCache(Path(cfg.pixel_cache), rows["path"].tolist(), digests, cfg.input_size)
+    if rank == 0:
+        cache.build(num_workers=workers)
+    if world > 1:
+        dist.barrier()
+        cache.build()  # complete by now: reads what rank 0 found unreadable
+    return cache
 
 
 def _gather_rng_states(world: int) -> list[torch.Tensor]:

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
+from synthdet.data.pixelcache import PixelCache
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -26,11 +27,15 @@ def make_transform(input_size: int, train: bool, hflip: bool = True) -> Callable
     No random crop or colour jitter by default: those change the very pixel statistics a detector
     relies on, and GenImage's baselines train without them.
     """
-    steps: list = [functools.partial(fit_to_input, size=input_size), v2.PILToTensor()]
-    if train and hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return v2.Compose(steps)
+    return v2.Compose([functools.partial(fit_to_input, size=input_size), v2.PILToTensor(),
+                       view_transform(train, hflip)])
+
+
+def view_transform(train: bool, hflip: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The rest of :func:`make_transform`, from the detector's view as a uint8 CHW tensor (what a
+    :class:`~synthdet.data.pixelcache.PixelCache` stores): optional flip, then normalisation."""
+    steps: list = [v2.RandomHorizontalFlip()] if train and hflip else []
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 class ManifestDataset(Dataset):
@@ -44,10 +49,16 @@ class ManifestDataset(Dataset):
     """
 
     def __init__(self, rows: pd.DataFrame, transform: Callable[[Image.Image], torch.Tensor],
-                 image_transform: Callable[[Image.Image], Image.Image] | None = None) -> None:
+                 image_transform: Callable[[Image.Image], Image.Image] | None = None,
+                 cache: PixelCache | None = None) -> None:
+        """With ``cache`` (built for these rows), images are read from it as uint8 CHW views and
+        ``transform`` takes those (:func:`view_transform`); ``image_transform`` needs full images."""
+        if cache is not None and image_transform is not None:
+            raise ValueError("an image_transform works on full-size images: it cannot use a pixel cache")
         self.paths = rows["path"].tolist()
         self.labels = rows["label"].astype(int).tolist()
         self.transform, self.image_transform = transform, image_transform
+        self.cache = cache
         self.failures: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -58,7 +69,7 @@ class ManifestDataset(Dataset):
         for offset in range(min(len(self.paths), 64)):
             i = (index + offset) % len(self.paths)
             try:
-                img = load_rgb(self.paths[i])
+                img = self.cache.view(i) if self.cache is not None else load_rgb(self.paths[i])
             except ImageDecodeError as exc:
                 if self.paths[i] not in self.failures:
                     log.warning("skipping unreadable image: %s", exc)
