@@ -48,9 +48,10 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert all(0 <= v["acc"] <= 1 for k, v in evaluate["clean"].items())
     assert (ws / "plots/accuracy_heatmap.png").stat().st_size > 0
     assert json.loads((ws / "metrics/split.json").read_text())["leaks"] == 0
-    # the detector's probabilities are calibrated on the validation split (temperature scaling)
+    # calibration: this tiny validation split is too small to fit a temperature, so none is fitted
     train = json.loads((ws / "metrics/train.json").read_text())
-    assert train["temperature"] > 0 and train["ece_after"] <= train["ece_before"]
+    assert train["calibration_images"] < 50 and train["temperature"] == 1.0
+    assert train["ece_after"] == train["ece_before"]
     # and it scores a folder of the benchmark's own test images (`synthdet predict`)
     folder = ws / "artifacts/download/benchmark/ldm/val"
     assert cli.main(["predict", str(folder), "--detector", str(ws / "artifacts/train/detector.pt"),

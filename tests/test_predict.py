@@ -24,13 +24,13 @@ def _image(i: int, fake: bool) -> Image.Image:
 def detector(tmp_path_factory):
     root = tmp_path_factory.mktemp("det")
     rows = []
-    for i in range(40):
+    for i in range(100):
         p = root / f"train{i}.png"
         _image(i, bool(i % 2)).save(p)
         rows.append({"path": str(p), "label": i % 2})
     rows = pd.DataFrame(rows)
     cfg = TrainConfig(model="resnet18", input_size=32, epochs=3, batch_size=8, num_workers=0, seed=0)
-    result = train_detector(rows.iloc[:28], rows.iloc[28:], cfg, root / "run", device="cpu")
+    result = train_detector(rows.iloc[:40], rows.iloc[40:], cfg, root / "run", device="cpu")  # 60 calibrate
     return root / "run/detector.pt", result
 
 
@@ -38,8 +38,8 @@ def test_calibration_is_fitted_on_validation_and_stored(detector):
     path, result = detector
     saved = torch.load(path, weights_only=True)
     cal = result["calibration"]
-    assert saved["temperature"] == cal["temperature"] > 0
-    assert cal["ece_after"] <= cal["ece_before"]
+    assert cal["calibration_images"] == 60 and saved["temperature"] == cal["temperature"] != 1.0
+    assert cal["ece_after"] < cal["ece_before"]
 
 
 def test_temperature_scaling_recovers_a_known_temperature_and_lowers_ece():
