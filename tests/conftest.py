@@ -185,3 +185,11 @@ def make_imaginet_dataset(root: Path, per_cell: int = 6) -> Path:
     for name, lines in splits.items():
         (root / f"annotations/{name}_annotations.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ARG001
+    """The end-to-end runs (minutes each) first, the longest first: with `pytest -n 2` they then
+    start at once on separate workers and the short tests fill in around them, instead of an
+    e2e run starting last and setting the suite's length."""
+    order = {"test_smoke_pipeline_runs_is_idempotent_and_swaps_models": 0}
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, order.get(item.originalname, 1)))
