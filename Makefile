@@ -32,7 +32,7 @@ repro: data
 
 test: setup
 	$(BIN)/ruff check src tests
-	$(BIN)/pytest -q -n 2 --durations=10
+	$(BIN)/pytest -q -n 2 --dist worksteal --durations=10
 
 smoke: data
 	$(BIN)/synthdet smoke

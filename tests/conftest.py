@@ -188,8 +188,8 @@ def make_imaginet_dataset(root: Path, per_cell: int = 6) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ARG001
-    """The end-to-end runs (minutes each) first, the longest first: with `pytest -n 2` they then
-    start at once on separate workers and the short tests fill in around them, instead of an
-    e2e run starting last and setting the suite's length."""
+    """The end-to-end runs (minutes each) first, the longest first: with `pytest -n 2 --dist
+    worksteal` (make test) they start at once and the idle worker takes the short tests queued
+    behind them, instead of an e2e run starting last and setting the suite's length."""
     order = {"test_smoke_pipeline_runs_is_idempotent_and_swaps_models": 0}
     items.sort(key=lambda item: (item.get_closest_marker("slow") is None, order.get(item.originalname, 1)))
