@@ -45,6 +45,26 @@ def test_pretrained_weight_formats_load_on_cpu(embedded_data):
     assert pretrained.sample_eyes(eyes, 3, 0, 64).shape == (3, 3, 64, 64)
 
 
+def test_pretrained_generators_sample_the_same_bytes_through_either_convolution_library(embedded_data):
+    """Float64 sampling: oneDNN's and ATen's transposed convolutions sum in other orders (as
+    oneDNN does on CPUs with other caches); in float32 that flips a few uint8 pixels of these 64
+    images (checked: with SAMPLING_DTYPE = float32 this test fails), in float64 none."""
+    face = pretrained.load_gan_face(str(embedded_data / "weights/weights.tar"))
+    eyes = pretrained.load_omniart_eyes(str(embedded_data / "weights/generator_model_state.pth"))
+    assert next(face.parameters()).dtype == next(eyes.parameters()).dtype == pretrained.SAMPLING_DTYPE
+
+    def sample() -> list[np.ndarray]:
+        return [tensor_to_images(dcgan.sample_gan(face, 64, seed=3)),
+                tensor_to_images(pretrained.sample_eyes(eyes, 64, seed=3, size=64))]
+
+    with torch.backends.mkldnn.flags(enabled=True):
+        onednn = sample()
+    with torch.backends.mkldnn.flags(enabled=False):
+        aten = sample()
+    for a, b in zip(onednn, aten, strict=True):
+        assert np.array_equal(a, b)
+
+
 def test_image_tensor_roundtrip_is_exact():
     imgs = [np.random.default_rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8) for i in range(3)]
     assert np.array_equal(tensor_to_images(images_to_tensor(imgs)), np.stack(imgs))

@@ -79,7 +79,7 @@ def test_each_stage_depends_on_every_file_it_imports_at_run_time():
         missing = sorted(set(loaded.split()) - declared)
         assert not missing, f"{stage.name} imports {missing} but does not depend on them"
         deps = set(stage.entry()["deps"])
-        assert {f for f in stage.source_files()} <= deps and stage.notebook in deps
+        assert {f for f in stage.source_files()} <= deps and (stage.notebook in deps or stage.cli)
 
 
 def test_run_names_are_spelled_once_and_never_collide():

@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from synthdet.data.imageio import STATUS_OK, ImageDecodeError, inspect_image, sha256_file
+from synthdet.data.indexcache import IndexCache, file_stat
 from synthdet.fsutil import atomic_output
 
 COLUMNS = [
@@ -47,17 +48,32 @@ def describe_file(path: Path) -> dict:
     return row
 
 
-def describe_files(paths: Iterable[Path], desc: str = "index", workers: int | None = None) -> list[dict]:
+def describe_files(paths: Iterable[Path], desc: str = "index", workers: int | None = None,
+                   cache: IndexCache | None = None) -> list[dict]:
+    """:func:`describe_file` of every path, in order; with ``cache``, only the files that changed
+    since they were recorded are decoded (the others' facts come from the cache)."""
     paths = list(paths)
+    rows: list[dict | None] = [cache.get(p) for p in paths] if cache is not None else [None] * len(paths)
+    todo = [i for i, row in enumerate(rows) if row is None]
+    stats = {i: file_stat(paths[i]) for i in todo} if cache is not None else {}  # before decoding
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(workers) as pool:
-        return list(tqdm(pool.map(describe_file, paths), total=len(paths), desc=desc))
+        described = pool.map(describe_file, [paths[i] for i in todo])
+        for i, row in zip(todo, tqdm(described, total=len(todo), desc=desc), strict=True):
+            rows[i] = row
+            if cache is not None:
+                cache.put(paths[i], stats[i], row)
+    if cache is not None:
+        cache.flush()
+    return rows  # type: ignore[return-value]
 
 
-def index_genimage_tree(root: Path, subsets: Iterable[str] | None = None) -> pd.DataFrame:
+def index_genimage_tree(root: Path, subsets: Iterable[str] | None = None,
+                        cache: IndexCache | None = None) -> pd.DataFrame:
     """Index a GenImage-layout tree: ``root/<subset>/{train,val}/{ai,nature}/<image>``.
 
-    ``val`` is GenImage's test set and is recorded as split ``test``.
+    ``val`` is GenImage's test set and is recorded as split ``test``. ``cache``: decode only the
+    files that changed since the last index (see :mod:`synthdet.data.indexcache`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -82,7 +98,7 @@ def index_genimage_tree(root: Path, subsets: Iterable[str] | None = None) -> pd.
                                         "split": "test" if split == "val" else "train"})
     if not records:
         raise LayoutError(f"{root}: no images found under {wanted}")
-    files = describe_files([Path(r["path"]) for r in records])
+    files = describe_files([Path(r["path"]) for r in records], cache=cache)
     return normalise(pd.DataFrame([{**r, **f} for r, f in zip(records, files, strict=True)]))
 
 

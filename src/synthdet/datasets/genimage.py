@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from synthdet.data.indexcache import listing_fingerprint, tree_files
 from synthdet.fsutil import DataSourceError, atomic_output, inside, read_json_cache, write_json
 
 REFERENCE = Path(__file__).parent / "reference" / "genimage"
@@ -380,6 +381,28 @@ def ingest(source: Path, out: Path, subsets: list[str] | None = None,
                 raise DataSourceError(f"{parts[-1].path}: expected a top-level folder {subset}/, found {sorted(names)}")
             report[subset] = extract(archive, out, desc=subset, verify_existing=verify_extracted)
     return report
+
+
+def source_fingerprint(source: Path, subsets: list[str] | None = None, checksums: Path | None = None) -> dict:
+    """What the download stage reads from ``source``, without opening a file: per subset, the
+    archive parts' names, sizes and modification times (or, for a subset already extracted in
+    ``source``, every file's), digested. A re-downloaded part or a deleted image changes it; the
+    parts' MD5s are checked by the download stage itself (cached by size and mtime)."""
+    source = Path(source)
+    if not source.is_dir():
+        raise DataSourceError(f"{source}: GenImage source folder does not exist (data.genimage.source)")
+    found = {m["subset"] for p in source.iterdir() if (m := PART_RE.match(p.name))}
+    found |= {p.name for p in source.iterdir() if (p / "train").is_dir() and (p / "val").is_dir()}
+    out: dict = {}
+    for subset in sorted(subsets or (found & set(SUBSETS)) or found):
+        if (source / subset / "train").is_dir() and (source / subset / "val").is_dir():
+            out[subset] = {"kind": "extracted", **listing_fingerprint(tree_files(source / subset), source)}
+        else:
+            parts = [p for p in source.iterdir() if (m := PART_RE.match(p.name)) and m["subset"] == subset]
+            out[subset] = {"kind": "archives", **listing_fingerprint(parts, source)}
+    if checksums is not None:
+        out["checksums"] = {"path": str(checksums), "sha256": hashlib.sha256(Path(checksums).read_bytes()).hexdigest()}
+    return out
 
 
 def subset_root(source: Path, out: Path, subset: str) -> Path:

@@ -6,6 +6,7 @@ root (``./imagenet/ILSVRC/Data/CLS-LOC/val/...JPEG``, ``./ffhq_stylegan/<uuid>.p
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from synthdet.data.imageio import ImageDecodeError, load_rgb
+from synthdet.data.indexcache import listing_fingerprint
 from synthdet.degrade import compress
 from synthdet.fsutil import DataSourceError, atomic_write_bytes, check_relative, inside
 from synthdet.seeding import rng_for
@@ -80,6 +82,20 @@ def read_annotations(path: Path) -> pd.DataFrame:
         raise DataSourceError(f"{path}: no annotation lines")
     return pd.DataFrame(rows)
 
+
+def source_fingerprint(root: Path, annotations: dict[str, str]) -> dict:
+    """What the download stage reads from ImagiNet, without decoding: each annotation file's
+    sha256 and the names, sizes and modification times of every image it lists (a missing one
+    counts as a state). Parses the files strictly, so a bad line fails here, before any long work."""
+    root = Path(root)
+    out: dict = {}
+    for split, rel in annotations.items():
+        path = root / rel
+        table = read_annotations(path)
+        files = [root / r for r in table["relpath"]]
+        out[split] = {"annotations": rel, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                      **listing_fingerprint(files, root)}
+    return out
 
 
 def perturb(img: Image.Image, rng: np.random.Generator, size: int = 256, p_compress: float = 0.75,

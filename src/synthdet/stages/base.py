@@ -60,12 +60,16 @@ class Stage:
     report: str = ""
     description: str = ""
     arguments: tuple[tuple[str, str], ...] = ()  # constant notebook parameters (``-p name value``)
+    cli: str = ""  # a ``synthdet`` command instead of a notebook (a check with nothing to show)
+    always_changed: bool = False  # DVC runs it on every ``dvc repro`` (then only a changed output reruns the rest)
 
     @property
     def report_path(self) -> str:
         return self.report or f"reports/{Path(self.notebook).name}"
 
     def command(self) -> str:
+        if self.cli:
+            return self.cli
         args = [f"-p {k} {v}" for k, v in self.arguments] + [f"-p {k} ${{item.{k}}}" for k, _ in self.matrix]
         folder = Path(self.report_path).parent.as_posix()
         return " ".join([f"mkdir -p {folder} &&", "papermill", self.notebook, self.report_path, "-k python3",
@@ -81,13 +85,15 @@ class Stage:
         if self.matrix:
             entry["matrix"] = {k: f"${{{key}}}" for k, key in self.matrix}
         entry["cmd"] = self.command()
-        entry["deps"] = [*self.deps, self.notebook, *self.source_files()]
+        entry["deps"] = [*self.deps, *([self.notebook] if self.notebook else []), *self.source_files()]
         entry["params"] = list(self.params)
-        entry["outs"] = [o.entry() for o in self.outs] + [self.report_path]
+        entry["outs"] = [o.entry() for o in self.outs] + ([self.report_path] if self.notebook else [])
         if self.metrics:
             entry["metrics"] = [{m: {"cache": False}} for m in self.metrics]
         if self.plots:
             entry["plots"] = [{p: {"cache": False}} for p in self.plots]
+        if self.always_changed:
+            entry["always_changed"] = True
         return entry
 
 

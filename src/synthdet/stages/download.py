@@ -14,18 +14,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from synthdet.data.indexcache import IndexCache
 from synthdet.data.manifest import describe_files, index_genimage_tree, normalise, usable, write_manifest
 from synthdet.datasets import genimage, imaginet
 from synthdet.datasets.embedded import reproducible, sources
 from synthdet.datasets.embedded.build import build_benchmark
-from synthdet.fsutil import DataSourceError, write_json
+from synthdet.fsutil import DataSourceError, make_owned_dir, write_json
 from synthdet.report import sample_grid
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
 
 STAGE = Stage(
     name="download", notebook="notebooks/01_download.ipynb", module=__name__,
-    params=("seed", "data", "embedded"), deps=(paths.DATA,), outs=(Out(paths.DOWNLOAD),),
+    params=("seed", "data", "embedded"), deps=(paths.DATA, paths.FINGERPRINT),
+    outs=(Out(paths.DOWNLOAD), Out(paths.INDEX_CACHE, cache=False, persist=True)),
     metrics=(paths.metrics_file("download"),),
 )
 
@@ -56,6 +58,7 @@ class Config:
 def run(params: dict) -> Result:
     cfg = Config.from_params(params)
     out = Path(paths.DOWNLOAD)
+    make_owned_dir(Path(paths.INDEX_CACHE))  # a declared output: there even when no dataset uses it
     t0 = time.perf_counter()
     extra: dict = {}
     if cfg.dataset == "embedded":
@@ -66,14 +69,18 @@ def run(params: dict) -> Result:
             raise DataSourceError("data.genimage.source is empty: set it to the folder holding GenImage's archives "
                                   "(dvc exp run -S data.genimage.source=/path/to/GenImage)")
         checksums = genimage.load_checksums(Path(g["checksums"])) if g.get("checksums") else None
+        cache = IndexCache(Path(paths.INDEX_CACHE) / "genimage")
         manifest = download_genimage(Path(g["source"]), out, g["subsets"],
                                      Path(g["extract_to"]) if g.get("extract_to") else None, checksums,
-                                     bool(g.get("verify_extracted", False)))
+                                     bool(g.get("verify_extracted", False)), cache)
+        extra = {"index_cache": cache.stats()}
     else:
         i = cfg.imaginet
         if not i["root"]:
             raise DataSourceError("data.imaginet.root is empty: set it to the ImagiNet dataset root")
-        manifest = download_imaginet(Path(i["root"]), out, i["annotations"], i["perturb"], cfg.seed)
+        cache = IndexCache(Path(paths.INDEX_CACHE) / "imaginet")
+        manifest = download_imaginet(Path(i["root"]), out, i["annotations"], i["perturb"], cfg.seed, cache)
+        extra = {"index_cache": cache.stats()}
     metrics = {"images": int(len(manifest)), "usable": int((manifest["status"] == "ok").sum()),
                "subsets": int(manifest["subset"].nunique()), "seconds": round(time.perf_counter() - t0, 1), **extra}
     write_json(metrics, Path(paths.metrics_file("download")))
@@ -149,12 +156,14 @@ def check_reproducible(benchmark_dir: Path, names: list[str], seed: int, prepare
 
 
 def download_genimage(source: Path, out: Path, subsets: list[str] | None, extract_to: Path | None = None,
-                      checksums: dict[str, str] | None = None, verify_extracted: bool = False) -> pd.DataFrame:
+                      checksums: dict[str, str] | None = None, verify_extracted: bool = False,
+                      cache: IndexCache | None = None) -> pd.DataFrame:
     """GenImage from ``source`` (split-zip archives, or already extracted subsets) -> manifest.
 
     Archives are MD5-verified and extracted (resumably) into ``extract_to`` (default
     ``<source>/extracted``: outside the DVC outputs, so a terabyte is not copied into the cache);
     known-corrupt and undecodable images are marked in the manifest and quarantined by the split stage.
+    ``cache``: only files changed since the last run are decoded and hashed again.
     """
     extract_to = extract_to or source / "extracted"
     if subsets is None:
@@ -164,7 +173,9 @@ def download_genimage(source: Path, out: Path, subsets: list[str] | None, extrac
                                   f"(expected names like {list(genimage.SUBSETS)[:2]})")
     report = genimage.ingest(source, extract_to, subsets, checksums, verify_extracted)
     roots = {s: genimage.subset_root(source, extract_to, s) for s in subsets}
-    manifest = pd.concat([index_genimage_tree(root, [s]) for s, root in roots.items()], ignore_index=True)
+    manifest = pd.concat([index_genimage_tree(root, [s], cache) for s, root in roots.items()], ignore_index=True)
+    if cache is not None:
+        cache.save()
     manifest = genimage.mark_known_corrupt(manifest, roots)
     names = {s: genimage.SUBSETS.get(s, (s, "unknown")) for s in subsets}
     fake = manifest["label"] == 1
@@ -180,10 +191,12 @@ def download_genimage(source: Path, out: Path, subsets: list[str] | None, extrac
     return manifest
 
 
-def download_imaginet(root: Path, out: Path, annotations: dict[str, str], perturb: dict, seed: int) -> pd.DataFrame:
+def download_imaginet(root: Path, out: Path, annotations: dict[str, str], perturb: dict, seed: int,
+                      cache: IndexCache | None = None) -> pd.DataFrame:
     """ImagiNet from its root folder and annotation files -> manifest (split = the file's role).
 
     With ``perturb.enabled`` the test images are replaced by the paper's perturbed copies.
+    ``cache``: only files changed since the last run are decoded and hashed again.
     """
     frames = []
     for split_name, rel in annotations.items():
@@ -201,7 +214,9 @@ def download_imaginet(root: Path, out: Path, annotations: dict[str, str], pertur
             frames.append(bad.assign(split=split_name, path=bad["source_path"]))
     # file facts (and status) come from decoding each file again, perturbed or not
     table = pd.concat(frames, ignore_index=True).drop(columns=["status", "error"], errors="ignore")
-    files = describe_files([Path(p) for p in table["path"]])
+    files = describe_files([Path(p) for p in table["path"]], cache=cache)
+    if cache is not None:
+        cache.save()
     manifest = pd.concat([table.reset_index(drop=True), pd.DataFrame(files)], axis=1)
     manifest["subset"] = manifest["content"]
     manifest["group"] = manifest["relpath"]

@@ -1,6 +1,9 @@
 """Where the stages keep what they write and read: each path written once."""
 
 DATA = "data"
+SOURCE = "artifacts/source"
+FINGERPRINT = f"{SOURCE}/fingerprint.json"
+INDEX_CACHE = "artifacts/index_cache"
 DOWNLOAD = "artifacts/download"
 MANIFEST = f"{DOWNLOAD}/manifest.parquet"
 SPLIT = "artifacts/split"

@@ -6,7 +6,9 @@ subset, and the intra-op thread count changes every subset but the DCGAN. ATen's
 and MKL's code path did not change these generators here but can for other shapes and CPUs.
 So generation runs in worker processes that start with all of them pinned (``PINNED_ENV``, one
 intra-op thread each); parallelism comes from several workers, one per group of subsets that
-share a trained model, so a machine with more cores is faster but not different.
+share a trained model, so a machine with more cores is faster but not different. The two
+pretrained GANs sample in float64 instead (``generators/pretrained.py``): their float32 sums came
+out different on two CPU models with the same pins (oneDNN blocks by the caches too).
 
 What the pins cannot fix (another CPU architecture, an x86 CPU without AVX2/FMA, another
 torch/oneDNN/MKL build) is caught by ``verify``: the hash of every generated subset is compared

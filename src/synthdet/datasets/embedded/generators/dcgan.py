@@ -88,8 +88,9 @@ def sample_gan(generator: nn.Module, n: int, seed: int, batch_size: int = 256,
     """Seeded samples. ``batch_stats`` normalises with each batch's statistics, as the DCGAN
     recipe samples; a briefly trained GAN's running averages are too far off to use."""
     g = torch.Generator().manual_seed(seed)
+    dtype = next(generator.parameters()).dtype  # the noise is drawn in float32 whatever the model's dtype
     generator.train(batch_stats)
-    out = [generator(torch.randn(min(batch_size, n - i), generator.nz, 1, 1, generator=g))
+    out = [generator(torch.randn(min(batch_size, n - i), generator.nz, 1, 1, generator=g).to(dtype))
            for i in range(0, n, batch_size)]
     generator.eval()
     return torch.cat(out)
