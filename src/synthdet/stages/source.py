@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from synthdet.datasets import genimage, imaginet
 from synthdet.fsutil import DataSourceError, write_json
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
@@ -38,8 +37,11 @@ class Config:
 
 
 def fingerprint(cfg: Config) -> dict:
-    """The dataset's source state (the embedded benchmark's is ``data/``, a dependency of its own)."""
+    """The dataset's source state (the embedded benchmark's is ``data/``, a dependency of its own).
+    The dataset modules are imported only when used: the default run then starts no torch."""
     if cfg.dataset == "genimage":
+        from synthdet.datasets import genimage
+
         g = cfg.genimage
         if not g["source"]:
             raise DataSourceError("data.genimage.source is empty: set it to the folder holding GenImage's archives "
@@ -48,6 +50,8 @@ def fingerprint(cfg: Config) -> dict:
         return {"dataset": "genimage", "subsets": genimage.source_fingerprint(Path(g["source"]), g["subsets"],
                                                                                checksums)}
     if cfg.dataset == "imaginet":
+        from synthdet.datasets import imaginet
+
         i = cfg.imaginet
         if not i["root"]:
             raise DataSourceError("data.imaginet.root is empty: set it to the ImagiNet dataset root")

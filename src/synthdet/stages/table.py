@@ -35,8 +35,14 @@ def all_stages() -> list[Stage]:
 
 
 def get(name: str) -> Stage:
-    """A stage by name (``xgen@resnet50-ldm-0`` -> ``xgen``)."""
+    """A stage by name (``xgen@resnet50-ldm-0`` -> ``xgen``). A stage with a module of its own name
+    is found without importing the others (``synthdet stage source`` runs on every ``dvc repro``)."""
     base = name.split("@")[0]
+    if base in MODULES:
+        module = importlib.import_module(f"synthdet.stages.{base}")
+        for stage in getattr(module, "STAGES", None) or [module.STAGE]:
+            if stage.name == base:
+                return stage
     for stage in all_stages():
         if stage.name == base:
             return stage
