@@ -200,8 +200,9 @@ def _zip_with(path: Path, entries: dict[str, bytes], method: int = zipfile.ZIP_D
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # zipfile warns about duplicate names: the test wants them
         with zipfile.ZipFile(path, "w", compression=method) as zf:
-            for name, data in entries.items():
-                zf.writestr(name.split("#")[0], data)
+            for name, data in entries.items():  # a fixed timestamp: today's date bytes can hold a placeholder
+                zf.writestr(zipfile.ZipInfo(name.split("#")[0], date_time=(1980, 1, 1, 0, 0, 0)), data,
+                            compress_type=method)
     return path
 
 
