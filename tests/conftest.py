@@ -133,9 +133,10 @@ def embedded_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_genimage_tree(root: Path, subsets: tuple[str, ...] = ("imagenet_ai_0419_sdv4", "imagenet_glide"),
-                       per_folder: int = 4) -> Path:
+                       per_folder: int = 4, real_qualities: tuple[int, ...] = (75,)) -> Path:
     """GenImage's extracted layout: ImageNet JPEG reals named by synset, PNG fakes (some upper-case
-    .PNG) named by class index, alternating between two classes (index 0 = n01440764, 1 = n01443537)."""
+    .PNG) named by class index, alternating between two classes (index 0 = n01440764, 1 = n01443537).
+    Reals cycle through ``real_qualities`` every two images, so each class gets each quality."""
     k = 0
     for subset in subsets:
         for split in ("train", "val"):
@@ -147,7 +148,8 @@ def make_genimage_tree(root: Path, subsets: tuple[str, ...] = ("imagenet_ai_0419
                     img = noise_image(k, (64, 64))
                     c = i % 2
                     if label == "nature":
-                        img.save(folder / f"{('n01440764', 'n01443537')[c]}_{k}.JPEG", quality=75)
+                        quality = real_qualities[i // 2 % len(real_qualities)]
+                        img.save(folder / f"{('n01440764', 'n01443537')[c]}_{k}.JPEG", quality=quality)
                     else:
                         name = (f"{c:03d}_sdv4_{k:05d}.png" if i % 4 < 2
                                 else f"GLIDE_1000_200_08_{c:03d}_glide_{k:05d}.PNG")
@@ -183,7 +185,8 @@ def make_imaginet_dataset(root: Path, per_cell: int = 6) -> Path:
                 splits["calibration"].append(line)
     (root / "annotations").mkdir(parents=True)
     for name, lines in splits.items():
-        (root / f"annotations/{name}_annotations.txt").write_text("\n".join(lines) + "\n")
+        file = "calibration.txt" if name == "calibration" else f"{name}_annotations.txt"  # as ImagiNet names them
+        (root / f"annotations/{file}").write_text("\n".join(lines) + "\n")
     return root
 
 

@@ -85,7 +85,27 @@ def test_decompression_bomb_refused_without_decoding(tmp_path, monkeypatch):
     assert err.value.status == "too_large" and "200x200" in str(err.value)
 
 
-@pytest.mark.parametrize("quality", [30, 65, 95])
-def test_jpeg_quality_is_estimated(tmp_path, quality):
-    path = _save(noise_image(4, (64, 64)), tmp_path / "q.jpg", quality=quality)
-    assert abs(inspect_image(path).jpeg_quality - quality) <= 1
+def test_jpeg_quality_is_recovered_exactly_for_every_quality_pil_writes(tmp_path):
+    """The IJG scaling inverse, checked against what Pillow (libjpeg) wrote: colour and grey, 1-100
+    (the old mean-ratio estimate was off at 1-18, 99 and 100)."""
+    colour, grey = noise_image(4, (64, 64)), noise_image(5, (64, 64), "L")
+    wrong = []
+    for quality in range(1, 101):
+        for img in (colour, grey):
+            path = _save(img, tmp_path / f"q{img.mode}.jpg", quality=quality)
+            if inspect_image(path).jpeg_quality != quality:
+                wrong.append((img.mode, quality, inspect_image(path).jpeg_quality))
+    assert wrong == []
+
+
+def test_chroma_subsampling_and_exif_are_recorded(tmp_path):
+    img = noise_image(6, (48, 48))
+    seen = {code: inspect_image(_save(img, tmp_path / f"s{code}.jpg", quality=90, subsampling=code)).subsampling
+            for code in (0, 1, 2)}
+    assert seen == {0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}
+    exif = Image.Exif()
+    exif[0x0110] = "camera"  # Model
+    assert inspect_image(_save(img, tmp_path / "cam.jpg", exif=exif)).exif
+    plain = inspect_image(_save(img, tmp_path / "plain.png"))
+    assert not plain.exif and plain.subsampling == "" and plain.jpeg_quality is None
+    assert inspect_image(_save(img.convert("L"), tmp_path / "grey.jpg")).subsampling == "none"

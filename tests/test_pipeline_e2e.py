@@ -24,6 +24,7 @@ TINY = deep_update(load_profile("smoke", ROOT / "profiles"), {
                                "subsets": {"ldm": {"classes": 2}}, "content_tests": {"images": 4}}},
     "train": {"input_size": 32},
     "tables": {"subsets": ["ldm", "dcgan"], "class_budgets": ["1x4"]},
+    "audit": {"min_images_per_label": 10},
 })
 
 
@@ -71,6 +72,18 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert set(tables["content_acc"]) == {f"{m}/{s}" for m in runs for s in ("ldm", "faces", "paintings")}
     assert set(tables["detectors_avg_acc"]) == {"resnet50", "npr"}
     assert 0 <= tables["cross_generator"]["same_generator_acc"] <= 1
+    # the audit: nothing in the files tells the labels apart, until the biased variant stores reals as JPEG
+    audit = json.loads((ws / "metrics/audit.json").read_text())
+    stored = [v["metadata_auc"] for v in audit["bias_scores"]["as stored"].values()]
+    assert stored and {auc for auc in stored if auc == auc} == {0.5}  # NaN: a content subset too small to probe
+    assert audit["bias_scores"]["biased variant"]["ldm"]["metadata_auc"] > 0.9
+    assert set(audit["counterfactual_acc_change"]["biased variant"]) == {"fakes_jpeg_q96"}
+    assert audit["counterfactual_acc_change"]["as stored"] == {}  # same format and size: nothing to remove
+    assert set(audit["bias_recovery"]) == {"clean benchmark (the train stage)", "biased variant",
+                                           "biased variant, debiased protocol"}
+    variant = pd.read_parquet(ws / "artifacts/audit/biased_variant_manifest.parquet")
+    assert set(variant.loc[variant["label"] == 0, "jpeg_quality"]) == {96}
+    assert set(variant.loc[variant["label"] == 1, "format"]) == {"PNG"}
     first = (ws / "dvc.lock").read_text()
 
     again = _dvc(ws, "repro")  # only the source check runs (it always does); nothing else, nothing changes
@@ -174,7 +187,7 @@ def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:
     data = make_embedded_data(tmp_path / "fabricated" / "embedded")
     small = {"train": {"input_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "pretrained": False},
              "evaluate": {"batch_size": 32, "num_workers": 0, "n_bootstrap": 20},
-             "tables": {"detectors": ["npr"], "n_bootstrap": 20}}
+             "tables": {"detectors": ["npr"], "n_bootstrap": 20}, "audit": {"min_images_per_label": 10}}
     ws = make_workspace(tmp_path / "ws", deep_update(deep_update(load_profile(profile, ROOT / "profiles"), small),
                                                      overrides), data=data.parent, copy_data=True)
     _dvc(ws, "add", "data")
@@ -188,7 +201,7 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     from tests.conftest import make_genimage_tree
 
     subsets = ("imagenet_ai_0419_sdv4", "imagenet_glide")
-    tree = make_genimage_tree(tmp_path / "tree", subsets=subsets, per_folder=12)
+    tree = make_genimage_tree(tmp_path / "tree", subsets=subsets, per_folder=12, real_qualities=(96, 75))
     (tree / subsets[0] / "train/ai/000_sdv4_99999.png").write_bytes(b"")  # a zero-byte PNG, as ADM ships
     jpg = next((tree / subsets[1] / "val/nature").glob("*.JPEG"))
     jpg.write_bytes(jpg.read_bytes()[:300])  # truncated
@@ -216,6 +229,31 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     evaluate = json.loads((ws / "metrics/evaluate.json").read_text())
     assert set(evaluate["clean"]) == {*subsets, "mean"} and "jpeg_q30" in evaluate
     assert download["index_cache"] == {"cached": 0, "decoded": download["images"]}
+    # the audit flags GenImage's bias: JPEG reals, PNG fakes (the counterfactual JPEG-compresses the
+    # fakes at the reals' most common quality); no biased variant outside the embedded benchmark
+    audit = json.loads((ws / "metrics/audit.json").read_text())
+    assert set(audit["bias_scores"]) == {"as stored"}
+    assert all(audit["bias_scores"]["as stored"][s]["metadata_auc"] > 0.9 for s in subsets)
+    assert set(audit["counterfactual_acc_change"]["as stored"]) == {"fakes_jpeg_q75"}
+    assert "bias_recovery" not in audit
+
+    # the debiased protocol: reals kept only at JPEG q96, fakes compressed at 96, images in the size
+    # window, centre-cropped, balanced per class; the train stage and every table run train that way
+    # (one table run here: `tables` would rerun them all)
+    plain = json.loads((ws / "metrics/train.json").read_text())
+    run = f"xgen@resnet50-{subsets[0]}-0"
+    plain_run = pd.read_parquet(ws / f"artifacts/runs/xgen/resnet50__{subsets[0]}__s0/scores.parquet")
+    _dvc(ws, "exp", "run", "-S", "data.debias.enabled=true", "-S", "data.debias.size_window=[32,64]", "train", run)
+    debiased = json.loads((ws / "metrics/train.json").read_text())
+    splits = pd.read_parquet(ws / "artifacts/split/splits.parquet")
+    train_reals = splits[(splits["subset"] == subsets[0]) & (splits["split"] == "train") & (splits["label"] == 0)]
+    assert debiased["debiased"] and not plain["debiased"]
+    assert 0 < debiased["train_images_per_label"] <= (train_reals["jpeg_quality"] == 96).sum()
+    assert debiased["train_images_per_label"] < plain["train_images_per_label"]
+    debiased_run = pd.read_parquet(ws / f"artifacts/runs/xgen/resnet50__{subsets[0]}__s0/scores.parquet")
+    assert debiased_run["train_images"].iloc[0] == debiased["train_images_per_label"]
+    assert plain_run["train_images"].iloc[0] == plain["train_images_per_label"]
+    assert len(debiased_run) == len(plain_run)  # the test set is left as it is
 
     # a re-downloaded part (same bytes, new mtime): the source check sees it, `dvc status` then reports
     # the download stage changed, and its rerun decodes no image again (the index cache)

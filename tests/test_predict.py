@@ -42,6 +42,25 @@ def test_calibration_is_fitted_on_validation_and_stored(detector):
     assert cal["ece_after"] < cal["ece_before"]
 
 
+def test_the_stored_temperature_does_not_worsen_calibration_on_images_it_never_saw(detector, tmp_path):
+    """ECE after <= ECE before on held-out images: the temperature is kept only when it lowers the
+    cross-validated ECE of the validation split (metrics.select_temperature)."""
+    path, result = detector
+    cal = result["calibration"]
+    assert cal["ece_after"] <= cal["ece_before"]
+    files = []
+    for i in range(300, 400):
+        files.append(tmp_path / f"{i}.png")
+        _image(i, bool(i % 2)).save(files[-1])
+    probs = predict_files(files, path, device="cpu")["fake_probability"].to_numpy(dtype=float)
+    temperature = torch.load(path, weights_only=True)["temperature"]
+    logits = np.log(probs / (1 - probs)) * temperature  # back to the raw logits
+    labels = np.arange(300, 400) % 2
+    before = expected_calibration_error(labels, 1 / (1 + np.exp(-logits)))
+    after = expected_calibration_error(labels, probs)
+    assert after <= before
+
+
 def test_temperature_scaling_recovers_a_known_temperature_and_lowers_ece():
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 4, 20000)

@@ -98,7 +98,7 @@ LAYERS = [  # a module may import its own layer and those below it, never above
     {"data", "degrade", "metrics"},
     {"datasets", "detectors"},
     {"training", "predict"},
-    {"tables", "report"},
+    {"tables", "report", "audit"},
     {"stages"},
     {"cli"},
 ]

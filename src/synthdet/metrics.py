@@ -68,6 +68,40 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float,
     return float(np.exp(best.x))
 
 
+def select_temperature(logits: np.ndarray, labels: np.ndarray, folds: int = 5, repeats: int = 10,
+                       seed: int = 0) -> dict[str, float]:
+    """Temperature scaling kept only where it calibrates images it was not fitted on.
+
+    The NLL-optimal temperature of a small validation split can make the expected calibration
+    error worse (measured on the default run: T = 1.27 raised it from 0.079 to 0.098 on the split
+    and from 0.031 to 0.046 on the test set): a few confident mistakes dominate the likelihood.
+    So T is fitted on ``folds - 1`` folds and applied to the held-out one, ``repeats`` times over
+    shuffled folds; the mean pooled held-out ECE with and without scaling decides. Returns the
+    temperature to use (fitted on every image, or 1) and the ECEs: ``ece_after`` is that of the
+    probabilities the detector will give, ``ece_scaled`` that of scaling, both cross-validated.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels).astype(int)
+    before = expected_calibration_error(y, sigmoid(z))
+    scaled_eces = []
+    for repeat in range(repeats):
+        scaled = np.empty_like(z)
+        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed + repeat)
+        for fit, held_out in splitter.split(z.reshape(-1, 1), y):
+            scaled[held_out] = sigmoid(z[held_out] / fit_temperature(z[fit], y[fit]))
+        scaled_eces.append(expected_calibration_error(y, scaled))
+    cv_scaled = float(np.mean(scaled_eces))
+    keep = cv_scaled < before
+    return {"temperature": fit_temperature(z, y) if keep else 1.0, "ece_before": before,
+            "ece_after": cv_scaled if keep else before, "ece_scaled": cv_scaled}
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))  # no overflow for large |z|
+
+
 def bootstrap_ci(correct: np.ndarray, n_bootstrap: int, seed: int, level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap of the mean of a 0/1 vector."""
     correct = np.asarray(correct, dtype=np.float64)

@@ -58,6 +58,26 @@ def lines(table: pd.DataFrame, x: str, values: list[str], title: str, path: Path
     return _save(fig, path)
 
 
+def bars(table: pd.DataFrame, x: str, y: str, hue: str, title: str, path: Path | None = None,
+         ylim: tuple[float, float] | None = None, reference: float | None = None) -> plt.Figure:
+    """``y`` per ``x`` as grouped bars (one colour per ``hue``), a dashed line at ``reference``."""
+    fig, ax = plt.subplots(figsize=(1.0 * table[x].nunique() + 3, 3.8))
+    sns.barplot(table, x=x, y=y, hue=hue, ax=ax)
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", linewidth=1)
+    ax.set(title=title, ylim=ylim)
+    ax.tick_params(axis="x", rotation=30)
+    return _save(fig, path)
+
+
+def message(text: str, path: Path | None = None) -> plt.Figure:
+    """A figure that only says ``text``: a declared plot with nothing to draw in this run."""
+    fig, ax = plt.subplots(figsize=(6, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return _save(fig, path)
+
+
 def sample_grid(paths: list[str], cols: int = 8, size: int = 64) -> Image.Image:
     """Tile images, each seen as a detector sees it at ``size`` px, into one picture."""
     imgs = [fit_to_input(load_rgb(p), size) for p in paths]

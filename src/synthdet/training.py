@@ -24,12 +24,16 @@ from tqdm.auto import tqdm
 
 from synthdet.codegraph import import_closure
 from synthdet.data.dataset import ManifestDataset, make_transform, view_transform
+from synthdet.data.debias import DebiasConfig
+from synthdet.data.debias import prepare as debias_prepare
+from synthdet.data.debias import select_rows as select_debiased
+from synthdet.data.imageio import sha256_file
 from synthdet.data.manifest import read_manifest
 from synthdet.data.pixelcache import PixelCache
 from synthdet.data.splits import class_subset, parse_class_budget
 from synthdet.detectors import create_detector
 from synthdet.fsutil import CheckpointError, atomic_output, load_torch_file
-from synthdet.metrics import binary_metrics, expected_calibration_error, fit_temperature
+from synthdet.metrics import binary_metrics, expected_calibration_error, select_temperature, sigmoid
 from synthdet.seeding import seed_everything, seed_worker
 
 
@@ -51,22 +55,15 @@ class TrainConfig:
     pixel_cache: str | None = None  # a folder: decode each training image once (data/pixelcache.py)
     pretrained: bool | str = False  # the backbone's start: False, True (timm's weights), a local file
     weights: str | None = None  # a whole detector checkpoint to start from
+    debias: dict | None = None  # data.debias: the debiased protocol's per-image step (data/debias.py)
 
     def fingerprint(self, data_key: str) -> str:
         """Identifies a run: a checkpoint from another configuration, other data, other starting
         weights or other model and training code is never resumed."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "pixel_cache")}  # same results
-        starts = [_file_digest(p) for p in (self.pretrained, self.weights) if isinstance(p, str) and Path(p).is_file()]
+        starts = [sha256_file(p) for p in (self.pretrained, self.weights) if isinstance(p, str) and Path(p).is_file()]
         return hashlib.sha256(json.dumps([keep, data_key, _code_hash(), starts], sort_keys=True).encode()
                               ).hexdigest()[:16]
-
-
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _code_hash() -> str:
@@ -170,10 +167,11 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
                             **cfg.model_kwargs).to(device, memory_format=memory_layout(cfg.channels_last))
     # a detector whose method is a training augmentation (CNNSpot) carries it as ``train_augment``
     augment = getattr(model, "train_augment", None)
-    cache = _pixel_cache(train_rows, cfg, augment, workers, world, rank)
+    prepare = debias_prepare(DebiasConfig.from_params(cfg.debias))
+    cache = _pixel_cache(train_rows, cfg, augment or prepare, workers, world, rank)
     transform = view_transform(train=True, hflip=cfg.hflip) if cache else \
         make_transform(cfg.input_size, train=True, hflip=cfg.hflip)
-    train_ds = ManifestDataset(train_rows, transform, image_transform=augment, cache=cache)
+    train_ds = ManifestDataset(train_rows, transform, image_transform=augment, cache=cache, prepare=prepare)
     sampler = DistributedSampler(train_ds, seed=cfg.seed, shuffle=True) if world > 1 else None
     loader = DataLoader(
         train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -251,7 +249,8 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
                    "torch_rng": rng_states, "loader_rng": loader.generator.get_state(),
                    "epoch": epoch + 1, "history": history, "fingerprint": fingerprint, "best": best,
                    "failures": failures}, last_path)
-    calibration: dict = {"temperature": 1.0, "ece_before": None, "ece_after": None, "calibration_images": 0}
+    calibration: dict = {"temperature": 1.0, "ece_before": None, "ece_after": None, "ece_scaled": None,
+                         "calibration_images": 0}
     if rank == 0:
         if best_path.exists():
             _unwrap(model).load_state_dict(load_torch_file(best_path, "best checkpoint")["model"])
@@ -267,27 +266,25 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
 
 MIN_CALIBRATION_IMAGES = 50  # below this a fitted temperature follows the noise (measured: a 4-image
 # split gave T = 0.08 and tripled the ECE), so the raw probabilities are kept
+CALIBRATION_FOLDS = 5
 
 
 def calibrate(model: nn.Module, val_rows: pd.DataFrame, cfg: TrainConfig, device: torch.device,
               workers: int) -> dict:
-    """Temperature scaling on the validation split, with the expected calibration error before
-    and after (on the same split: it says how far off the raw probabilities were); none on fewer
-    than :data:`MIN_CALIBRATION_IMAGES` images."""
+    """Temperature scaling on the validation split, kept only when it lowers the cross-validated
+    expected calibration error (:func:`~synthdet.metrics.select_temperature`); none on fewer than
+    :data:`MIN_CALIBRATION_IMAGES` images or a split with one label."""
     logits = predict(model, val_rows, cfg.input_size, cfg.batch_size * 2, device, workers,
                      channels_last=cfg.channels_last, logits=True)
     labels = val_rows["label"].to_numpy()
     keep = np.isfinite(logits)
     n = int(keep.sum())
-    temperature = fit_temperature(logits[keep], labels[keep]) if n >= MIN_CALIBRATION_IMAGES else 1.0
-    before = expected_calibration_error(labels[keep], _sigmoid(logits[keep]))
-    after = expected_calibration_error(labels[keep], _sigmoid(logits[keep] / temperature))
-    return {"temperature": round(temperature, 6), "ece_before": round(before, 6), "ece_after": round(after, 6),
-            "calibration_images": n}
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # no overflow for large |z|
+    if n >= MIN_CALIBRATION_IMAGES and np.bincount(labels[keep].astype(int), minlength=2).min() >= CALIBRATION_FOLDS:
+        chosen = select_temperature(logits[keep], labels[keep], CALIBRATION_FOLDS, seed=cfg.seed)
+    else:
+        ece = expected_calibration_error(labels[keep], sigmoid(logits[keep]))
+        chosen = {"temperature": 1.0, "ece_before": ece, "ece_after": ece, "ece_scaled": None}
+    return {**{k: None if v is None else round(float(v), 6) for k, v in chosen.items()}, "calibration_images": n}
 
 
 def _pixel_cache(rows: pd.DataFrame, cfg: TrainConfig, augment: object, workers: int, world: int,
@@ -298,7 +295,8 @@ def _pixel_cache(rows: pd.DataFrame, cfg: TrainConfig, augment: object, workers:
         return None
     if augment is not None:
         if rank == 0:
-            print(f"pixel cache not used: {cfg.model} augments the full-size images before the resize")
+            print(f"pixel cache not used: {cfg.model} or the debiased protocol changes the full-size images "
+                  "before the resize")
         return None
     digests = rows["sha256"].fillna("").tolist() if "sha256" in rows else [""] * len(rows)
     cache = PixelCache(Path(cfg.pixel_cache), rows["path"].tolist(), digests, cfg.input_size)
@@ -375,9 +373,11 @@ def score_table(model_path: Path, table: pd.DataFrame, batch_size: int = 128, nu
 
 def train_on_manifest(splits_path: Path, out_dir: Path, checkpoint_dir: Path, model: str, train_subset: str,
                       cfg: dict, seed: int, model_kwargs: dict | None = None, class_budget: str | None = None,
-                      device: str = "auto") -> dict:
+                      device: str = "auto", debias: dict | None = None) -> dict:
     """Train on the train split of ``train_subset`` (or "all"); ``class_budget`` ("8x20") keeps
-    that many classes and images per class and label (tables 4 and 5), validating on those classes."""
+    that many classes and images per class and label (tables 4 and 5), validating on those classes;
+    ``debias`` (``data.debias``): the debiased protocol selects the train and val images and
+    prepares the training images (:mod:`synthdet.data.debias`)."""
     df = read_manifest(splits_path)
     if train_subset != "all" and train_subset not in set(df["subset"]):
         raise ValueError(f"train_subset {train_subset!r} not in the manifest ({sorted(set(df['subset']))})")
@@ -386,7 +386,11 @@ def train_on_manifest(splits_path: Path, out_dir: Path, checkpoint_dir: Path, mo
     if class_budget:
         train_rows = class_subset(train_rows, *parse_class_budget(class_budget), seed=seed)
         val_rows = val_rows[val_rows["class"].isin(set(train_rows["class"]))]
-    tc = TrainConfig(model=model, seed=seed, model_kwargs=model_kwargs or {}, **cfg)
+    tc = TrainConfig(model=model, seed=seed, model_kwargs=model_kwargs or {}, **cfg, debias=debias)
+    protocol = DebiasConfig.from_params(debias)
+    train_rows = select_debiased(train_rows, protocol, seed, f"{train_subset} train split")
+    if len(val_rows):
+        val_rows = select_debiased(val_rows, protocol, seed, f"{train_subset} validation split", allow_empty=True)
     t0 = time.perf_counter()
     result = train_detector(train_rows, val_rows, tc, out_dir, checkpoint_dir, device)
     result["seconds"] = round(time.perf_counter() - t0, 1)

@@ -50,14 +50,16 @@ class ManifestDataset(Dataset):
 
     def __init__(self, rows: pd.DataFrame, transform: Callable[[Image.Image], torch.Tensor],
                  image_transform: Callable[[Image.Image], Image.Image] | None = None,
-                 cache: PixelCache | None = None) -> None:
+                 cache: PixelCache | None = None,
+                 prepare: Callable[[Image.Image, int], Image.Image] | None = None) -> None:
         """With ``cache`` (built for these rows), images are read from it as uint8 CHW views and
-        ``transform`` takes those (:func:`view_transform`); ``image_transform`` needs full images."""
-        if cache is not None and image_transform is not None:
+        ``transform`` takes those (:func:`view_transform`); ``image_transform`` needs full images.
+        ``prepare(image, label)`` runs first on every decoded image (the debiased protocol's step)."""
+        if cache is not None and (image_transform is not None or prepare is not None):
             raise ValueError("an image_transform works on full-size images: it cannot use a pixel cache")
         self.paths = rows["path"].tolist()
         self.labels = rows["label"].astype(int).tolist()
-        self.transform, self.image_transform = transform, image_transform
+        self.transform, self.image_transform, self.prepare = transform, image_transform, prepare
         self.cache = cache
         self.failures: dict[str, str] = {}
 
@@ -76,6 +78,8 @@ class ManifestDataset(Dataset):
                 self.failures[self.paths[i]] = exc.problem
                 skipped.append(f"{self.paths[i]}\t{exc.problem}")
                 continue
+            if self.prepare is not None:
+                img = self.prepare(img, self.labels[i])
             if self.image_transform is not None:
                 img = self.image_transform(img)
             return self.transform(img), self.labels[i], i, "\n".join(skipped)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 # Larger than any image in GenImage/ImagiNet (Midjourney tops out near 2k x 2k) but far below a
 # decompression bomb. Pillow's own limit warns at 89 Mpx and fails at twice that; we fail earlier.
@@ -46,24 +46,48 @@ class ImageInfo:
     mode: str
     jpeg_quality: int | None
     n_frames: int
+    subsampling: str = ""  # JPEG chroma subsampling ("4:2:0", ...); "" for other formats
+    exif: bool = False  # an EXIF segment is present (cameras write one; generators rarely do)
 
 
-def _estimate_jpeg_quality(img: Image.Image) -> int | None:
-    """Estimate the IJG quality from the luminance quantisation table (as ImageMagick does)."""
-    tables = getattr(img, "quantization", None)
+# The IJG standard quantisation tables (JPEG Annex K), in the row-major order Pillow reports.
+IJG_LUMA = np.array(
+    [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+     14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+     49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], dtype=np.int64)
+IJG_CHROMA = np.array(
+    [17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+     47, 66, 99, 99, 99, 99, 99, 99] + [99] * 32, dtype=np.int64)
+SUBSAMPLING = {-1: "none", 0: "4:4:4", 1: "4:2:2", 2: "4:2:0"}  # Pillow's get_sampling codes (-1: not 3 channels)
+
+
+def ijg_tables(quality: int) -> tuple[np.ndarray, np.ndarray]:
+    """The luminance and chrominance tables libjpeg writes at ``quality`` (jpeg_quality_scaling)."""
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return tuple(np.clip((t * scale + 50) // 100, 1, 255) for t in (IJG_LUMA, IJG_CHROMA))  # type: ignore[return-value]
+
+
+_IJG_BY_QUALITY = {q: ijg_tables(q) for q in range(1, 101)}
+
+
+def estimate_jpeg_quality(tables: dict[int, list[int]] | None) -> int | None:
+    """The IJG quality whose tables are closest to ``tables`` (Pillow's ``img.quantization``): the
+    exact quality for any file libjpeg (Pillow, cameras, most tools) wrote with standard tables,
+    the nearest one for custom tables. Compares the luminance table and, when present, the first
+    chrominance table."""
     if not tables or 0 not in tables:
         return None
-    luma = np.asarray(tables[0], dtype=np.float64)
-    # The IJG standard luminance table (JPEG Annex K), in the row-major order Pillow reports.
-    std = np.array(
-        [16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-         14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-         49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99],
-        dtype=np.float64,
-    )
-    scale = float(np.mean(luma / std)) * 100.0
-    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
-    return int(np.clip(round(quality), 1, 100))
+    luma = np.asarray(tables[0], dtype=np.int64)
+    chroma = np.asarray(tables[1], dtype=np.int64) if 1 in tables else None
+    if luma.shape != IJG_LUMA.shape or (chroma is not None and chroma.shape != IJG_CHROMA.shape):
+        return None
+
+    def distance(q: int) -> int:
+        std_luma, std_chroma = _IJG_BY_QUALITY[q]
+        off = int(np.abs(luma - std_luma).sum())
+        return off + (int(np.abs(chroma - std_chroma).sum()) if chroma is not None else 0)
+
+    return min(range(1, 101), key=lambda q: (distance(q), -q))  # ties (tables all 1 or all 255): the higher
 
 
 def _open(path: Path) -> Image.Image:
@@ -112,7 +136,9 @@ def inspect_image(path: Path | str) -> ImageInfo:
     img = _open(path)
     with img:
         fmt, mode = img.format or "unknown", img.mode
-        quality = _estimate_jpeg_quality(img) if fmt == "JPEG" else None
+        quality = estimate_jpeg_quality(getattr(img, "quantization", None)) if fmt == "JPEG" else None
+        subsampling = SUBSAMPLING.get(JpegImagePlugin.get_sampling(img), "other") if fmt == "JPEG" else ""
+        exif = "exif" in img.info
         frames = getattr(img, "n_frames", 1)
         try:
             img.load()
@@ -120,7 +146,7 @@ def inspect_image(path: Path | str) -> ImageInfo:
             raise ImageDecodeError(path, f"truncated or corrupt image data ({exc})", "corrupt") from exc
         if fmt == "JPEG":
             check_jpeg_data(path)
-        return ImageInfo(img.width, img.height, fmt, mode, quality, frames)
+        return ImageInfo(img.width, img.height, fmt, mode, quality, frames, subsampling, exif)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -67,12 +67,13 @@ class IndexCache:
         for path, facts, *stat in zip(table["path"], table["facts"], *(table[k] for k in STAT_COLUMNS), strict=True):
             self._known[path] = (tuple(int(v) for v in stat), json.loads(facts))
 
-    def get(self, path: Path) -> dict | None:
-        """The recorded facts of ``path`` when the file is unchanged, else None."""
+    def get(self, path: Path, required: tuple[str, ...] = ()) -> dict | None:
+        """The recorded facts of ``path`` when the file is unchanged and they hold every
+        ``required`` key (an older version recorded fewer facts), else None."""
         key = Path(path).as_posix()
         entry = self._known.get(key)
         stat = file_stat(path)
-        if entry is not None and stat is not None and entry[0] == stat:
+        if entry is not None and stat is not None and entry[0] == stat and set(required) <= entry[1].keys():
             self.hits += 1
             self._used[key] = _row(key, stat, entry[1])
             return dict(entry[1])

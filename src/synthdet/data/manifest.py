@@ -2,7 +2,7 @@
 
 Columns (see ``COLUMNS``): where the file is, its label (0 real "nature" / 1 fake "ai"), which
 subset/split/generator/family/content/class it belongs to, what the file is (size, format, mode,
-JPEG quality, sha256) and whether it is usable (``status`` "ok" or why not).
+JPEG quality and chroma subsampling, EXIF presence, sha256) and whether it is usable (``status`` "ok" or why not).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from synthdet.fsutil import atomic_output
 
 COLUMNS = [
     "path", "label", "subset", "split", "generator", "family", "content", "class", "source", "group",
-    "width", "height", "format", "mode", "jpeg_quality", "sha256", "status", "error",
+    "width", "height", "format", "mode", "jpeg_quality", "subsampling", "exif", "sha256", "status", "error",
 ]
+FILE_COLUMNS = ("sha256", "width", "height", "format", "mode", "jpeg_quality", "subsampling", "exif", "status", "error")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 LABEL_DIRS = {"nature": 0, "ai": 1}
 SPLIT_DIRS = ("train", "val")
@@ -34,13 +35,12 @@ class LayoutError(ValueError):
 
 def describe_file(path: Path) -> dict:
     """Decode ``path`` fully and return the file columns of its manifest row."""
-    row: dict = {"sha256": None, "width": None, "height": None, "format": None, "mode": None,
-                 "jpeg_quality": None, "status": STATUS_OK, "error": ""}
+    row: dict = {**dict.fromkeys(FILE_COLUMNS), "status": STATUS_OK, "error": ""}
     try:
         row["sha256"] = sha256_file(path) if path.stat().st_size else None
         info = inspect_image(path)
         row.update(width=info.width, height=info.height, format=info.format, mode=info.mode,
-                   jpeg_quality=info.jpeg_quality)
+                   jpeg_quality=info.jpeg_quality, subsampling=info.subsampling, exif=info.exif)
     except ImageDecodeError as exc:
         row.update(status=exc.status, error=exc.problem)
     except OSError as exc:
@@ -53,7 +53,8 @@ def describe_files(paths: Iterable[Path], desc: str = "index", workers: int | No
     """:func:`describe_file` of every path, in order; with ``cache``, only the files that changed
     since they were recorded are decoded (the others' facts come from the cache)."""
     paths = list(paths)
-    rows: list[dict | None] = [cache.get(p) for p in paths] if cache is not None else [None] * len(paths)
+    rows: list[dict | None] = ([cache.get(p, required=FILE_COLUMNS) for p in paths] if cache is not None
+                               else [None] * len(paths))
     todo = [i for i, row in enumerate(rows) if row is None]
     stats = {i: file_stat(paths[i]) for i in todo} if cache is not None else {}  # before decoding
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
@@ -112,6 +113,7 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     df["label"] = df["label"].astype("int8")
     for col in ("width", "height", "jpeg_quality"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int32")
+    df["exif"] = df["exif"].astype("boolean")
     return df.sort_values(["subset", "path"], kind="stable").reset_index(drop=True)
 
 

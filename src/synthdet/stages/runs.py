@@ -25,7 +25,7 @@ from synthdet.training import score_table, train_on_manifest, workers_param
 
 FULL = "full"  # the budget of a run on the whole training subset
 NOTEBOOK = "notebooks/06_run.ipynb"
-COMMON_PARAMS = ("train", "evaluate", "device", "tables.model_kwargs")
+COMMON_PARAMS = ("train", "evaluate", "device", "tables.model_kwargs", "data.debias")
 
 
 def run_name(family: str, model: str, subset: str, seed: int | str, budget: str = FULL) -> str:
@@ -79,6 +79,7 @@ class Config:
     batch_size: int
     num_workers: int | str
     device: str
+    debias: dict
 
     @classmethod
     def from_params(cls, params: dict, family: str, seed: int, model: str | None = None, subset: str | None = None,
@@ -95,7 +96,7 @@ class Config:
                              "set the notebook's parameters (papermill -p model ... -p subset ...)")
         return cls(family, str(model), str(subset), int(seed), str(budget or FULL), dict(p["train"]),
                    dict((tables["model_kwargs"] or {}).get(model, {})), int(p["evaluate"]["batch_size"]),
-                   workers_param(p["evaluate"]["num_workers"]), str(p["device"]))
+                   workers_param(p["evaluate"]["num_workers"]), str(p["device"]), dict(p["data"]["debias"] or {}))
 
     @property
     def name(self) -> str:
@@ -109,7 +110,7 @@ def run(params: dict, family: str, seed: int, model: str | None = None, subset: 
     out, checkpoints = Path(paths.RUNS) / cfg.name, Path(paths.RUN_CHECKPOINTS) / cfg.name
     class_budget = None if cfg.budget == FULL else cfg.budget
     result = train_on_manifest(Path(paths.SPLITS), out, checkpoints, cfg.model, cfg.subset, cfg.train, cfg.seed,
-                               cfg.model_kwargs, class_budget, cfg.device)
+                               cfg.model_kwargs, class_budget, cfg.device, cfg.debias)
     table = pd.read_parquet(paths.DEGRADED)
     keep = table["condition"] == "clean"
     if FAMILIES[cfg.family].degraded:

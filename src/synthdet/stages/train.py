@@ -20,7 +20,7 @@ from synthdet.training import is_main_process, train_on_manifest
 HISTORY = f"{paths.PLOTS}/train_history.csv"
 STAGE = Stage(
     name="train", notebook="notebooks/03_train.ipynb", module=__name__,
-    params=("seed", "model", "model_kwargs", "train_subset", "train", "device"),
+    params=("seed", "model", "model_kwargs", "train_subset", "train", "device", "data.debias"),
     deps=(paths.SPLITS,),
     outs=(Out(paths.DETECTOR), Out(paths.TRAIN_CHECKPOINTS, cache=False, persist=True)),
     metrics=(paths.metrics_file("train"),), plots=(HISTORY,),
@@ -35,18 +35,20 @@ class Config:
     train_subset: str
     train: dict
     device: str
+    debias: dict
 
     @classmethod
     def from_params(cls, params: dict) -> Config:
         p = select(params, STAGE.params)
         return cls(int(p["seed"]), str(p["model"]), dict(p["model_kwargs"] or {}), str(p["train_subset"]),
-                   dict(p["train"]), str(p["device"]))
+                   dict(p["train"]), str(p["device"]), dict(p["data"]["debias"] or {}))
 
 
 def run(params: dict) -> Result:
     cfg = Config.from_params(params)
     result = train_on_manifest(Path(paths.SPLITS), Path(paths.TRAIN), Path(paths.TRAIN_CHECKPOINTS), cfg.model,
-                               cfg.train_subset, cfg.train, cfg.seed, cfg.model_kwargs, device=cfg.device)
+                               cfg.train_subset, cfg.train, cfg.seed, cfg.model_kwargs, device=cfg.device,
+                               debias=cfg.debias)
     history = pd.DataFrame(result["history"])
     if not is_main_process():
         return Result()
@@ -55,7 +57,8 @@ def run(params: dict) -> Result:
     last = history.iloc[-1].to_dict() if len(history) else {}
     metrics = {"model": cfg.model, "train_subset": cfg.train_subset, "seconds": result["seconds"],
                "unreadable_images": len(result["failures"]), "best_epoch": result["best_epoch"],
-               "best_val_auc": result["best_val_auc"], **result["calibration"],
+               "best_val_auc": result["best_val_auc"], "train_images_per_label": result["train_images"],
+               "debiased": bool(cfg.debias.get("enabled")), **result["calibration"],
                **{k: float(v) for k, v in last.items()}}
     write_json(metrics, Path(paths.metrics_file("train")))
     failures = pd.DataFrame(sorted(result["failures"].items()), columns=["path", "problem"])

@@ -1,0 +1,183 @@
+"""Stage ``audit``: could a detector cheat on this dataset? File facts per subset and label, the
+metadata and low-level probes' AUC (bias scores), and the pipeline's detector re-scored with the
+format and size differences removed (see :mod:`synthdet.audit`).
+
+On the embedded benchmark it also builds and audits its biased variant (reals stored as JPEG,
+fakes as PNG: GenImage's bias), which the audit must flag, and trains the pipeline's detector on
+it twice, as it is and under the debiased protocol (``data.debias``), to measure both against
+the clean benchmark: how much a shortcut costs, and how much of it the protocol recovers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from synthdet import audit, report
+from synthdet.data.manifest import read_manifest, usable
+from synthdet.fsutil import make_owned_dir, replace_owned_dir, write_json
+from synthdet.metrics import metrics_table
+from synthdet.stages import paths
+from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.training import score_table, train_on_manifest, workers_param
+
+BIAS_PLOT, COUNTERFACTUAL_PLOT = f"{paths.PLOTS}/audit_bias_scores.png", f"{paths.PLOTS}/audit_counterfactual.png"
+RECOVERY_PLOT = f"{paths.PLOTS}/audit_bias_recovery.png"
+VARIANT_CHECKPOINTS = f"{paths.RUN_CHECKPOINTS}/audit"  # persisted, uncached: an interrupted audit resumes
+STAGE = Stage(
+    name="audit", notebook="notebooks/08_audit.ipynb", module=__name__,
+    params=("seed", "data.name", "data.debias", "model", "model_kwargs", "train_subset", "train", "audit",
+            "evaluate.batch_size", "evaluate.num_workers", "device"),
+    deps=(paths.SPLITS, paths.DETECTOR), outs=(Out(paths.AUDIT), Out(VARIANT_CHECKPOINTS, cache=False, persist=True)),
+    metrics=(paths.metrics_file("audit"),),
+    plots=(BIAS_PLOT, COUNTERFACTUAL_PLOT, RECOVERY_PLOT),
+)
+RECOVERY_METRICS = ("clean_acc", "clean_real_acc", "clean_fake_acc", "clean_auc", "biased_acc", "biased_auc")
+VARIANT_MANIFEST = "biased_variant_manifest.parquet"
+AS_IS = "as stored"
+BIASED = "biased variant"
+TRAINED_ON = {"clean": "clean benchmark (the train stage)", "biased": "biased variant",
+              "debiased": "biased variant, debiased protocol"}
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int
+    dataset: str
+    input_size: int
+    max_images: int | None
+    folds: int
+    min_images: int
+    biased_variant_quality: int | None
+    batch_size: int
+    num_workers: int | str
+    device: str
+    model: str
+    model_kwargs: dict
+    train_subset: str
+    train: dict
+    variant_debias: dict
+
+
+    @classmethod
+    def from_params(cls, params: dict) -> Config:
+        p = select(params, STAGE.params)
+        a = p["audit"]
+        quality = a["biased_variant_quality"]
+        return cls(int(p["seed"]), str(p["data"]["name"]), int(p["train"]["input_size"]),
+                   int(a["max_images"]) if a["max_images"] else None, int(a["folds"]), int(a["min_images_per_label"]),
+                   int(quality) if quality and p["data"]["name"] == "embedded" else None,
+                   int(p["evaluate"]["batch_size"]), workers_param(p["evaluate"]["num_workers"]), str(p["device"]),
+                   str(p["model"]), dict(p["model_kwargs"] or {}), str(p["train_subset"]), dict(p["train"]),
+                   {**(p["data"]["debias"] or {}), "enabled": True, "size_window": a["variant_size_window"],
+                    "real_jpeg_quality": quality, "fake_jpeg_quality": quality})
+
+
+def audit_one(manifest: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
+    """File facts, probe AUCs and the detector's counterfactual scores of one dataset."""
+    facts = audit.file_facts(manifest)
+    probes = audit.shortcut_probes(manifest, cfg.input_size, cfg.seed, cfg.max_images, cfg.folds, cfg.min_images)
+    scores, notes = audit.counterfactual_scores(Path(paths.DETECTOR), manifest[manifest["split"] == "test"],
+                                                cfg.batch_size, cfg.device, cfg.num_workers)
+    return facts, probes, scores, notes
+
+
+def bias_recovery(cfg: Config, out: Path, datasets: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """The pipeline's detector, one trained on the biased variant and one trained on it under the
+    debiased protocol, each scored on the clean and the biased test sets: accuracy per test
+    subset and their mean."""
+    detectors = {"clean": Path(paths.DETECTOR)}
+    for name, debias in (("biased", None), ("debiased", cfg.variant_debias)):
+        run_dir = out / "variant_runs" / name
+        train_on_manifest(out / VARIANT_MANIFEST, run_dir, Path(VARIANT_CHECKPOINTS) / name, cfg.model,
+                          cfg.train_subset, cfg.train, cfg.seed, cfg.model_kwargs, device=cfg.device, debias=debias)
+        detectors[name] = run_dir / "detector.pt"
+    rows = []
+    for name, detector in detectors.items():
+        per_test = {}
+        for test_name, manifest in ((AS_IS, datasets[AS_IS]), (BIASED, datasets[BIASED])):
+            scored = score_table(detector, manifest[manifest["split"] == "test"], cfg.batch_size, cfg.num_workers,
+                                 cfg.device).dropna(subset=["score"])
+            per_test[test_name] = metrics_table(scored, ["subset"], n_bootstrap=0).set_index("subset")
+        clean, biased = per_test[AS_IS], per_test[BIASED]
+        table = pd.DataFrame({"clean_acc": clean["acc"], "clean_real_acc": clean["real_acc"],
+                              "clean_fake_acc": clean["fake_acc"], "clean_auc": clean["auc"],
+                              "biased_acc": biased["acc"], "biased_auc": biased["auc"]})
+        table.loc["mean"] = table.mean()
+        rows.append(table.reset_index(names="subset").assign(trained_on=TRAINED_ON[name]))
+    return pd.concat(rows, ignore_index=True)
+
+
+def run(params: dict) -> Result:
+    cfg = Config.from_params(params)
+    out = replace_owned_dir(Path(paths.AUDIT))
+    make_owned_dir(Path(VARIANT_CHECKPOINTS))  # a declared output: there even without a biased variant
+    datasets = {AS_IS: usable(read_manifest(Path(paths.SPLITS)))}
+    notes: list[str] = []
+    if cfg.biased_variant_quality:
+        from synthdet.datasets.embedded.biased import write_biased_variant
+
+        variant = write_biased_variant(datasets[AS_IS], out / "biased_variant", cfg.biased_variant_quality)
+        variant.to_parquet(out / VARIANT_MANIFEST, index=False)
+        datasets[BIASED] = usable(variant)
+    else:
+        notes.append("No biased variant: it is built from the embedded benchmark only (audit.biased_variant_quality).")
+    recovery = bias_recovery(cfg, out, datasets) if BIASED in datasets else pd.DataFrame()
+    facts, probes, scores = [], [], []
+    for name, manifest in datasets.items():
+        f, p, s, n = audit_one(manifest, cfg)
+        facts.append(f.assign(dataset=name))
+        probes.append(p.assign(dataset=name))
+        scores.append(s.assign(dataset=name))
+        notes += [f"{name}: {note}" for note in n]
+    facts_t, probes_t, scores_t = (pd.concat(t, ignore_index=True) for t in (facts, probes, scores))
+    facts_t.to_csv(out / "file_facts.csv", index=False)
+    probes_t.to_csv(out / "probes.csv", index=False)
+    scores_t.to_csv(out / "counterfactual.csv", index=False)
+    metrics = {
+        "bias_scores": {d: {r["subset"]: {"metadata_auc": round(r["metadata"], 4),
+                                          "lowlevel_auc": round(r["low-level"], 4)}
+                            for r in g.to_dict("records")} for d, g in probes_t.groupby("dataset")},
+        "counterfactual_acc_change": {
+            d: {c: {r["subset"]: round(r["acc_change"], 4) for r in gc.to_dict("records")}
+                for c, gc in g[g["condition"] != audit.AS_IS_CONDITION].groupby("condition")}
+            for d, g in scores_t.groupby("dataset")},
+    }
+    if len(recovery):
+        recovery.to_csv(out / "bias_recovery.csv", index=False)
+        metrics["bias_recovery"] = {r["trained_on"]: {k: round(r[k], 4) for k in RECOVERY_METRICS}
+                                    for r in recovery[recovery["subset"] == "mean"].to_dict("records")}
+    write_json(metrics, Path(paths.metrics_file("audit")))
+    long = probes_t.melt(id_vars=["dataset", "subset"], value_vars=list(audit.PROBES), var_name="probe",
+                         value_name="AUC")
+    figures = {"bias scores (cross-validated AUC; 0.5 = nothing to learn)": report.bars(
+        long.assign(probe=long["dataset"] + ": " + long["probe"]), "subset", "AUC", "probe",
+        "Shortcut probes: real vs fake without a generator fingerprint", Path(BIAS_PLOT), ylim=(0, 1.05),
+        reference=0.5)}
+    changed = scores_t[scores_t["condition"] != audit.AS_IS_CONDITION]
+    if len(changed):
+        figures["counterfactual accuracy change"] = report.bars(
+            changed.assign(condition=changed["dataset"] + ": " + changed["condition"]), "subset", "acc_change",
+            "condition", "Detector accuracy with the shortcut removed, minus as stored", Path(COUNTERFACTUAL_PLOT),
+            reference=0.0)
+    else:
+        report.bars(scores_t, "subset", "acc", "dataset", "Detector accuracy as stored (no counterfactual applies)",
+                    Path(COUNTERFACTUAL_PLOT), ylim=(0, 1.05))
+    if len(recovery):
+        mean = recovery[recovery["subset"] == "mean"]
+        figures["bias recovery"] = report.bars(
+            mean.melt(id_vars="trained_on", value_vars=["clean_acc", "clean_real_acc", "biased_acc"],
+                      var_name="measured on", value_name="accuracy"), "measured on", "accuracy", "trained_on",
+            "Trained on the biased variant, with and without the debiased protocol", Path(RECOVERY_PLOT),
+            ylim=(0, 1.05))
+    else:
+        report.message("No biased variant in this run: it is built from the embedded benchmark only.",
+                       Path(RECOVERY_PLOT))
+    wide = scores_t.pivot_table(index=["dataset", "condition"], columns="subset", values="acc", sort=False)
+    tables = {"bias recovery (mean over test subsets)": recovery[recovery["subset"] == "mean"].round(3)} \
+        if len(recovery) else {}
+    return Result(tables={**tables, "file facts": facts_t, "bias scores": probes_t.round(3),
+                          "counterfactual accuracy": wide.round(3), "counterfactual detail": scores_t.round(3)},
+                  figures=figures, metrics=metrics, notes=notes)

@@ -1,0 +1,152 @@
+"""The bias audit (file facts, shortcut probes, counterfactual re-scoring), the embedded benchmark's
+biased variant and GenImage's debiased protocol, on small fabricated data with known biases."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageFilter
+
+from synthdet import audit
+from synthdet.data.debias import DebiasConfig, prepare, select_rows
+from synthdet.data.manifest import describe_files, index_genimage_tree, normalise
+from synthdet.datasets.embedded.biased import write_biased_variant
+from synthdet.metrics import expected_calibration_error, fit_temperature, select_temperature, sigmoid
+from synthdet.training import TrainConfig, train_detector
+from tests.conftest import noise_image
+
+
+def _manifest(root: Path, n: int, real_save: dict, fake_save: dict, blur_fakes: float = 0.0,
+              real_size: int = 64, fake_size: int = 64, subset: str = "gen") -> pd.DataFrame:
+    """``n`` reals and ``n`` fakes from the same noise process, saved with the given PIL options;
+    fakes optionally blurred. Every image its own group; classes alternate 0/1."""
+    rows = []
+    for i in range(2 * n):
+        label = i % 2
+        img = noise_image(1000 * label + i, (real_size, real_size) if label == 0 else (fake_size, fake_size))
+        if label and blur_fakes:
+            img = img.filter(ImageFilter.GaussianBlur(blur_fakes))
+        save = fake_save if label else real_save
+        path = root / subset / f"{i:04d}.{save.get('format', 'PNG').lower()}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img.save(path, **save)
+        rows.append({"path": path.as_posix(), "label": label, "subset": subset, "group": path.as_posix(),
+                     "class": str(i // 2 % 2), "split": ("train", "val", "test")[i // 2 % 3]})
+    facts = describe_files([Path(r["path"]) for r in rows])
+    return normalise(pd.DataFrame([{**r, **f} for r, f in zip(rows, facts, strict=True)]))
+
+
+def test_the_metadata_probe_finds_genimages_format_and_size_bias_and_nothing_where_there_is_none(tmp_path):
+    biased = _manifest(tmp_path / "b", 60, {"format": "JPEG", "quality": 96}, {"format": "PNG"}, fake_size=48)
+    clean = _manifest(tmp_path / "c", 60, {"format": "PNG"}, {"format": "PNG"})
+    scores = {name: audit.shortcut_probes(m, 32, seed=0).set_index("subset").loc["gen"]
+              for name, m in (("biased", biased), ("clean", clean))}
+    assert scores["biased"]["metadata"] > 0.99
+    assert scores["clean"]["metadata"] == 0.5  # identical file facts: nothing to learn
+    facts = audit.file_facts(biased).set_index("label")
+    assert facts.loc["real", "format"] == "JPEG 100%" and facts.loc["real", "jpeg_quality_mode"] == 96
+    assert facts.loc["real", "subsampling"] == "4:2:0 100%" and facts.loc["fake", "size"] == "48x48 100%"
+
+
+def test_the_low_level_probe_separates_blurred_fakes_and_not_the_same_process(tmp_path):
+    blurred = _manifest(tmp_path / "b", 60, {"format": "PNG"}, {"format": "PNG"}, blur_fakes=1.5)
+    same = _manifest(tmp_path / "s", 60, {"format": "PNG"}, {"format": "PNG"})
+    blurred_scores = audit.shortcut_probes(blurred, 64, seed=0).iloc[0]
+    same_scores = audit.shortcut_probes(same, 64, seed=0).iloc[0]
+    assert blurred_scores["low-level"] > 0.95
+    assert blurred_scores["most telling statistic"] in ("laplacian_var", "high_freq_share", "contrast")
+    assert abs(same_scores["low-level"] - 0.5) < 0.2
+    # too few images per label: no score rather than one that follows the folds' priors
+    assert np.isnan(audit.shortcut_probes(same, 64, seed=0, min_images=61).iloc[0]["metadata"])
+
+
+def test_counterfactual_rescoring_exposes_a_detector_that_reads_the_format(tmp_path):
+    """Reals are JPEG q30, fakes PNG, both the same noise: the only cue is the compression, whose
+    8x8 grid the Spec detector sees in the spectrum. With the fakes JPEG q30 too, it cannot tell
+    them apart any more, and the AUC change says so."""
+    rows = _manifest(tmp_path / "d", 60, {"format": "JPEG", "quality": 30}, {"format": "PNG"})
+    cfg = TrainConfig(model="spec", model_kwargs={"backbone": "resnet18"}, input_size=64, epochs=8, batch_size=16,
+                      num_workers=0, seed=0)
+    train_detector(rows[rows["split"] != "test"], rows.iloc[:0], cfg, tmp_path / "run", device="cpu")
+    table, notes = audit.counterfactual_scores(tmp_path / "run/detector.pt", rows[rows["split"] == "test"], 64, "cpu")
+    table = table.set_index("condition")
+    assert set(table.index) == {"as_is", "fakes_jpeg_q30"}
+    assert table.loc["as_is", "auc"] > 0.9
+    assert table.loc["fakes_jpeg_q30", "auc"] < 0.7 and table.loc["fakes_jpeg_q30", "auc_change"] < -0.3
+    assert any("no size counterfactual" in n for n in notes)
+
+
+def test_counterfactuals_follow_the_labels_typical_files(tmp_path):
+    rows = _manifest(tmp_path / "s", 4, {"format": "PNG"}, {"format": "PNG"}, fake_size=48)
+    conditions, notes = audit.counterfactuals(rows)
+    assert set(conditions) == {"size_swapped"} and any("no JPEG counterfactual" in n for n in notes)
+    swap = conditions["size_swapped"]
+    assert swap[0](Image.new("RGB", (64, 64))).size == (48, 48) and swap[1](Image.new("RGB", (48, 48))).size == (64, 64)
+
+
+def test_the_biased_variant_stores_reals_as_jpeg_and_fakes_byte_for_byte_in_genimage_layout(tmp_path):
+    rows = _manifest(tmp_path / "src", 6, {"format": "PNG"}, {"format": "PNG"})
+    variant = write_biased_variant(rows, tmp_path / "variant", real_quality=96)
+    reals, fakes = variant[variant["label"] == 0], variant[variant["label"] == 1]
+    assert set(reals["format"]) == {"JPEG"} and set(reals["jpeg_quality"]) == {96}
+    assert set(fakes["format"]) == {"PNG"}
+    assert list(fakes["sha256"].sort_values()) == list(rows.loc[rows["label"] == 1, "sha256"].sort_values())
+    assert sorted(variant["split"]) == sorted(rows["split"]) and set(variant["group"]) == set(rows["group"])
+    assert all(Path(p).resolve().is_relative_to((tmp_path / "variant").resolve()) for p in variant["path"])
+    tree = index_genimage_tree(tmp_path / "variant")  # GenImage's layout: val is the test split
+    assert len(tree) == len(rows) and (tree["split"] == "test").sum() == (rows["split"] == "test").sum()
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs/keep.txt").write_text("not ours")
+    with pytest.raises(FileExistsError, match="did not create"):
+        write_biased_variant(rows, tmp_path / "theirs")
+
+
+def test_the_debiased_protocol_keeps_q96_reals_in_the_window_balances_classes_and_prepares_fakes(tmp_path):
+    q96 = _manifest(tmp_path / "a", 8, {"format": "JPEG", "quality": 96}, {"format": "PNG"}, real_size=64)
+    q75 = _manifest(tmp_path / "b", 8, {"format": "JPEG", "quality": 75}, {"format": "PNG"}, subset="gen")
+    small = _manifest(tmp_path / "c", 8, {"format": "JPEG", "quality": 96}, {"format": "PNG"}, real_size=40,
+                      fake_size=40)
+    rows = pd.concat([q96, q75, small], ignore_index=True)
+    cfg = DebiasConfig(enabled=True, size_window=(48, 64))
+    kept = select_rows(rows, cfg, seed=0)
+    reals, fakes = kept[kept["label"] == 0], kept[kept["label"] == 1]
+    assert set(reals["jpeg_quality"]) == {96} and (kept["width"] >= 48).all()  # q75 reals and small images go
+    assert (kept.groupby("class")["label"].value_counts().unstack() == 8 // 2).all().all()  # balanced per class
+    assert len(fakes) == len(reals) == 8
+    assert select_rows(rows, DebiasConfig(enabled=False), seed=0) is rows
+    no_reals = DebiasConfig(enabled=True, real_jpeg_quality=50, size_window=None)
+    with pytest.raises(ValueError, match="no real image of the training rows is left"):
+        select_rows(rows, no_reals, seed=0)
+    assert select_rows(rows, no_reals, seed=0, allow_empty=True).empty  # a validation split: none, with a warning
+
+    step = prepare(cfg)
+    fake = noise_image(3, (64, 60))
+    out = step(fake, 1)
+    assert out.size == (48, 48)
+    centre = fake.crop((8, 6, 56, 54))
+    assert 0 < np.abs(np.asarray(out, float) - np.asarray(centre, float)).mean() < 8  # JPEG q96: close, not equal
+    assert np.array_equal(np.asarray(step(fake, 0)), np.asarray(centre))  # reals: only the crop
+    assert prepare(DebiasConfig()) is None
+    with pytest.raises(ValueError, match="unknown keys"):
+        DebiasConfig.from_params({"enabled": True, "size_windw": [1, 2]})
+    with pytest.raises(ValueError, match="size_window"):
+        DebiasConfig.from_params({"enabled": True, "size_window": [500, 400]})
+
+
+def test_temperature_scaling_is_kept_only_where_it_lowers_the_held_out_calibration_error():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, 2000)
+    labels = (rng.random(2000) < sigmoid(logits / 3.0)).astype(int)  # overconfident by 3x
+    chosen = select_temperature(logits, labels)
+    assert abs(chosen["temperature"] - 3.0) < 0.4 and chosen["ece_after"] < chosen["ece_before"] / 2
+    # calibrated logits with a few confident mistakes (what a small validation split looks like):
+    # the NLL-optimal temperature softens every correct image to serve the mistakes
+    logits = np.concatenate([rng.normal(0, 1.5, 100), np.full(10, 9.0), np.full(10, -9.0)])
+    labels = np.concatenate([(rng.random(100) < sigmoid(logits[:100])).astype(int), np.ones(9), [0], np.zeros(9), [1]])
+    raw = expected_calibration_error(labels, sigmoid(logits))
+    naive = fit_temperature(logits, labels)
+    assert naive > 1.3 and expected_calibration_error(labels, sigmoid(logits / naive)) > raw  # scaling hurts
+    chosen = select_temperature(logits, labels)
+    assert chosen["ece_scaled"] > raw  # and cross-validation sees it
+    assert chosen["temperature"] == 1.0 and chosen["ece_after"] == chosen["ece_before"] == pytest.approx(raw)
