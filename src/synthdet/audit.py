@@ -16,9 +16,9 @@ format. The probes say how far each subset is separable without looking for a ge
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
+from synthdet.degrade import jpeg  # 4:2:0, as ImageNet's camera files mostly are
 from synthdet.metrics import binary_metrics
 from synthdet.training import load_detector, predict
 
@@ -190,16 +191,6 @@ def typical(manifest: pd.DataFrame, label: int) -> dict:
             "size": tuple(int(v) for v in size.split("x"))}
 
 
-def _jpeg(quality: int) -> Callable[[Image.Image], Image.Image]:
-    def apply(img: Image.Image) -> Image.Image:
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=quality)  # 4:2:0, as ImageNet's camera files mostly are
-        buf.seek(0)
-        with Image.open(buf) as decoded:
-            return decoded.convert("RGB")
-    return apply
-
-
 def _resize(size: tuple[int, int]) -> Callable[[Image.Image], Image.Image]:
     return lambda img: img if img.size == size else img.resize(size, Image.Resampling.BICUBIC)
 
@@ -212,7 +203,7 @@ def counterfactuals(test: pd.DataFrame) -> tuple[dict[str, dict[int, Callable]],
     notes = ["Reals re-saved losslessly: the detector reads decoded pixels, which a lossless re-save does not "
              "change, so that counterfactual is the identity and is not scored."]
     if real["format"] == "JPEG" and fake["format"] != "JPEG" and real["jpeg_quality"]:
-        conditions[f"fakes_jpeg_q{real['jpeg_quality']}"] = {1: _jpeg(real["jpeg_quality"])}
+        conditions[f"fakes_jpeg_q{real['jpeg_quality']}"] = {1: partial(jpeg, quality=real["jpeg_quality"])}
     else:
         notes.append(f"Format: reals are mostly {real['format']} and fakes {fake['format']}; no JPEG counterfactual.")
     if real["size"] != fake["size"]:
