@@ -104,11 +104,11 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
         "clean", "lowres_112", "lowres_64", "jpeg_q50", "blur_sigma3", "blur_sigma5"}
     assert "jpeg_q50" in (ws / "artifacts/tables/degradations.csv").read_text()
 
-    # another detector: `dvc exp run -S model=<name>` (the design card's swin_t, and npr) reruns train
-    # and evaluate with it; every other registered name runs the same two stages' code directly
-    # (`synthdet stage train|evaluate`, what the notebooks call), which saves minutes of notebook starts.
-    # From npr on (npr, resnet50, resnet50_nodown, spec) the backbone starts from a local timm
-    # ResNet-50 file (`-S train.pretrained=<file>`); swin_t goes back to random weights.
+    # another detector: `dvc exp run -S model=<name>` (npr, from a local timm ResNet-50 file:
+    # `-S train.pretrained=<file>`) reruns train and evaluate with it; every other registered name
+    # (the design card's swin_t among them) runs the same two stages' code directly (`synthdet stage
+    # train|evaluate`, what the notebooks call), which saves minutes of notebook starts. From npr on
+    # (npr, resnet50, resnet50_nodown, spec) the backbone starts from that file; swin_t from random weights.
     import timm
 
     conditions = set(evaluate) - {"jpeg_q65", "jpeg_q30"} | {"jpeg_q50"}
@@ -116,17 +116,19 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     torch.save(timm.create_model("resnet50").state_dict(), resnet50)
     monkeypatch.chdir(ws)
     for name in list_detectors():
-        if name in ("swin_t", "npr"):
-            start = "false" if name == "swin_t" else str(resnet50)
+        if name == "npr":
             # `evaluate` as the target: train.* is a param of every table run too, which would all rerun
-            _dvc(ws, "exp", "run", "-S", f"model={name}", "-S", f"train.pretrained={start}", "evaluate")
-            saved = torch.load(ws / "artifacts/train/detector.pt", weights_only=True)["config"]["pretrained"]
-            assert saved == (False if name == "swin_t" else str(resnet50))
+            _dvc(ws, "exp", "run", "-S", f"model={name}", "-S", f"train.pretrained={resnet50}", "evaluate")
         else:
             params = yaml.safe_load((ws / "params.yaml").read_text())
+            if name == "swin_t":
+                params["train"]["pretrained"] = False
             (ws / "params_model.yaml").write_text(yaml.safe_dump({**params, "model": name}))
             for stage in ("train", "evaluate"):
                 assert cli.main(["stage", stage, "--params", "params_model.yaml"]) == 0
+        if name in ("npr", "swin_t"):
+            saved = torch.load(ws / "artifacts/train/detector.pt", weights_only=True)["config"]["pretrained"]
+            assert saved == (False if name == "swin_t" else str(resnet50))
         assert json.loads((ws / "metrics/train.json").read_text())["model"] == name
         assert torch.load(ws / "artifacts/train/detector.pt", weights_only=True)["config"]["model"] == name
         assert set(pd.read_parquet(ws / "artifacts/evaluate/scores.parquet")["model"]) == {name}

@@ -84,23 +84,26 @@ def audit_one(manifest: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.Dat
     return facts, probes, scores, notes
 
 
-def bias_recovery(cfg: Config, out: Path, datasets: dict[str, pd.DataFrame]) -> pd.DataFrame:
+def bias_recovery(cfg: Config, out: Path, datasets: dict[str, pd.DataFrame],
+                  counterfactual: pd.DataFrame) -> pd.DataFrame:
     """The pipeline's detector, one trained on the biased variant and one trained on it under the
     debiased protocol, each scored on the clean and the biased test sets: accuracy per test
-    subset and their mean."""
-    detectors = {"clean": Path(paths.DETECTOR)}
+    subset and their mean. The pipeline's detector's scores as the files are come from the
+    counterfactual table (``counterfactual``, one row per dataset and subset): not scored twice."""
+    as_is = counterfactual[counterfactual["condition"] == audit.AS_IS_CONDITION]
+    per_detector = {"clean": {name: g.set_index("subset") for name, g in as_is.groupby("dataset")}}
     for name, debias in (("biased", None), ("debiased", cfg.variant_debias)):
         run_dir = out / "variant_runs" / name
         train_on_manifest(out / VARIANT_MANIFEST, run_dir, Path(VARIANT_CHECKPOINTS) / name, cfg.model,
                           cfg.train_subset, cfg.train, cfg.seed, cfg.model_kwargs, device=cfg.device, debias=debias)
-        detectors[name] = run_dir / "detector.pt"
-    rows = []
-    for name, detector in detectors.items():
-        per_test = {}
-        for test_name, manifest in ((AS_IS, datasets[AS_IS]), (BIASED, datasets[BIASED])):
-            scored = score_table(detector, manifest[manifest["split"] == "test"], cfg.batch_size, cfg.num_workers,
+        per_detector[name] = {}
+        for test_name in (AS_IS, BIASED):
+            test = datasets[test_name][datasets[test_name]["split"] == "test"]
+            scored = score_table(run_dir / "detector.pt", test, cfg.batch_size, cfg.num_workers,
                                  cfg.device).dropna(subset=["score"])
-            per_test[test_name] = metrics_table(scored, ["subset"], n_bootstrap=0).set_index("subset")
+            per_detector[name][test_name] = metrics_table(scored, ["subset"], n_bootstrap=0).set_index("subset")
+    rows = []
+    for name, per_test in per_detector.items():
         clean, biased = per_test[AS_IS], per_test[BIASED]
         table = pd.DataFrame({"clean_acc": clean["acc"], "clean_real_acc": clean["real_acc"],
                               "clean_fake_acc": clean["fake_acc"], "clean_auc": clean["auc"],
@@ -124,7 +127,6 @@ def run(params: dict) -> Result:
         datasets[BIASED] = usable(variant)
     else:
         notes.append("No biased variant: it is built from the embedded benchmark only (audit.biased_variant_quality).")
-    recovery = bias_recovery(cfg, out, datasets) if BIASED in datasets else pd.DataFrame()
     facts, probes, scores = [], [], []
     for name, manifest in datasets.items():
         f, p, s, n = audit_one(manifest, cfg)
@@ -133,6 +135,7 @@ def run(params: dict) -> Result:
         scores.append(s.assign(dataset=name))
         notes += [f"{name}: {note}" for note in n]
     facts_t, probes_t, scores_t = (pd.concat(t, ignore_index=True) for t in (facts, probes, scores))
+    recovery = bias_recovery(cfg, out, datasets, scores_t) if BIASED in datasets else pd.DataFrame()
     facts_t.to_csv(out / "file_facts.csv", index=False)
     probes_t.to_csv(out / "probes.csv", index=False)
     scores_t.to_csv(out / "counterfactual.csv", index=False)
