@@ -3,7 +3,8 @@
 # make smoke : the whole pipeline on a tiny profile, in a scratch copy (.smoke/)
 # make paper : every table over three seeds (profiles/paper.yaml), as a DVC experiment
 # make genimage SOURCE=/path/to/GenImage : the pipeline on the real GenImage archives
-# make imaginet SOURCE=/path/to/ImagiNet : the pipeline on ImagiNet (its dataset root)
+# make imaginet SOURCE=/path/to/ImagiNet : the pipeline on ImagiNet (its dataset root, or its split 7z)
+# (both: ARGS="-S key=value ..." adds overrides)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -15,9 +16,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt pyproject.toml
-	@command -v zip >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] \
-	  || apt-get install -y -q zip >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q zip >/dev/null; } \
-	  || echo "note: Info-ZIP zip not installed; the split-archive tests will be skipped (and say so)"
+	@{ command -v zip && { command -v 7zz || command -v 7z || command -v 7za; }; } >/dev/null \
+	  || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] \
+	  || apt-get install -y -q zip 7zip >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q zip 7zip >/dev/null; } \
+	  || echo "note: Info-ZIP zip or 7-Zip not installed; the split-archive tests will be skipped (and say so)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
 	$(BIN)/pip install -q --no-deps -e .
@@ -42,11 +44,11 @@ paper: data
 
 genimage: data
 	@test -n "$(SOURCE)" || { echo "usage: make genimage SOURCE=/path/to/GenImage (the folder of split zips)"; exit 2; }
-	$(BIN)/synthdet profile genimage -S data.genimage.source=$(abspath $(SOURCE))
+	$(BIN)/synthdet profile genimage -S data.genimage.source=$(abspath $(SOURCE)) $(ARGS)
 
 imaginet: data
 	@test -n "$(SOURCE)" || { echo "usage: make imaginet SOURCE=/path/to/ImagiNet (the dataset root)"; exit 2; }
-	$(BIN)/synthdet profile imaginet -S data.imaginet.root=$(abspath $(SOURCE))
+	$(BIN)/synthdet profile imaginet -S data.imaginet.root=$(abspath $(SOURCE)) $(ARGS)
 
 lab: setup
 	$(BIN)/jupyter lab --allow-root notebooks

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import shutil
 import struct
+import subprocess
 import zlib
 from pathlib import Path
 
@@ -188,6 +190,36 @@ def make_imaginet_dataset(root: Path, per_cell: int = 6) -> Path:
         file = "calibration.txt" if name == "calibration" else f"{name}_annotations.txt"  # as ImagiNet names them
         (root / f"annotations/{file}").write_text("\n".join(lines) + "\n")
     return root
+
+
+def add_ready_testset(root: Path, per_cell: int = 1) -> Path:
+    """The packed distribution's ready perturbed test set: lossless 256 px WebPs under
+    ``testset/<content>/<real|synthetic>/[<model>/]``, listed in ``annotations/test_all.txt``."""
+    from synthdet.datasets.imaginet import CONTENT, SPECIFIC
+
+    lines, k = [], 0
+    for content, origin, family, specific, _, _ in IMAGINET_CELLS:
+        for _ in range(per_cell):
+            kind = "real" if origin == 0 else f"synthetic/{SPECIFIC[specific]}"
+            rel = f"testset/{CONTENT[content]}/{kind}/{k:05d}.webp"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            noise_image(7000 + k, (256, 256)).save(root / rel, lossless=True)
+            lines.append(f"{rel},{origin},{content},{family},{specific}")
+            k += 1
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations/test_all.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+SEVEN_ZIP = next((shutil.which(n) for n in ("7zz", "7z", "7za") if shutil.which(n)), None)
+
+
+def pack_7z(folder: Path, dest: Path, volume: str = "200k") -> Path:
+    """``folder``'s contents as the split 7z ``dest/imaginet.7z.001, .002, ...``; the first part."""
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run([SEVEN_ZIP, "a", f"-v{volume}", "-bso0", "-bd", str(dest / "imaginet.7z"), "."], cwd=folder,
+                   check=True)
+    return dest / "imaginet.7z.001"
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ARG001

@@ -1,15 +1,17 @@
 """ImagiNet's annotation format and perturbed test set, on a fabricated miniature."""
 
+import shutil
 import uuid
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet.datasets.imaginet import build_perturbed, perturb, read_annotations
+from synthdet.data import sevenzip
+from synthdet.datasets.imaginet import build_perturbed, perturb, read_annotations, source_fingerprint
 from synthdet.fsutil import DataSourceError
 from synthdet.stages.download import download_imaginet
-from tests.conftest import noise_image
+from tests.conftest import SEVEN_ZIP, add_ready_testset, noise_image, pack_7z
 
 
 def make_imaginet(root, n=8):
@@ -59,8 +61,12 @@ def test_perturbation_follows_the_paper_and_is_seeded():
     a, _ = perturb(img, np.random.default_rng(7))
     b, _ = perturb(img, np.random.default_rng(7))
     assert np.array_equal(np.asarray(a), np.asarray(b))
-    small, info = perturb(noise_image(1, (200, 300)), np.random.default_rng(0))
-    assert small.size == (256, 256) and info["crop_side"] == 200  # shorter than 256: whole short side
+    # smaller than the 256 px crop: padded with black (not upscaled), then cropped at 256
+    small, info = perturb(noise_image(1, (200, 300)), np.random.default_rng(0), p_compress=0.0)
+    assert small.size == (256, 256) and info["crop_side"] == 256 and info["padded"]
+    pixels = np.asarray(small)
+    assert (pixels.reshape(-1, 3) == 0).all(axis=1).mean() >= (256 - 200) / 256 - 0.01  # the padding
+    assert not perturb(img, np.random.default_rng(0))[1]["padded"]
 
 
 def test_perturbed_test_set_and_manifest(tmp_path):
@@ -79,8 +85,107 @@ def test_perturbed_test_set_and_manifest(tmp_path):
 
     cfg = {"train": "annotations/train_annotations.txt", "test": "annotations/test_annotations.txt",
            "calibration": "annotations/calibration_annotations.txt"}
-    manifest = download_imaginet(root, tmp_path / "out", cfg, {"enabled": True}, seed=0)
+    manifest, report = download_imaginet(root, tmp_path / "out", cfg, {"enabled": True}, seed=0, max_missing=0.2)
     assert set(manifest.split) == {"train", "test", "calibration"}
     test = manifest[manifest.split == "test"]
     assert (test[test.status == "ok"].width == 256).all() and (test.status != "ok").sum() == 1
     assert set(manifest.subset) == {"photos", "faces"}
+    assert report["perturbed_now"] == 8 and str(root / "perturbed_synthdet") in report["test_set"]
+    # the default threshold (1%): one unreadable test image of eight stops the run, naming it
+    with pytest.raises(DataSourceError, match=r"1 of the 8 images of the test split are missing or unreadable"):
+        download_imaginet(root, tmp_path / "out", cfg, {"enabled": True}, seed=0)
+
+
+def test_perturbation_resumes_and_redoes_only_what_changed(tmp_path):
+    root = make_imaginet(tmp_path / "imaginet")
+    ann = read_annotations(root / "annotations/test_annotations.txt")
+    first = build_perturbed(ann, root, tmp_path / "p", seed=0)
+    assert first.attrs["perturbed_now"] == 8
+    before = {p: open(p, "rb").read() for p in first.path}
+    again = build_perturbed(ann, root, tmp_path / "p", seed=0)
+    assert again.attrs["perturbed_now"] == 0 and again.path.tolist() == first.path.tolist()
+    noise_image(999, (400, 400)).save(root / ann.relpath.iloc[0], quality=80)  # one source replaced
+    with open(tmp_path / "p/perturb_log.jsonl", "a") as log:
+        log.write('{"relpath": "torn')  # a kill mid-line
+    third = build_perturbed(ann, root, tmp_path / "p", seed=0)
+    assert third.attrs["perturbed_now"] == 1
+    changed = [p for p in third.path if open(p, "rb").read() != before[p]]
+    assert changed == [third.path.iloc[0]]
+    other = build_perturbed(ann, root, tmp_path / "p", seed=1)  # other settings: everything again
+    assert other.attrs["perturbed_now"] == 8
+
+
+def test_a_ready_perturbed_test_set_is_never_perturbed_again(tmp_path):
+    root = make_imaginet(tmp_path / "imaginet")
+    add_ready_testset(root)
+    cfg = {"train": "annotations/train_annotations.txt", "test": "annotations/test_all.txt", "calibration": None}
+    manifest, report = download_imaginet(root, tmp_path / "out", cfg, {"enabled": "auto"}, seed=0)
+    test = manifest[manifest.split == "test"]
+    assert len(test) == 8 and (test.format == "WEBP").all() and test.path.str.contains("/testset/").all()
+    assert report["test_set"].startswith("used as it is: test_all.txt")
+    assert not (root / "perturbed_synthdet").exists()
+    with pytest.raises(DataSourceError, match="perturbing it again would crop and compress every image twice"):
+        download_imaginet(root, tmp_path / "out", cfg, {"enabled": True}, seed=0)
+    # our own output, listed again as a test set, is refused the same way
+    first = build_perturbed(read_annotations(root / "annotations/test_annotations.txt"), root, root / "mine", seed=0)
+    assert first.attrs["perturbed_now"] == 8
+    with pytest.raises(DataSourceError, match="a test set this tool already perturbed"):
+        download_imaginet(root / "mine", tmp_path / "out", {"test": "test_perturbed.txt"}, {"enabled": True}, seed=0)
+
+
+def test_missing_images_and_files_stop_before_any_long_work(tmp_path):
+    root = make_imaginet(tmp_path / "imaginet")
+    cfg = {"train": "annotations/train_annotations.txt", "test": "annotations/test_annotations.txt",
+           "calibration": "annotations/calibration.txt"}
+    with pytest.raises(DataSourceError, match=r"calibration.txt: annotation file for the calibration split not found"):
+        download_imaginet(root, tmp_path / "out", cfg, {"enabled": True}, seed=0)
+    assert not (root / "perturbed_synthdet").exists()  # checked before the test set was perturbed
+    add_ready_testset(root)
+    with pytest.raises(DataSourceError, match=r"test_annotation.txt: annotation file for the test split not found .*"
+                                              r"test_all.txt"):
+        download_imaginet(root, tmp_path / "out", {"test": "annotations/test_annotation.txt"}, {}, seed=0)
+    cfg["calibration"] = None  # left out
+    ann = read_annotations(root / "annotations/train_annotations.txt")
+    (root / ann.relpath.iloc[0]).unlink()
+    with pytest.raises(DataSourceError, match=r"1 of the 8 images of the train annotations are missing \(12.5%.*e\.g\. "
+                                              + ann.relpath.iloc[0]):
+        download_imaginet(root, tmp_path / "out", cfg, {"enabled": True}, seed=0)
+    assert not (root / "perturbed_synthdet").exists()
+    manifest, report = download_imaginet(root, tmp_path / "out", cfg, {"enabled": False}, seed=0, max_missing=0.2)
+    assert report["missing"] == {"train": 1, "test": 0} and (manifest.status != "ok").sum() == 1
+
+
+@pytest.mark.skipif(SEVEN_ZIP is None,
+                    reason="the 7-Zip command is not installed (make setup installs Debian's 7zip where it can)")
+def test_the_packed_distribution_is_extracted_resumably_and_used_as_it_is(tmp_path):
+    packed = tmp_path / "packed"
+    make_imaginet(packed)
+    add_ready_testset(packed)
+    download = tmp_path / "download"
+    pack_7z(packed, download)
+    parts = sorted(p.name for p in download.iterdir())
+    assert parts[:2] == ["imaginet.7z.001", "imaginet.7z.002"]
+    fingerprint = source_fingerprint(download, {"test": "annotations/test_all.txt"})
+    assert fingerprint["archive"]["files"] == len(parts)
+    cfg = {"train": "annotations/train_annotations.txt", "test": "annotations/test_all.txt"}
+    manifest, report = download_imaginet(download, tmp_path / "out", cfg, {"enabled": "auto"}, seed=0)
+    assert set(manifest.split) == {"train", "test"} and (manifest.status == "ok").all()
+    assert manifest.path.str.startswith(str(download / "extracted")).all()
+    assert report["test_set"].startswith("used as it is")
+    one = download / "extracted/annotations/test_all.txt"
+    one.write_text("truncated")  # a damaged file is extracted again; the others are kept
+    files = sum(1 for p in packed.rglob("*") if p.is_file())
+    assert sevenzip.extract(download / "imaginet.7z.001", download / "extracted") == {"extracted": 1, "kept": files - 1}
+    assert one.read_text() == (packed / "annotations/test_all.txt").read_text()
+    (download / "imaginet.7z.002").write_bytes(b"")  # a part lost: a clear error naming the archive
+    shutil.rmtree(download / "extracted")
+    with pytest.raises(DataSourceError, match=r"imaginet.7z.001: 7-Zip could not"):
+        download_imaginet(download, tmp_path / "out", cfg, {"enabled": "auto"}, seed=0)
+
+
+def test_a_member_leaving_the_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(sevenzip, "list_entries", lambda archive: [sevenzip.Entry("ok.txt", 1, None),
+                                                                   sevenzip.Entry("../../evil.txt", 1, None)])
+    with pytest.raises(DataSourceError, match=r"evil.txt"):
+        sevenzip.extract(tmp_path / "x.7z", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "evil.txt").exists()

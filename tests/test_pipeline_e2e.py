@@ -274,7 +274,7 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
-    from tests.conftest import make_imaginet_dataset
+    from tests.conftest import SEVEN_ZIP, add_ready_testset, make_imaginet_dataset, pack_7z
 
     root = make_imaginet_dataset(tmp_path / "ImagiNet")
     monkeypatch.chdir(ROOT)
@@ -288,4 +288,18 @@ def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
     assert tables["runs"] == 2 + 1  # resnet50 on two of the four content types, npr on all four
     assert set(tables["detectors_avg_acc"]) == {"npr"} and tables["training_size"] == {}
     assert 0 <= tables["degradation_avg_acc"]["npr"] <= 1
+    if SEVEN_ZIP:  # (tests/test_imaginet.py says when it is missing)
+        # the packed distribution: a split 7z holding the sources and the ready WebP test set listed in
+        # test_all.txt; the ingest stages extract it and use that test set as it is
+        packed = add_ready_testset(make_imaginet_dataset(tmp_path / "packed"), per_cell=2)
+        first_part = pack_7z(packed, tmp_path / "ImagiNet-7z", volume="2m")
+        _dvc(ws, "exp", "run", "-S", f"data.imaginet.root={first_part.parent}",
+             "-S", "data.imaginet.annotations.test=annotations/test_all.txt", "split")
+        manifest = pd.read_parquet(ws / "artifacts/download/manifest.parquet")
+        test = manifest[manifest.split == "test"]
+        assert len(test) == 16 and (test["format"] == "WEBP").all() and (test["status"] == "ok").all()
+        assert test["path"].str.startswith(str(first_part.parent / "extracted/testset/")).all()
+        report = json.loads((ws / "metrics/download.json").read_text())["imaginet"]
+        assert report["test_set"].startswith("used as it is: test_all.txt")
+        assert set(pd.read_parquet(ws / "artifacts/split/splits.parquet")["split"]) >= {"train", "val", "test"}
     shutil.rmtree(ws)

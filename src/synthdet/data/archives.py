@@ -10,11 +10,21 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from synthdet.data.imageio import sha256_file
 from synthdet.fsutil import DataSourceError
+
+
+def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
+    """The CRC-32 zip and 7z record per member, of a file on disk."""
+    crc = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            crc = zlib.crc32(block, crc)
+    return crc
 
 
 def verify_sha256(path: Path, expected: str) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from synthdet.data.archives import crc32_file
 from synthdet.data.indexcache import listing_fingerprint, tree_files
 from synthdet.fsutil import DataSourceError, atomic_output, inside, read_json_cache, write_json
 
@@ -315,14 +316,6 @@ def planned_targets(archive: SplitZip, out: Path) -> dict[str, tuple[ZipEntry, P
                                   "both extract to the same path; refused (a corrupt or crafted archive)")
         targets[key] = (entry, target)
     return targets
-
-
-def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
-    crc = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            crc = zlib.crc32(block, crc)
-    return crc
 
 
 def extract(archive: SplitZip, out: Path, desc: str = "extract", verify_existing: bool = False) -> dict[str, int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from synthdet.data.imageio import ImageDecodeError, load_rgb
-from synthdet.data.indexcache import listing_fingerprint
+from synthdet.data.indexcache import file_stat, listing_fingerprint
 from synthdet.degrade import compress
-from synthdet.fsutil import DataSourceError, atomic_write_bytes, check_relative, inside
+from synthdet.fsutil import DataSourceError, atomic_write_bytes, check_relative, inside, replace_owned_dir
 from synthdet.seeding import rng_for
 
 CONTENT = {0: "photos", 1: "paintings", 2: "faces", 3: "uncategorized"}
@@ -27,6 +28,12 @@ FAMILY = {0: "gan", 1: "sd", 2: "midjourney", 3: "dalle3", 4: "real"}
 SPECIFIC = {0: "progan", 1: "stylegan_xl", 2: "stylegan3", 3: "sd_v2.1", 4: "sdxl_v1.0", 5: "animagine_xl",
             6: "midjourney", 7: "dalle3", 8: "real"}
 FIELDS = ("path", "origin", "content", "family", "specific")
+# the packed distribution's ready perturbed test set: its lists and its folder
+READY_LISTS = {"test_all.txt", *(f"test_{family}.txt" for family in FAMILY.values() if family != "real")}
+READY_FOLDER = "testset"
+PERTURBED_LIST = "test_perturbed.txt"  # what build_perturbed writes
+PERTURB_LOG = "perturb_log.jsonl"
+PERTURB_VERSION = 2  # 2: small images padded, not upscaled (a log of another version is not resumed)
 
 
 _INT = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also takes "²" and int() refuses it
@@ -83,13 +90,19 @@ def read_annotations(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def source_fingerprint(root: Path, annotations: dict[str, str]) -> dict:
+def source_fingerprint(root: Path, annotations: dict[str, str | None]) -> dict:
     """What the download stage reads from ImagiNet, without decoding: each annotation file's
     sha256 and the names, sizes and modification times of every image it lists (a missing one
-    counts as a state). Parses the files strictly, so a bad line fails here, before any long work."""
+    counts as a state). Parses the files strictly, so a bad line fails here, before any long work.
+    For the packed distribution, the archive parts' names, sizes and modification times."""
     root = Path(root)
+    if (archive := find_archive(root)) is not None:
+        parts = sorted(root.glob(f"{archive.name[:-4]}.[0-9][0-9][0-9]")) if archive.suffix == ".001" else [archive]
+        return {"archive": listing_fingerprint(parts, root)}
     out: dict = {}
     for split, rel in annotations.items():
+        if not rel:
+            continue
         path = root / rel
         table = read_annotations(path)
         files = [root / r for r in table["relpath"]]
@@ -98,16 +111,39 @@ def source_fingerprint(root: Path, annotations: dict[str, str]) -> dict:
     return out
 
 
+def ready_testset(annotation: Path, table: pd.DataFrame) -> str | None:
+    """Why the test list ``annotation`` is already a perturbed test set (None when it is not):
+    ImagiNet's packed distribution ships one (``annotations/test_all.txt`` and per-family
+    ``test_<family>.txt``, images under ``testset/``), and this module writes ``test_perturbed.txt``.
+    Perturbing either again would crop and compress every image twice."""
+    name = Path(annotation).name
+    if name == PERTURBED_LIST:
+        return f"{name} is a test set this tool already perturbed"
+    if name in READY_LISTS:
+        return f"{name} lists ImagiNet's ready perturbed test set (the packed distribution's)"
+    if len(table) and table["relpath"].str.startswith(f"{READY_FOLDER}/").all():
+        return f"every image it lists is under {READY_FOLDER}/, ImagiNet's ready perturbed test set"
+    return None
+
+
 def perturb(img: Image.Image, rng: np.random.Generator, size: int = 256, p_compress: float = 0.75,
             quality: tuple[int, int] = (60, 100), max_crop: int = 1000) -> tuple[Image.Image, dict]:
-    """The paper's test-time perturbation: random square crop (side in [size, min(short, max_crop)]),
-    Lanczos resize to ``size``, then with probability ``p_compress`` JPEG or WebP at a random quality."""
+    """The paper's test-time perturbation (ImagiNet's ``save_testset.py``): a random square crop
+    with side uniform in [size, max(min(short side, max_crop), size)]; an image smaller than the
+    crop is padded with black on both sides (as torchvision's ``RandomCrop(pad_if_needed=True)``),
+    never upscaled; Lanczos resize to ``size``; then with probability ``p_compress`` JPEG or WebP
+    at a quality uniform in ``quality``."""
     w, h = img.size
-    short = min(w, h)
-    side = int(rng.integers(min(size, short), max(min(size, short), min(short, max_crop)) + 1))
+    side = int(rng.integers(size, max(min(w, h, max_crop), size) + 1))
+    pad_w, pad_h = max(0, side - w), max(0, side - h)
+    if pad_w or pad_h:
+        canvas = Image.new("RGB", (w + 2 * pad_w, h + 2 * pad_h))
+        canvas.paste(img, (pad_w, pad_h))
+        img, (w, h) = canvas, canvas.size
     left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
     out = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
-    info = {"crop_side": side, "crop_left": left, "crop_top": top, "codec": "none", "quality": None}
+    info = {"crop_side": side, "crop_left": left, "crop_top": top, "padded": bool(pad_w or pad_h),
+            "codec": "none", "quality": None}
     if rng.random() < p_compress:
         codec = "JPEG" if rng.random() < 0.5 else "WEBP"
         q = int(rng.integers(quality[0], quality[1] + 1))
@@ -116,30 +152,96 @@ def perturb(img: Image.Image, rng: np.random.Generator, size: int = 256, p_compr
     return out, info
 
 
+def _read_log(log: Path, header: dict) -> dict[str, dict]:
+    """The rows of an earlier run with the same perturbation (``header``), by relpath; ``{}`` when
+    there is none or it was made with other settings. A torn last line (a kill mid-write) is skipped."""
+    if not log.is_file():
+        return {}
+    lines = log.read_text(errors="replace").splitlines()
+    try:
+        if not lines or json.loads(lines[0]) != header:
+            return {}
+    except ValueError:
+        return {}
+    done = {}
+    for line in lines[1:]:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        done[row["relpath"]] = row
+    return done
+
+
 def build_perturbed(annotations: pd.DataFrame, root: Path, out: Path, seed: int, size: int = 256,
                     p_compress: float = 0.75) -> pd.DataFrame:
     """Perturb every annotated image (seeded per path) and store it losslessly as PNG.
 
     Writes ``out/<relpath>.png`` and ``out/test_perturbed.txt`` in the original annotation format.
-    Undecodable images are kept as rows with a status, never silently dropped.
+    Undecodable images are kept as rows with a status, never silently dropped. Resumable: each
+    finished image is logged (``out/perturb_log.jsonl``), and a rerun with the same settings
+    redoes only the images not logged, or whose source file changed since (size, mtime).
     """
-    rows = []
-    for r in tqdm(annotations.itertuples(index=False), total=len(annotations), desc="perturb"):
-        target = inside(out, r.relpath + ".png", "perturbed test set")
-        row = r._asdict() | {"source_path": (root / r.relpath).as_posix(), "path": target.as_posix()}
-        try:
-            img, info = perturb(load_rgb(root / r.relpath), rng_for(seed, r.relpath), size, p_compress)
-        except ImageDecodeError as exc:
-            rows.append(row | {"status": exc.status, "error": exc.problem, "path": None})
-            continue
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        atomic_write_bytes(target, buf.getvalue())
-        rows.append(row | info | {"status": "ok", "error": ""})
+    out = Path(out)
+    header = {"seed": seed, "size": size, "p_compress": p_compress, "version": PERTURB_VERSION}
+    log_path = out / PERTURB_LOG
+    done = _read_log(log_path, header)
+    if not done:
+        replace_owned_dir(out)  # another perturbation's images (or none yet): start over
+        log_path.write_text(json.dumps(header) + "\n")
+    rows, redone = [], 0
+    with log_path.open("a") as log:
+        for r in tqdm(annotations.itertuples(index=False), total=len(annotations), desc="perturb"):
+            source = root / r.relpath
+            target = inside(out, r.relpath + ".png", "perturbed test set")
+            stat = file_stat(source)
+            row = r._asdict() | {"source_path": source.as_posix(), "path": target.as_posix(),
+                                 "source_size": stat[0] if stat else -1, "source_mtime": stat[1] if stat else -1}
+            old = done.get(r.relpath)
+            if old and (old["source_size"], old["source_mtime"]) == (row["source_size"], row["source_mtime"]) \
+                    and (old["status"] != "ok" or target.is_file()):
+                rows.append(old)
+                continue
+            try:
+                img, info = perturb(load_rgb(source), rng_for(seed, r.relpath), size, p_compress)
+            except ImageDecodeError as exc:
+                row |= {"status": exc.status, "error": exc.problem, "path": None}
+            else:
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                atomic_write_bytes(target, buf.getvalue())
+                row |= info | {"status": "ok", "error": ""}
+            log.write(json.dumps(row, default=int) + "\n")
+            log.flush()
+            rows.append(row)
+            redone += 1
     table = pd.DataFrame(rows)
     ok = table[table["status"] == "ok"]
     lines = [f"./{p}.png,{o},{c},{f},{s}" for p, o, c, f, s in zip(
         ok["relpath"], ok["label"], ok["content"].map({v: k for k, v in CONTENT.items()}),
         ok["family"].map({v: k for k, v in FAMILY.items()}), ok["specific"], strict=True)]
-    atomic_write_bytes(out / "test_perturbed.txt", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(out / PERTURBED_LIST, ("\n".join(lines) + "\n").encode())
+    table.attrs["perturbed_now"] = redone
     return table
+
+
+def check_missing(tables: dict[str, pd.DataFrame], root: Path, max_missing: float) -> dict[str, int]:
+    """Count the annotated images that do not exist, per split; stop, with the count and
+    examples, when more than ``max_missing`` (a share) of a split's are gone: before any long work,
+    rather than running on what is left."""
+    counts = {}
+    for split, table in tables.items():
+        missing = [rel for rel in table["relpath"] if not (root / rel).is_file()]
+        counts[split] = len(missing)
+        if len(missing) > max_missing * len(table):
+            raise DataSourceError(
+                f"{root}: {len(missing)} of the {len(table)} images of the {split} annotations are missing "
+                f"({len(missing) / len(table):.1%}, more than data.imaginet.max_missing = {max_missing:.1%}), "
+                f"e.g. {', '.join(missing[:3])}: is data.imaginet.root the dataset root, and is the download complete?")
+    return counts
+
+
+def find_archive(root: Path) -> Path | None:
+    """The packed distribution's first part (``*.7z.001``, or a single ``*.7z``) in ``root``."""
+    parts = sorted(Path(root).glob("*.7z.001")) or sorted(Path(root).glob("*.7z"))
+    return parts[0] if parts else None

@@ -23,6 +23,7 @@ from synthdet.fsutil import DataSourceError, make_owned_dir, write_json
 from synthdet.report import sample_grid
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.stages.source import dataset_folder
 
 STAGE = Stage(
     name="download", notebook="notebooks/01_download.ipynb", module=__name__,
@@ -65,22 +66,21 @@ def run(params: dict) -> Result:
         manifest, extra = download_embedded(Path(paths.DATA) / "embedded", out, cfg.embedded, cfg.seed)
     elif cfg.dataset == "genimage":
         g = cfg.genimage
-        if not g["source"]:
-            raise DataSourceError("data.genimage.source is empty: set it to the folder holding GenImage's archives "
-                                  "(dvc exp run -S data.genimage.source=/path/to/GenImage)")
+        source = dataset_folder("genimage", g)
         checksums = genimage.load_checksums(Path(g["checksums"])) if g.get("checksums") else None
         cache = IndexCache(Path(paths.INDEX_CACHE) / "genimage")
-        manifest = download_genimage(Path(g["source"]), out, g["subsets"],
+        manifest = download_genimage(source, out, g["subsets"],
                                      Path(g["extract_to"]) if g.get("extract_to") else None, checksums,
                                      bool(g.get("verify_extracted", False)), cache)
         extra = {"index_cache": cache.stats()}
     else:
         i = cfg.imaginet
-        if not i["root"]:
-            raise DataSourceError("data.imaginet.root is empty: set it to the ImagiNet dataset root")
         cache = IndexCache(Path(paths.INDEX_CACHE) / "imaginet")
-        manifest = download_imaginet(Path(i["root"]), out, i["annotations"], i["perturb"], cfg.seed, cache)
-        extra = {"index_cache": cache.stats()}
+        manifest, report = download_imaginet(dataset_folder("imaginet", i), out, i["annotations"], i["perturb"],
+                                             cfg.seed, cache,
+                                             Path(i["extract_to"]) if i.get("extract_to") else None,
+                                             float(i.get("max_missing", 0.01)))
+        extra = {"index_cache": cache.stats(), "imaginet": report}
     metrics = {"images": int(len(manifest)), "usable": int((manifest["status"] == "ok").sum()),
                "subsets": int(manifest["subset"].nunique()), "seconds": round(time.perf_counter() - t0, 1), **extra}
     write_json(metrics, Path(paths.metrics_file("download")))
@@ -191,24 +191,71 @@ def download_genimage(source: Path, out: Path, subsets: list[str] | None, extrac
     return manifest
 
 
-def download_imaginet(root: Path, out: Path, annotations: dict[str, str], perturb: dict, seed: int,
-                      cache: IndexCache | None = None) -> pd.DataFrame:
-    """ImagiNet from its root folder and annotation files -> manifest (split = the file's role).
+def imaginet_root(root: Path, extract_to: Path | None = None) -> Path:
+    """The folder ImagiNet's annotation paths are relative to: ``root`` itself, or, when ``root``
+    holds the packed distribution (``imaginet.7z.001 ...``), where it is extracted (resumably;
+    default ``<root>/extracted``), or the one folder the archive put everything in."""
+    archive = imaginet.find_archive(root)
+    if archive is None:
+        return root
+    from synthdet.data import sevenzip
 
-    With ``perturb.enabled`` the test images are replaced by the paper's perturbed copies.
-    ``cache``: only files changed since the last run are decoded and hashed again.
+    dest = extract_to or root / "extracted"
+    sevenzip.extract(archive, dest)
+    tops = [p for p in dest.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return tops[0] if not (dest / "annotations").is_dir() and len(tops) == 1 else dest
+
+
+def download_imaginet(root: Path, out: Path, annotations: dict[str, str | None], perturb: dict, seed: int,
+                      cache: IndexCache | None = None, extract_to: Path | None = None,
+                      max_missing: float = 0.01) -> tuple[pd.DataFrame, dict]:
+    """ImagiNet from its root folder (or its packed 7z distribution) and annotation files ->
+    manifest (split = the file's role) and what was done (perturbation, missing images).
+
+    Every annotation file is read and every listed image looked for before any long work. With
+    ``perturb.enabled`` (``auto``: unless the test list is already a perturbed test set, such as
+    the packed distribution's ``test_all.txt``) the test images are replaced by the paper's
+    perturbed copies, written resumably to ``perturb.out`` (default ``<root>/perturbed_synthdet``,
+    outside DVC's outputs, so an interrupted run resumes). More than ``max_missing`` of a split's
+    images missing or unreadable stops the run. ``cache``: only files changed since the last run
+    are decoded and hashed again.
     """
-    frames = []
+    root = imaginet_root(root, extract_to)
+    tables = {}
     for split_name, rel in annotations.items():
-        ann = imaginet.read_annotations(root / rel)
-        if split_name == "test" and perturb.get("enabled", True):
-            ann = imaginet.build_perturbed(ann, root, out / "perturbed_test", seed, perturb.get("size", 256),
+        if not rel:
+            continue  # a split set to null is not used
+        path = root / rel
+        if not path.is_file():
+            ready = root / "annotations" / "test_all.txt"
+            hint = (f"; the packed distribution's test list is {ready.relative_to(root)}: "
+                    f"-S data.imaginet.annotations.test={ready.relative_to(root)}") if ready.is_file() else ""
+            raise DataSourceError(f"{path}: annotation file for the {split_name} split not found (set "
+                                  f"data.imaginet.annotations.{split_name} to its path under {root}, or to null "
+                                  f"to leave the split out){hint}")
+        tables[split_name] = imaginet.read_annotations(path)
+    missing = imaginet.check_missing(tables, root, max_missing)
+    mode = perturb.get("enabled", "auto")
+    report: dict = {"missing": missing, "test_set": "as listed"}
+    frames = []
+    for split_name, ann in tables.items():
+        bad = ann.iloc[0:0]
+        ready = imaginet.ready_testset(root / annotations[split_name], ann) if split_name == "test" else None
+        if ready and mode is True:
+            raise DataSourceError(f"{root / annotations[split_name]}: {ready}; perturbing it again would crop and "
+                                  "compress every image twice. Set data.imaginet.perturb.enabled to auto (use it as "
+                                  "it is) or false")
+        if split_name == "test" and (mode is True or (mode == "auto" and not ready)):
+            target = Path(perturb["out"]) if perturb.get("out") else root / "perturbed_synthdet"
+            ann = imaginet.build_perturbed(ann, root, target, seed, perturb.get("size", 256),
                                            perturb.get("p_compress", 0.75))
+            report.update(test_set=f"perturbed by synthdet into {target}", perturbed_now=ann.attrs["perturbed_now"])
             bad = ann[ann["status"] != "ok"]
             ann = ann[ann["status"] == "ok"].drop(columns=["status", "error"])
         else:
+            if ready:
+                report["test_set"] = f"used as it is: {ready}"
             ann = ann.assign(path=[(root / r).as_posix() for r in ann["relpath"]])
-            bad = ann.iloc[0:0]
         frames.append(ann.assign(split=split_name))
         if len(bad):
             frames.append(bad.assign(split=split_name, path=bad["source_path"]))
@@ -218,9 +265,16 @@ def download_imaginet(root: Path, out: Path, annotations: dict[str, str], pertur
     if cache is not None:
         cache.save()
     manifest = pd.concat([table.reset_index(drop=True), pd.DataFrame(files)], axis=1)
+    for split_name, g in manifest.groupby("split"):
+        broken = g[g["status"] != "ok"]
+        if len(broken) > max_missing * len(g):
+            raise DataSourceError(
+                f"{root}: {len(broken)} of the {len(g)} images of the {split_name} split are missing or unreadable "
+                f"({len(broken) / len(g):.1%}, more than data.imaginet.max_missing = {max_missing:.1%}), e.g. "
+                + "; ".join(f"{p} ({s})" for p, s in zip(broken["path"][:3], broken["status"][:3], strict=True)))
     manifest["subset"] = manifest["content"]
     manifest["group"] = manifest["relpath"]
     manifest["source"] = manifest["generator"]
     manifest = normalise(manifest)
     write_manifest(manifest, out / "manifest.parquet")
-    return manifest
+    return manifest, report

@@ -1,5 +1,6 @@
 """The table runs: each trains one detector on one training subset with one seed, then scores
-every clean test image of every subset and the degraded test images of its own subset.
+every clean test image of every subset and, where table 3 reads them, the degraded test images
+of its own subset.
 
 Three families, each a DVC matrix stage:
 - ``xgen``: every model of ``tables.xgen_models`` x every subset of ``tables.subsets`` (GenImage's
@@ -42,17 +43,18 @@ class Family:
     subset: str
     budget: str
     extra_params: tuple[str, ...]
-    degraded: bool  # score the degraded test images of the training subset too
+    degraded: str  # which runs also score their training subset's degraded test images (table 3):
+    # "always", "train_subset" (only the run on tables.train_subset) or "never"
 
 
 FAMILIES = {
     "xgen": Family("xgen", (("model", "tables.xgen_models"), ("subset", "tables.subsets"), ("seed", "tables.seeds")),
-                   "${item.model}", "${item.subset}", FULL, (), True),
+                   "${item.model}", "${item.subset}", FULL, ("tables.train_subset",), "train_subset"),
     "zoo": Family("zoo", (("model", "tables.detectors"), ("seed", "tables.seeds")),
-                  "${item.model}", "${tables.train_subset}", FULL, ("tables.train_subset",), True),
+                  "${item.model}", "${tables.train_subset}", FULL, ("tables.train_subset",), "always"),
     "ablate": Family("ablate", (("budget", "tables.class_budgets"), ("seed", "tables.seeds")),
                      "${tables.ablation_model}", "${tables.train_subset}", "${item.budget}",
-                     ("tables.train_subset", "tables.ablation_model"), False),
+                     ("tables.train_subset", "tables.ablation_model"), "never"),
 }
 
 
@@ -80,6 +82,7 @@ class Config:
     num_workers: int | str
     device: str
     debias: dict
+    train_subset: str  # tables.train_subset: the runs that feed table 3
 
     @classmethod
     def from_params(cls, params: dict, family: str, seed: int, model: str | None = None, subset: str | None = None,
@@ -96,7 +99,8 @@ class Config:
                              "set the notebook's parameters (papermill -p model ... -p subset ...)")
         return cls(family, str(model), str(subset), int(seed), str(budget or FULL), dict(p["train"]),
                    dict((tables["model_kwargs"] or {}).get(model, {})), int(p["evaluate"]["batch_size"]),
-                   workers_param(p["evaluate"]["num_workers"]), str(p["device"]), dict(p["data"]["debias"] or {}))
+                   workers_param(p["evaluate"]["num_workers"]), str(p["device"]), dict(p["data"]["debias"] or {}),
+                   str(tables["train_subset"]))
 
     @property
     def name(self) -> str:
@@ -113,7 +117,8 @@ def run(params: dict, family: str, seed: int, model: str | None = None, subset: 
                                cfg.model_kwargs, class_budget, cfg.device, cfg.debias)
     table = pd.read_parquet(paths.DEGRADED)
     keep = table["condition"] == "clean"
-    if FAMILIES[cfg.family].degraded:
+    degraded = FAMILIES[cfg.family].degraded
+    if degraded == "always" or (degraded == "train_subset" and cfg.subset == cfg.train_subset):
         keep |= True if cfg.subset == "all" else table["subset"] == cfg.subset
     table = score_table(out / "detector.pt", table[keep], cfg.batch_size, cfg.num_workers, cfg.device)
     classes = set(result["train_classes"])

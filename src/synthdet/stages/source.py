@@ -36,6 +36,19 @@ class Config:
         return cls(d["name"], dict(d["genimage"]), dict(d["imaginet"]))
 
 
+SOURCE_KEYS = {"genimage": ("source", "the folder holding GenImage's archives"),
+               "imaginet": ("root", "the ImagiNet dataset root (or the folder of its split 7z)")}
+
+
+def dataset_folder(dataset: str, settings: dict) -> Path:
+    """``data.genimage.source`` / ``data.imaginet.root``; refused when empty, naming the key to set."""
+    key, what = SOURCE_KEYS[dataset]
+    if not settings[key]:
+        raise DataSourceError(f"data.{dataset}.{key} is empty: set it to {what} "
+                              f"(dvc exp run -S data.{dataset}.{key}=/path/to/it)")
+    return Path(settings[key])
+
+
 def fingerprint(cfg: Config) -> dict:
     """The dataset's source state (the embedded benchmark's is ``data/``, a dependency of its own).
     The dataset modules are imported only when used: the default run then starts no torch."""
@@ -43,19 +56,15 @@ def fingerprint(cfg: Config) -> dict:
         from synthdet.datasets import genimage
 
         g = cfg.genimage
-        if not g["source"]:
-            raise DataSourceError("data.genimage.source is empty: set it to the folder holding GenImage's archives "
-                                  "(dvc exp run -S data.genimage.source=/path/to/GenImage)")
         checksums = Path(g["checksums"]) if g.get("checksums") else None
-        return {"dataset": "genimage", "subsets": genimage.source_fingerprint(Path(g["source"]), g["subsets"],
-                                                                               checksums)}
+        return {"dataset": "genimage", "subsets": genimage.source_fingerprint(dataset_folder("genimage", g),
+                                                                               g["subsets"], checksums)}
     if cfg.dataset == "imaginet":
         from synthdet.datasets import imaginet
 
         i = cfg.imaginet
-        if not i["root"]:
-            raise DataSourceError("data.imaginet.root is empty: set it to the ImagiNet dataset root")
-        return {"dataset": "imaginet", "splits": imaginet.source_fingerprint(Path(i["root"]), i["annotations"])}
+        return {"dataset": "imaginet",
+                "splits": imaginet.source_fingerprint(dataset_folder("imaginet", i), i["annotations"])}
     return {"dataset": cfg.dataset, "note": "data/ (data.dvc) is a dependency of the download stage itself"}
 
 
