@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import struct
 import subprocess
 import zlib
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
-from PIL import Image
+# Under `pytest -n N` (make test: N = 2 on 2 cores) every worker, and every DVC / papermill process
+# it starts, gets one intra-op thread: N processes of 2 OpenMP threads each on 2 cores spin-wait on
+# each other and run far slower than N times one thread. Set before torch is imported.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
 
-from synthdet.datasets.embedded.generators.dcgan import DCGANGenerator
-from synthdet.datasets.embedded.generators.pretrained import EyeGenerator
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    torch.set_num_threads(1)  # in case torch was imported before this file
+from PIL import Image  # noqa: E402
+
+from synthdet.datasets.embedded.generators.dcgan import DCGANGenerator  # noqa: E402
+from synthdet.datasets.embedded.generators.pretrained import EyeGenerator  # noqa: E402
 
 
 def noise_image(seed: int, size: tuple[int, int] = (96, 72), mode: str = "RGB") -> Image.Image:

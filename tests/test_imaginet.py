@@ -126,6 +126,8 @@ def test_a_ready_perturbed_test_set_is_never_perturbed_again(tmp_path):
     assert not (root / "perturbed_synthdet").exists()
     with pytest.raises(DataSourceError, match="perturbing it again would crop and compress every image twice"):
         download_imaginet(root, tmp_path / "out", cfg, {"enabled": True}, seed=0)
+    with pytest.raises(ValueError, match="perturb.enabled must be true, false or auto, not 'always'"):
+        download_imaginet(root, tmp_path / "out", cfg, {"enabled": "always"}, seed=0)
     # our own output, listed again as a test set, is refused the same way
     first = build_perturbed(read_annotations(root / "annotations/test_annotations.txt"), root, root / "mine", seed=0)
     assert first.attrs["perturbed_now"] == 8

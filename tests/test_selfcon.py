@@ -178,3 +178,38 @@ def test_calibration_augmentations_follow_the_paper():
     assert 0.44 < perturbed / n < 0.56
     assert 0.22 < first["resized"] / perturbed < 0.38  # 30% of the perturbed
     assert 0.35 < first["resized_then_compressed"] / first["resized"] < 0.65
+
+
+def _baseline_rows(root, n=8):
+    """Real and fake images of two families and contents, 40-56 px: a manifest's columns."""
+    from tests.conftest import noise_image
+
+    rows = []
+    for i in range(n):
+        label = i % 2
+        path = root / f"{i}.png"
+        noise_image(50 + i, (40 + 2 * i, 56 - i)).save(path)
+        rows.append({"path": str(path), "label": label, "family": ("gan", "diffusion")[i // 2 % 2] if label else "real",
+                     "generator": "g" if label else "real"})
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def test_the_baseline_trains_in_two_stages_deterministically(tmp_path):
+    from synthdet.baseline import BaselineConfig, predict_both, train_baseline
+
+    rows = _baseline_rows(tmp_path)
+    cfg = BaselineConfig(crop=32, calibration_size=32, batch_size=8, epochs=2, warmup_epochs=1, calibration_epochs=2,
+                         calibration_batch_size=8)
+    detector, info = train_baseline(rows, rows, cfg)
+    assert info["model_classes"] == ["diffusion", "gan"]
+    assert [h["epoch"] for h in info["pretraining"]] == [1, 2] and len(info["calibration"]) == 2
+    assert all(math.isfinite(h["selfcon_loss"]) and h["selfcon_loss"] > 0 for h in info["pretraining"])
+    assert all(math.isfinite(h["origin_loss"]) and math.isfinite(h["model_loss"]) for h in info["calibration"])
+    assert not any(p.requires_grad for p in detector.net.backbone.parameters())  # stage 2 trains the heads only
+    scored = predict_both(detector, rows, size=32)
+    assert len(scored) == 8 and scored["p_synthetic"].between(0, 1).all() and set(scored["model_class"]) <= {0, 1}
+    again, _ = train_baseline(rows, rows, cfg)
+    assert torch.equal(predict_both(again, rows, size=32)["p_synthetic"].pipe(torch.tensor),
+                       scored["p_synthetic"].pipe(torch.tensor))

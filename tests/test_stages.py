@@ -97,7 +97,7 @@ LAYERS = [  # a module may import its own layer and those below it, never above
     {"fsutil", "seeding", "codegraph"},
     {"data", "degrade", "metrics"},
     {"datasets", "detectors"},
-    {"training", "predict"},
+    {"training", "predict", "baseline"},
     {"tables", "report", "audit"},
     {"stages"},
     {"cli"},

@@ -236,6 +236,8 @@ def download_imaginet(root: Path, out: Path, annotations: dict[str, str | None],
         tables[split_name] = imaginet.read_annotations(path)
     missing = imaginet.check_missing(tables, root, max_missing)
     mode = perturb.get("enabled", "auto")
+    if mode not in (True, False, "auto"):
+        raise ValueError(f"data.imaginet.perturb.enabled must be true, false or auto, not {mode!r}")
     report: dict = {"missing": missing, "test_set": "as listed"}
     frames = []
     for split_name, ann in tables.items():
