@@ -113,7 +113,7 @@ def pretrain(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig,
             loss.backward()
             opt.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         history.append({"epoch": epoch + 1, "selfcon_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]})
     return history
 
@@ -139,11 +139,11 @@ def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig
             with torch.no_grad():
                 features = backbone(x)
             loss = F.cross_entropy(detector.origin_head(features), origin)
-            totals["origin_loss"].append(float(loss))
+            totals["origin_loss"].append(loss.item())
             synthetic = model >= 0
             if synthetic.any():
                 model_loss = F.cross_entropy(detector.model_head(features[synthetic]), model[synthetic])
-                totals["model_loss"].append(float(model_loss))
+                totals["model_loss"].append(model_loss.item())
                 loss = loss + model_loss
             opt.zero_grad()
             loss.backward()
