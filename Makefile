@@ -47,7 +47,7 @@ genimage: data
 	$(BIN)/synthdet profile genimage -S data.genimage.source=$(abspath $(SOURCE)) $(ARGS)
 
 imaginet: data
-	@test -n "$(SOURCE)" || { echo "usage: make imaginet SOURCE=/path/to/ImagiNet (the dataset root)"; exit 2; }
+	@test -n "$(SOURCE)" || { echo "usage: make imaginet SOURCE=/path/to/ImagiNet (the dataset root, or the folder of its split 7z) [ARGS=\"-S key=value\"]"; exit 2; }
 	$(BIN)/synthdet profile imaginet -S data.imaginet.root=$(abspath $(SOURCE)) $(ARGS)
 
 lab: setup
