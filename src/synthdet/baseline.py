@@ -30,9 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from synthdet.data.augment import calibration_augment, train_augment
+from synthdet.data.augment import calibration_augment, pad_if_needed, train_augment
 from synthdet.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from synthdet.data.imageio import load_rgb
 from synthdet.detectors.selfcon import SelfConDetector, imaginet_pretraining_loss, update_bn_statistics
@@ -69,8 +70,8 @@ class AugmentedRows(Dataset):
         self.origin = rows["label"].astype(int).tolist()
         self.model = [model_index.get(m, -1) for m in rows[model_labels]]
         self.augment, self.size, self.seed, self.epoch = augment, size, seed, 0
-        mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        self.normalise = lambda x: (x - mean) / std
+        self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -78,8 +79,7 @@ class AugmentedRows(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         img: Image.Image = load_rgb(self.paths[i])
         out, _ = self.augment(img, rng_for(self.seed, "baseline", str(self.epoch), self.paths[i]), self.size)
-        x = torch.from_numpy(np.asarray(out, dtype=np.float32).transpose(2, 0, 1).copy()) / 255.0
-        return self.normalise(x), self.origin[i], self.model[i]
+        return self.to_tensor(out), self.origin[i], self.model[i]
 
 
 def model_classes(rows: pd.DataFrame, model_labels: str) -> list[str]:
@@ -96,8 +96,7 @@ def pretrain(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig,
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size,
                         generator=torch.Generator().manual_seed(cfg.seed))
     net = detector.net
-    params = [*net.backbone.parameters(), *net.head.parameters(), *net.sub_head.parameters()]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps, warmup = cfg.epochs * len(loader), min(cfg.warmup_epochs, cfg.epochs) * len(loader)
     schedule = torch.optim.lr_scheduler.SequentialLR(opt, [
         torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / max(1, warmup), total_iters=max(1, warmup)),
@@ -164,18 +163,19 @@ def train_baseline(train_rows: pd.DataFrame, calibration_rows: pd.DataFrame, cfg
     return detector, {"model_classes": classes, "pretraining": stage1, "calibration": stage2}
 
 
+def centre_crop(img: Image.Image, rng: np.random.Generator, size: int) -> tuple[Image.Image, list]:  # noqa: ARG001
+    """The test-time view: reflection-padded if smaller, then the central ``size`` square (the
+    augmentations' signature, with nothing random)."""
+    img = pad_if_needed(img, size)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size)), []
+
+
 @torch.no_grad()
 def predict_both(detector: SelfConDetector, rows: pd.DataFrame, size: int, batch_size: int = 64) -> pd.DataFrame:
     """Both tracks for test rows (no augmentation: a centre crop of ``size``, padded if smaller):
     p(synthetic) and the most likely model class index."""
-    def centre(img: Image.Image, rng: np.random.Generator, side: int) -> tuple[Image.Image, list]:  # noqa: ARG001
-        from synthdet.data.augment import pad_if_needed
-
-        img = pad_if_needed(img, side)
-        left, top = (img.width - side) // 2, (img.height - side) // 2
-        return img.crop((left, top, left + side, top + side)), []
-
-    data = AugmentedRows(rows.assign(**{"_m": ""}), {}, centre, size, 0, "_m")
+    data = AugmentedRows(rows.assign(**{"_m": ""}), {}, centre_crop, size, 0, "_m")
     detector.eval()
     probs, models = [], []
     for x, _, _ in DataLoader(data, batch_size=batch_size):
