@@ -149,7 +149,7 @@ def test_missing_images_and_files_stop_before_any_long_work(tmp_path):
     cfg["calibration"] = None  # left out
     ann = read_annotations(root / "annotations/train_annotations.txt")
     (root / ann.relpath.iloc[0]).unlink()
-    with pytest.raises(DataSourceError, match=r"1 of the 8 images of the train annotations are missing \(12.5%.*e\.g\. "
+    with pytest.raises(DataSourceError, match=r"1 of the 8 images of the train split are missing \(12.5%.*e\.g\. "
                                               + ann.relpath.iloc[0]):
         download_imaginet(root, tmp_path / "out", cfg, {"enabled": True}, seed=0)
     assert not (root / "perturbed_synthdet").exists()

@@ -84,6 +84,15 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     variant = pd.read_parquet(ws / "artifacts/audit/biased_variant_manifest.parquet")
     assert set(variant.loc[variant["label"] == 0, "jpeg_quality"]) == {96}
     assert set(variant.loc[variant["label"] == 1, "format"]) == {"PNG"}
+    # ImagiNet's tracks on the embedded benchmark, written in ImagiNet's format and read back
+    codes = json.loads((ws / "artifacts/imaginet/data/dataset/annotations/codes.json").read_text())
+    assert set(codes["family"].values()) == {"gan", "vae", "vq", "diffusion", "real"}
+    tracks = json.loads((ws / "metrics/imaginet.json").read_text())
+    assert set(tracks["table3"]) == {"selfcon"}
+    assert set(tracks["table3"]["selfcon"]) == {"gan", "vae", "vq", "diffusion", "Mean"}
+    assert set(tracks["table7"]["acc"]) == {"gan", "vae", "vq", "diffusion", "Mean"}
+    assert set(tracks["figure4"]) == {"jpeg_q50", "zoom_r0.5"} and set(tracks["figure3"]) == {"photos"}
+    assert {"selfcon (resnet18)", "npr"} <= set(tracks["table6_ms_per_image"])
     first = (ws / "dvc.lock").read_text()
 
     again = _dvc(ws, "repro")  # only the source check runs (it always does); nothing else, nothing changes
@@ -189,7 +198,11 @@ def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:
     data = make_embedded_data(tmp_path / "fabricated" / "embedded")
     small = {"train": {"input_size": 32, "epochs": 1, "batch_size": 8, "num_workers": 0, "pretrained": False},
              "evaluate": {"batch_size": 32, "num_workers": 0, "n_bootstrap": 20},
-             "tables": {"detectors": ["npr"], "n_bootstrap": 20}, "audit": {"min_images_per_label": 10}}
+             "tables": {"detectors": ["npr"], "n_bootstrap": 20}, "audit": {"min_images_per_label": 10},
+             "imaginet": {**load_profile("smoke", ROOT / "profiles")["imaginet"], "methods": ["selfcon"],
+                          "max_train_images": None, "loco": {"contents": ["faces"], "train_images": 8, "epochs": 1},
+                          "timing": {"size": 64, "repeats": 1, "detectors": ["npr"]}}}
+    small["imaginet"]["baseline"] = {**small["imaginet"]["baseline"], "nodown": False, "calibration_size": 64}
     ws = make_workspace(tmp_path / "ws", deep_update(deep_update(load_profile(profile, ROOT / "profiles"), small),
                                                      overrides), data=data.parent, copy_data=True)
     _dvc(ws, "add", "data")
@@ -228,6 +241,10 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     tables = json.loads((ws / "metrics/tables.json").read_text())
     assert tables["runs"] == 2 + 1 + 1  # resnet50 on both subsets, npr on sdv4, one class budget
     assert set(tables["training_size"]) == {"2x2", "full"} and tables["content_acc"] == {}
+    tracks = json.loads((ws / "metrics/imaginet.json").read_text())  # ImagiNet's tracks on GenImage: photos only,
+    assert "figure3" not in tracks and "Mean" in tracks["table3"]["selfcon"]  # so no content type to leave out
+    skipped = json.loads((ws / "artifacts/imaginet/loco/faces/metrics.json").read_text())["skipped"]
+    assert skipped.startswith("the data has no 'faces' images")
     evaluate = json.loads((ws / "metrics/evaluate.json").read_text())
     assert set(evaluate["clean"]) == {*subsets, "mean"} and "jpeg_q30" in evaluate
     assert download["index_cache"] == {"cached": 0, "decoded": download["images"]}
@@ -238,6 +255,19 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     assert all(audit["bias_scores"]["as stored"][s]["metadata_auc"] > 0.9 for s in subsets)
     assert set(audit["counterfactual_acc_change"]["as stored"]) == {"fakes_jpeg_q75"}
     assert "bias_recovery" not in audit
+
+    # a re-downloaded part (same bytes, new mtime): the source check sees it, `dvc status` then reports
+    # the download stage changed, and its rerun decodes no image again (the index cache)
+    part = sorted(source.glob(f"{subsets[0]}.z*"))[0]
+    os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 10**9))
+    assert "download" not in json.loads(_dvc(ws, "status", "--json").stdout)  # DVC cannot see outside
+    _dvc(ws, "repro", "-s", "source")
+    changed = json.loads(_dvc(ws, "status", "--json").stdout)["download"]
+    assert {"changed deps": {"artifacts/source/fingerprint.json": "modified"}} in changed
+    rerun = _dvc(ws, "repro").stdout
+    assert re.findall(r"Running stage '([^']+)'", rerun) == ["source", "download"]  # same manifest: no more
+    again = json.loads((ws / "metrics/download.json").read_text())
+    assert again["index_cache"] == {"cached": download["images"], "decoded": 0}
 
     # the debiased protocol: reals kept only at JPEG q96, fakes compressed at 96, images in the size
     # window, centre-cropped, balanced per class; the train stage and every table run train that way
@@ -256,19 +286,6 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     assert debiased_run["train_images"].iloc[0] == debiased["train_images_per_label"]
     assert plain_run["train_images"].iloc[0] == plain["train_images_per_label"]
     assert len(debiased_run) == len(plain_run)  # the test set is left as it is
-
-    # a re-downloaded part (same bytes, new mtime): the source check sees it, `dvc status` then reports
-    # the download stage changed, and its rerun decodes no image again (the index cache)
-    part = sorted(source.glob(f"{subsets[0]}.z*"))[0]
-    os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 10**9))
-    assert "download" not in json.loads(_dvc(ws, "status", "--json").stdout)  # DVC cannot see outside
-    _dvc(ws, "repro", "-s", "source")
-    changed = json.loads(_dvc(ws, "status", "--json").stdout)["download"]
-    assert {"changed deps": {"artifacts/source/fingerprint.json": "modified"}} in changed
-    rerun = _dvc(ws, "repro").stdout
-    assert "Running stage 'download'" in rerun and "Running stage 'split'" not in rerun  # same manifest
-    again = json.loads((ws / "metrics/download.json").read_text())
-    assert again["index_cache"] == {"cached": download["images"], "decoded": 0}
     shutil.rmtree(ws)
 
 
@@ -288,6 +305,9 @@ def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
     assert tables["runs"] == 2 + 1  # resnet50 on two of the four content types, npr on all four
     assert set(tables["detectors_avg_acc"]) == {"npr"} and tables["training_size"] == {}
     assert 0 <= tables["degradation_avg_acc"]["npr"] <= 1
+    tracks = json.loads((ws / "metrics/imaginet.json").read_text())  # ImagiNet's own codes and families
+    assert set(tracks["table3"]["selfcon"]) == {"gan", "sd", "dalle3", "Mean"}
+    assert set(tracks["table7"]["acc"]) == {"gan", "sd", "dalle3", "Mean"} and set(tracks["figure3"]) == {"faces"}
     if SEVEN_ZIP:  # (tests/test_imaginet.py says when it is missing)
         # the packed distribution: a split 7z holding the sources and the ready WebP test set listed in
         # test_all.txt; the ingest stages extract it and use that test set as it is

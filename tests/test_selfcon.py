@@ -205,7 +205,7 @@ def test_the_baseline_trains_in_two_stages_deterministically(tmp_path):
     detector, info = train_baseline(rows, rows, cfg)
     assert info["model_classes"] == ["diffusion", "gan"]
     assert [h["epoch"] for h in info["pretraining"]] == [1, 2] and len(info["calibration"]) == 2
-    assert all(math.isfinite(h["selfcon_loss"]) and h["selfcon_loss"] > 0 for h in info["pretraining"])
+    assert all(math.isfinite(h["loss"]) and h["loss"] > 0 for h in info["pretraining"])
     assert all(math.isfinite(h["origin_loss"]) and math.isfinite(h["model_loss"]) for h in info["calibration"])
     assert not any(p.requires_grad for p in detector.net.backbone.parameters())  # stage 2 trains the heads only
     scored = predict_both(detector, rows, size=32)

@@ -42,14 +42,18 @@ def test_a_hand_edit_of_dvc_yaml_is_caught(tmp_path, monkeypatch, capsys):
     assert "+    - src/synthdet/metrics.py" in captured.out and "never edit it by hand" in captured.err
 
 
+MATRIX_ITEMS = {"seed": 0, "model": "resnet50", "subset": "ldm", "budget": "2x20", "method": "selfcon",
+                "content": "photos"}  # one value of every matrix item, to build a matrix stage's config
+
+
 def _configs(params: dict) -> list:
     out = []
     for stage in table.all_stages():
         module = __import__(stage.module, fromlist=["Config"])
         view = select(params, stage.params)
         if stage.matrix:
-            out.append(module.Config.from_params(view, stage.name, seed=0, model="resnet50", subset="ldm",
-                                                 budget="2x20"))
+            items = {name: MATRIX_ITEMS[name] for name, _ in stage.matrix}
+            out.append(module.Config.from_params(view, stage.name, **items))
         else:
             out.append(module.Config.from_params(view))
     return out
@@ -98,7 +102,7 @@ LAYERS = [  # a module may import its own layer and those below it, never above
     {"data", "degrade", "metrics"},
     {"datasets", "detectors"},
     {"training", "predict", "baseline"},
-    {"tables", "report", "audit"},
+    {"tables", "report", "audit", "imaginet_tracks", "imaginet_plots", "relational"},
     {"stages"},
     {"cli"},
 ]

@@ -14,14 +14,24 @@ Training Details"), on manifest rows of any dataset.
 
 Model labels are ``family`` by default (ImagiNet's GAN / SD / Midjourney / DALL-E 3; the embedded
 benchmark's gan / vae / vq / diffusion) or ``generator`` (ImagiNet's 8 specific generators).
-Gradient caching (the paper's way to fit batch 200 at full resolution on a GPU) is not needed at
-the sizes this repository runs and is not implemented.
+Gradient caching (the paper's way to fit batch 200 at full resolution on a GPU) is not
+implemented: a batch that does not fit needs a smaller ``batch_size`` (SelfCon's loss is over the
+batch, so that changes the objective, and the metrics record the batch size used).
+
+Table 3's comparison rows trained here, on the same data, crops and backbone, with cross-entropy
+(:func:`train_cross_entropy`): ``grag2021`` (Gragnaniello et al. 2021: random crops and flips)
+and ``corvi2022`` (Corvi et al. 2022: the same with blur and compression augmentation, here
+ImagiNet's training augmentation). Their published weights are not used, and these rows are not
+the papers' models.
 """
 
 from __future__ import annotations
 
+import io
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,11 +43,20 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from synthdet.data.augment import calibration_augment, pad_if_needed, train_augment
+from synthdet.data.augment import apply_condition, calibration_augment, crop_augment, pad_if_needed, train_augment
 from synthdet.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from synthdet.data.imageio import load_rgb
-from synthdet.detectors.selfcon import SelfConDetector, imaginet_pretraining_loss, update_bn_statistics
+from synthdet.detectors.selfcon import (
+    CrossEntropyNet,
+    SelfConDetector,
+    imaginet_pretraining_loss,
+    update_bn_statistics,
+)
+from synthdet.fsutil import atomic_write_bytes
 from synthdet.seeding import rng_for, seed_everything
+
+METHODS = ("selfcon", "grag2021", "corvi2022")  # ImagiNet's baseline, then the cross-entropy rows
+CE_AUGMENT = {"grag2021": crop_augment, "corvi2022": train_augment}
 
 
 @dataclass(frozen=True)
@@ -57,7 +76,17 @@ class BaselineConfig:
     calibration_batch_size: int = 64
     model_labels: str = "family"  # family | generator
     sub_block: int = 2
+    backbone: str = "resnet50"  # a timm ResNet
+    nodown: bool = True  # no early downsampling (the paper's); false: the CPU budget's
     seed: int = 0
+
+    @classmethod
+    def from_params(cls, params: dict, seed: int) -> BaselineConfig:
+        """From ``imaginet.baseline`` (every field but the seed); an unknown key is an error naming it."""
+        known = {f.name for f in fields(cls)} - {"seed"}
+        if unknown := sorted(set(params) - known):
+            raise ValueError(f"imaginet.baseline: unknown keys {unknown} (known: {sorted(known)})")
+        return cls(**params, seed=seed)
 
 
 class AugmentedRows(Dataset):
@@ -87,15 +116,12 @@ def model_classes(rows: pd.DataFrame, model_labels: str) -> list[str]:
     return sorted(rows.loc[rows["label"] == 1, model_labels].astype(str).unique())
 
 
-def pretrain(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig,
-             classes: list[str]) -> list[dict]:
-    """Stage 1 on the training rows; the loss per epoch."""
-    seed_everything(cfg.seed)
-    data = AugmentedRows(rows, {c: k for k, c in enumerate(classes)}, train_augment, cfg.crop, cfg.seed,
-                         cfg.model_labels)
+def _sgd_epochs(net: nn.Module, data: AugmentedRows, cfg: BaselineConfig,
+                loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], desc: str,
+                device: torch.device) -> list[dict]:
+    """Stage 1's optimisation: SGD with momentum, linear warm-up then cosine annealing, per step."""
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size,
                         generator=torch.Generator().manual_seed(cfg.seed))
-    net = detector.net
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps, warmup = cfg.epochs * len(loader), min(cfg.warmup_epochs, cfg.epochs) * len(loader)
     schedule = torch.optim.lr_scheduler.SequentialLR(opt, [
@@ -106,25 +132,38 @@ def pretrain(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig,
     for epoch in range(cfg.epochs):
         data.epoch = epoch
         losses = []
-        for x, origin, model in tqdm(loader, desc=f"selfcon {epoch + 1}/{cfg.epochs}", leave=False):
-            loss = imaginet_pretraining_loss(net(x), origin, model, cfg.temperature)
+        for x, origin, model in tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False):
+            loss = loss_fn(x.to(device), origin.to(device), model.to(device))
             opt.zero_grad()
             loss.backward()
             opt.step()
             schedule.step()
             losses.append(loss.item())
-        history.append({"epoch": epoch + 1, "selfcon_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]})
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]})
+    net.eval()
     return history
 
 
-def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig, classes: list[str]) -> list[dict]:
+def pretrain(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig,
+             classes: list[str], device: torch.device | str = "cpu") -> list[dict]:
+    """Stage 1 on the training rows; the SelfCon loss per epoch."""
+    seed_everything(cfg.seed)
+    data = AugmentedRows(rows, {c: k for k, c in enumerate(classes)}, train_augment, cfg.crop, cfg.seed,
+                         cfg.model_labels)
+    net = detector.net
+    return _sgd_epochs(net, data, cfg, lambda x, origin, model: imaginet_pretraining_loss(
+        net(x), origin, model, cfg.temperature), "selfcon", torch.device(device))
+
+
+def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig, classes: list[str],
+              device: torch.device | str = "cpu") -> list[dict]:
     """Stage 2 on the calibration rows: BN statistics, then the origin and model heads."""
     index = {c: k for k, c in enumerate(classes)}
     data = AugmentedRows(rows, index, calibration_augment, cfg.calibration_size, cfg.seed + 1, cfg.model_labels)
     loader = DataLoader(data, batch_size=cfg.calibration_batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
     backbone = detector.net.backbone
-    update_bn_statistics(backbone, (x for x, _, _ in loader))
+    update_bn_statistics(backbone, (x.to(device) for x, _, _ in loader))
     for p in backbone.parameters():
         p.requires_grad_(False)
     heads = nn.ModuleList([detector.origin_head, detector.model_head])
@@ -135,6 +174,7 @@ def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig
         data.epoch = epoch
         totals = {"origin_loss": [], "model_loss": []}
         for x, origin, model in loader:
+            x, origin, model = x.to(device), origin.to(device), model.to(device)
             with torch.no_grad():
                 features = backbone(x)
             loss = F.cross_entropy(detector.origin_head(features), origin)
@@ -153,14 +193,33 @@ def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig
 
 
 def train_baseline(train_rows: pd.DataFrame, calibration_rows: pd.DataFrame, cfg: BaselineConfig,
-                   pretrained: bool | str = False) -> tuple[SelfConDetector, dict]:
+                   pretrained: bool | str = False, device: torch.device | str = "cpu") -> tuple[SelfConDetector, dict]:
     """Both stages; the calibrated detector and what happened (losses, classes)."""
     classes = model_classes(pd.concat([train_rows, calibration_rows]), cfg.model_labels)
     seed_everything(cfg.seed)
-    detector = SelfConDetector(pretrained=pretrained, n_models=len(classes), sub_block=cfg.sub_block)
-    stage1 = pretrain(detector, train_rows, cfg, classes)
-    stage2 = calibrate(detector, calibration_rows, cfg, classes)
-    return detector, {"model_classes": classes, "pretraining": stage1, "calibration": stage2}
+    detector = SelfConDetector(pretrained=pretrained, n_models=len(classes), sub_block=cfg.sub_block,
+                               backbone=cfg.backbone, nodown=cfg.nodown).to(device)
+    t0 = time.perf_counter()
+    stage1 = pretrain(detector, train_rows, cfg, classes, device)
+    t1 = time.perf_counter()
+    stage2 = calibrate(detector, calibration_rows, cfg, classes, device)
+    return detector, {"model_classes": classes, "pretraining": stage1, "calibration": stage2,
+                      "seconds": {"pretraining": round(t1 - t0, 1), "calibration": round(time.perf_counter() - t1, 1)}}
+
+
+def train_cross_entropy(train_rows: pd.DataFrame, cfg: BaselineConfig, method: str, pretrained: bool | str = False,
+                        device: torch.device | str = "cpu") -> tuple[CrossEntropyNet, dict]:
+    """A comparison row of Table 3: the same backbone, crops, optimiser and schedule as stage 1,
+    trained with cross-entropy on the origin labels, with ``method``'s augmentation (``CE_AUGMENT``)."""
+    if method not in CE_AUGMENT:
+        raise ValueError(f"no cross-entropy method {method!r} (known: {sorted(CE_AUGMENT)})")
+    seed_everything(cfg.seed)
+    net = CrossEntropyNet(pretrained, backbone=cfg.backbone, nodown=cfg.nodown).to(device)
+    data = AugmentedRows(train_rows, {}, CE_AUGMENT[method], cfg.crop, cfg.seed, "label")
+    t0 = time.perf_counter()
+    history = _sgd_epochs(net, data, cfg, lambda x, origin, _: F.cross_entropy(net(x), origin), method,
+                          torch.device(device))
+    return net, {"pretraining": history, "seconds": {"training": round(time.perf_counter() - t0, 1)}}
 
 
 def centre_crop(img: Image.Image, rng: np.random.Generator, size: int) -> tuple[Image.Image, list]:  # noqa: ARG001
@@ -171,16 +230,62 @@ def centre_crop(img: Image.Image, rng: np.random.Generator, size: int) -> tuple[
     return img.crop((left, top, left + size, top + size)), []
 
 
+def test_view(condition: str, size: int) -> Callable:
+    """A test condition (``clean``, ``jpeg_q<q>``, ``zoom_r<r>``: :func:`~synthdet.data.augment.apply_condition`),
+    then the centre crop of ``size`` every test image goes through."""
+    def view(img: Image.Image, rng: np.random.Generator, size: int = size) -> tuple[Image.Image, list]:
+        return centre_crop(apply_condition(img, condition, size), rng, size)
+    return view
+
+
 @torch.no_grad()
-def predict_both(detector: SelfConDetector, rows: pd.DataFrame, size: int, batch_size: int = 64) -> pd.DataFrame:
-    """Both tracks for test rows (no augmentation: a centre crop of ``size``, padded if smaller):
-    p(synthetic) and the most likely model class index."""
-    data = AugmentedRows(rows.assign(**{"_m": ""}), {}, centre_crop, size, 0, "_m")
+def predict_both(detector: SelfConDetector | CrossEntropyNet, rows: pd.DataFrame, size: int, batch_size: int = 64,
+                 condition: str = "clean", classes: list[str] | None = None, features: bool = False,
+                 device: torch.device | str = "cpu") -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
+    """Both tracks for test rows under ``condition`` (no augmentation: a centre crop of ``size``,
+    padded if smaller): p(synthetic), and for a detector with a model head the most likely model
+    class and every class's probability (``p_<class>`` columns, ``classes`` names them). With
+    ``features`` also the backbone's pooled features (Figure 2's input)."""
+    data = AugmentedRows(rows.assign(**{"_m": ""}), {}, test_view(condition, size), size, 0, "_m")
     detector.eval()
-    probs, models = [], []
+    probs, models, pooled = [], [], []
+    has_model_head = isinstance(detector, SelfConDetector)
     for x, _, _ in DataLoader(data, batch_size=batch_size):
-        features = detector.net.features(x)
-        probs.append(torch.softmax(detector.origin_head(features), dim=1)[:, 1])
-        models.append(detector.model_head(features).argmax(dim=1))
-    return pd.DataFrame({"path": rows["path"].tolist(), "p_synthetic": torch.cat(probs).numpy(),
-                         "model_class": torch.cat(models).numpy()})
+        x = x.to(device)
+        f = detector.net.features(x) if has_model_head else detector.features(x)
+        origin = detector.origin_head(f) if has_model_head else detector.fc(f)
+        probs.append(torch.softmax(origin, dim=1)[:, 1])
+        if has_model_head:
+            models.append(torch.softmax(detector.model_head(f), dim=1))
+        if features:
+            pooled.append(f)
+    out = pd.DataFrame({"path": rows["path"].tolist(), "p_synthetic": torch.cat(probs).cpu().numpy()})
+    if has_model_head:
+        model_probs = torch.cat(models).cpu().numpy()
+        names = classes or [str(k) for k in range(model_probs.shape[1])]
+        out["model_class"] = model_probs.argmax(axis=1)
+        out["model_pred"] = [names[k] for k in out["model_class"]]
+        for k, name in enumerate(names):
+            out[f"p_{name}"] = model_probs[:, k]
+    return (out, torch.cat(pooled).cpu().numpy()) if features else out
+
+
+def save(net: nn.Module, path: Path, method: str, cfg: BaselineConfig, info: dict) -> None:
+    """A trained method's weights, configuration and classes (read back by :func:`load`)."""
+    buf = io.BytesIO()
+    torch.save({"method": method, "config": asdict(cfg), "model_classes": info.get("model_classes", []),
+                "state_dict": net.state_dict()}, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def load(path: Path) -> tuple[SelfConDetector | CrossEntropyNet, dict]:
+    """A network saved by :func:`save` (weights only: ``weights_only=True``) and its record."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = BaselineConfig(**saved["config"])
+    if saved["method"] == "selfcon":
+        net: nn.Module = SelfConDetector(n_models=len(saved["model_classes"]), sub_block=cfg.sub_block,
+                                         backbone=cfg.backbone, nodown=cfg.nodown)
+    else:
+        net = CrossEntropyNet(backbone=cfg.backbone, nodown=cfg.nodown)
+    net.load_state_dict(saved["state_dict"])
+    return net.eval(), saved

@@ -105,6 +105,38 @@ def train_augment(img: Image.Image, rng: np.random.Generator, size: int = 96) ->
     return rotate_and_flip(img, rng, ops), ops
 
 
+def crop_augment(img: Image.Image, rng: np.random.Generator, size: int = 96) -> tuple[Image.Image, list[str]]:
+    """The training view without degradations (Table 3's Grag2021 row): pad if needed, random
+    crop, rotation and flip as in :func:`train_augment`."""
+    ops: list[str] = []
+    return rotate_and_flip(random_crop(pad_if_needed(img, size), size, rng), rng, ops), ops
+
+
+def apply_condition(img: Image.Image, condition: str, size: int) -> Image.Image:
+    """Figure 4's perturbations of a test image whose side is ``size``: ``clean``; ``jpeg_q<q>``
+    (JPEG at quality q); ``zoom_r<r>`` (the central ``size*r`` square, resized back to ``size``
+    with bilinear interpolation: the paper's "center crop 256r x 256r, resized to 256")."""
+    if condition == "clean":
+        return img
+    kind, _, value = condition.partition("_")
+    if kind == "jpeg" and value.startswith("q"):
+        return compress(img, "JPEG", int(value[1:]))
+    if kind == "zoom" and value.startswith("r"):
+        r = float(value[1:])
+        if not 0 < r <= 1:
+            raise ValueError(f"{condition}: the crop fraction r must be in (0, 1]")
+        side = max(1, round(min(img.size) * r))
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
+    raise ValueError(f"unknown test condition {condition!r} (clean, jpeg_q<quality>, zoom_r<fraction>)")
+
+
+def condition_names(jpeg_quality: list[int], zoom: list[float]) -> list[str]:
+    """The conditions of Figure 4, in its order: clean, JPEG from high to low quality, zoom from mild to strong."""
+    return ["clean", *(f"jpeg_q{q}" for q in sorted(jpeg_quality, reverse=True)),
+            *(f"zoom_r{r:g}" for r in sorted(zoom, reverse=True))]
+
+
 def calibration_augment(img: Image.Image, rng: np.random.Generator, size: int = 256) -> tuple[Image.Image, list[str]]:
     """Stage 2's (calibration) augmentation of one RGB image; the operations applied, in order."""
     ops: list[str] = []

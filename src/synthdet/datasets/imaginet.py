@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,57 @@ FAMILY = {0: "gan", 1: "sd", 2: "midjourney", 3: "dalle3", 4: "real"}
 SPECIFIC = {0: "progan", 1: "stylegan_xl", 2: "stylegan3", 3: "sd_v2.1", 4: "sdxl_v1.0", 5: "animagine_xl",
             6: "midjourney", 7: "dalle3", 8: "real"}
 FIELDS = ("path", "origin", "content", "family", "specific")
+REAL = "real"
+CODES_FILE = "codes.json"  # what an exported dataset's integer fields mean, beside its annotation files
+ANNOTATION_FILES = {"train": "train_annotations.txt", "test": "test_annotations.txt", "calibration": "calibration.txt"}
+
+
+@dataclass(frozen=True)
+class Codes:
+    """What the integer fields of an annotation file mean. ImagiNet's own tables by default; a
+    dataset written in ImagiNet's format by :func:`write_dataset` (the embedded benchmark) has its
+    own families and generators, stored in ``annotations/codes.json``. ``real`` is the family and
+    the generator of every real image."""
+
+    content: dict[int, str]
+    family: dict[int, str]
+    specific: dict[int, str]
+
+    @classmethod
+    def for_generators(cls, families: list[str], generators: list[str]) -> Codes:
+        """Codes for another dataset: its families and generators, sorted, then ``real``."""
+        table = lambda names: dict(enumerate([*sorted(set(names) - {REAL}), REAL]))  # noqa: E731
+        return cls(dict(CONTENT), table(families), table(generators))
+
+    def real_family(self) -> int:
+        return next(k for k, v in self.family.items() if v == REAL)
+
+    def real_specific(self) -> int:
+        return next(k for k, v in self.specific.items() if v == REAL)
+
+    def to_json(self) -> str:
+        return json.dumps({"content": self.content, "family": self.family, "specific": self.specific}, indent=1)
+
+    @classmethod
+    def read(cls, path: Path) -> Codes:
+        """``codes.json`` (integer keys); refused, naming the file, when a table or ``real`` is missing."""
+        try:
+            raw = json.loads(Path(path).read_text())
+            codes = cls(*({int(k): str(v) for k, v in raw[name].items()} for name in ("content", "family", "specific")))
+            codes.real_family(), codes.real_specific()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, StopIteration) as exc:
+            raise DataSourceError(f"{path}: not a codes file (content, family and specific tables with "
+                                  f"{REAL!r}): {exc!r}") from exc
+        return codes
+
+    @classmethod
+    def beside(cls, annotation: Path) -> Codes:
+        """The codes of the dataset ``annotation`` belongs to: its ``codes.json`` if it has one, else ImagiNet's."""
+        path = Path(annotation).parent / CODES_FILE
+        return cls.read(path) if path.is_file() else IMAGINET_CODES
+
+
+IMAGINET_CODES = Codes(CONTENT, FAMILY, SPECIFIC)
 # the packed distribution's ready perturbed test set: its lists and its folder
 READY_LISTS = {"test_all.txt", *(f"test_{family}.txt" for family in FAMILY.values() if family != "real")}
 READY_FOLDER = "testset"
@@ -39,14 +91,15 @@ PERTURB_VERSION = 2  # 2: small images padded, not upscaled (a log of another ve
 _INT = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also takes "²" and int() refuses it
 
 
-def read_annotations(path: Path) -> pd.DataFrame:
+def read_annotations(path: Path, codes: Codes | None = None) -> pd.DataFrame:
     """Parse one annotation file; every malformed line is reported with its number.
 
     Refused, with ``file:line``: bytes that are not UTF-8 (a BOM is fine), fields that are not
-    plain integers or not ImagiNet's codes, paths that are absolute or leave the dataset root,
-    and an image listed twice.
+    plain integers or not in ``codes`` (default: the ``codes.json`` beside the file, else
+    ImagiNet's), paths that are absolute or leave the dataset root, and an image listed twice.
     """
     path = Path(path)
+    codes = codes or Codes.beside(path)
     if not path.is_file():
         raise DataSourceError(f"{path}: annotation file not found")
     rows, errors, first_line = [], [], {}
@@ -69,10 +122,10 @@ def read_annotations(path: Path) -> pd.DataFrame:
         except DataSourceError as exc:
             errors.append(str(exc))
             continue
-        problems = [name for name, value, table in (("origin", origin, {0: 0, 1: 1}), ("content", content, CONTENT),
-                                                    ("family", family, FAMILY), ("specific", specific, SPECIFIC))
-                    if value not in table]
-        if (origin == 0) != (family == 4) or (origin == 0) != (specific == 8):
+        fields = (("origin", origin, {0: 0, 1: 1}), ("content", content, codes.content),
+                  ("family", family, codes.family), ("specific", specific, codes.specific))
+        problems = [name for name, value, table in fields if value not in table]
+        if (origin == 0) != (family == codes.real_family()) or (origin == 0) != (specific == codes.real_specific()):
             problems.append("origin disagrees with family/specific")
         if problems:
             errors.append(f"{where}: invalid {', '.join(problems)} in {line[:80]!r}")
@@ -81,8 +134,8 @@ def read_annotations(path: Path) -> pd.DataFrame:
             errors.append(f"{where}: {rel} is already listed on line {first_line[rel]}")
             continue
         first_line[rel] = number
-        rows.append({"relpath": rel, "label": origin, "content": CONTENT[content],
-                     "family": FAMILY[family], "generator": SPECIFIC[specific], "specific": specific})
+        rows.append({"relpath": rel, "label": origin, "content": codes.content[content],
+                     "family": codes.family[family], "generator": codes.specific[specific], "specific": specific})
     if errors:
         raise DataSourceError(f"{len(errors)} bad annotation lines, first: " + "; ".join(errors[:3]))
     if not rows:
@@ -174,7 +227,7 @@ def _read_log(log: Path, header: dict) -> dict[str, dict]:
 
 
 def build_perturbed(annotations: pd.DataFrame, root: Path, out: Path, seed: int, size: int = 256,
-                    p_compress: float = 0.75) -> pd.DataFrame:
+                    p_compress: float = 0.75, codes: Codes = IMAGINET_CODES) -> pd.DataFrame:
     """Perturb every annotated image (seeded per path) and store it losslessly as PNG.
 
     Writes ``out/<relpath>.png`` and ``out/test_perturbed.txt`` in the original annotation format.
@@ -217,12 +270,44 @@ def build_perturbed(annotations: pd.DataFrame, root: Path, out: Path, seed: int,
             redone += 1
     table = pd.DataFrame(rows)
     ok = table[table["status"] == "ok"]
-    lines = [f"./{p}.png,{o},{c},{f},{s}" for p, o, c, f, s in zip(
-        ok["relpath"], ok["label"], ok["content"].map({v: k for k, v in CONTENT.items()}),
-        ok["family"].map({v: k for k, v in FAMILY.items()}), ok["specific"], strict=True)]
-    atomic_write_bytes(out / PERTURBED_LIST, ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(out / PERTURBED_LIST, annotation_text(ok.assign(relpath=ok["relpath"] + ".png"), codes))
     table.attrs["perturbed_now"] = redone
     return table
+
+
+def annotation_text(rows: pd.DataFrame, codes: Codes) -> bytes:
+    """Rows (relpath, label, content, family, generator) as lines ``./path,origin,content,family,specific``."""
+    inverse = {name: {v: k for k, v in getattr(codes, name).items()} for name in ("content", "family", "specific")}
+    lines = [f"./{p},{int(o)},{inverse['content'][c]},{inverse['family'][f]},{inverse['specific'][g]}"
+             for p, o, c, f, g in zip(rows["relpath"], rows["label"], rows["content"], rows["family"],
+                                      rows["generator"], strict=True)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def write_dataset(splits: dict[str, pd.DataFrame], out: Path, codes: Codes) -> dict[str, Path]:
+    """Another dataset in ImagiNet's format: one annotation file per split (``ANNOTATION_FILES``)
+    under ``out/annotations`` and the ``codes.json`` saying what its integers mean. Rows need
+    relpath (relative to the dataset root), label, content (ImagiNet's four), family, generator."""
+    folder = Path(out) / "annotations"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / CODES_FILE, codes.to_json().encode())
+    written = {}
+    for split, rows in splits.items():
+        written[split] = inside(folder, ANNOTATION_FILES[split], "annotation file")
+        atomic_write_bytes(written[split], annotation_text(rows, codes))
+    return written
+
+
+def too_many_missing(root: Path, split: str, count: int, total: int, max_missing: float, what: str,
+                     examples: list[str]) -> DataSourceError | None:
+    """The error that stops a run when more than ``max_missing`` (a share) of a split's images are
+    ``what`` (missing; missing or unreadable), with the count and examples; None when within it."""
+    if count <= max_missing * total:
+        return None
+    return DataSourceError(
+        f"{root}: {count} of the {total} images of the {split} split are {what} ({count / total:.1%}, more than "
+        f"data.imaginet.max_missing = {max_missing:.1%}), e.g. {'; '.join(examples[:3])}: is data.imaginet.root "
+        "the dataset root, and is the download complete?")
 
 
 def check_missing(tables: dict[str, pd.DataFrame], root: Path, max_missing: float) -> dict[str, int]:
@@ -233,11 +318,8 @@ def check_missing(tables: dict[str, pd.DataFrame], root: Path, max_missing: floa
     for split, table in tables.items():
         missing = [rel for rel in table["relpath"] if not (root / rel).is_file()]
         counts[split] = len(missing)
-        if len(missing) > max_missing * len(table):
-            raise DataSourceError(
-                f"{root}: {len(missing)} of the {len(table)} images of the {split} annotations are missing "
-                f"({len(missing) / len(table):.1%}, more than data.imaginet.max_missing = {max_missing:.1%}), "
-                f"e.g. {', '.join(missing[:3])}: is data.imaginet.root the dataset root, and is the download complete?")
+        if error := too_many_missing(root, split, len(missing), len(table), max_missing, "missing", missing):
+            raise error
     return counts
 
 

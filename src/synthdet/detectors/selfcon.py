@@ -11,9 +11,9 @@ with the single-view SelfCon objective (Bae et al. 2022), then calibrated with a
   normalise, Linear(2048, 1024), ReLU, Linear(1024, n)) classifies the backbone's features, one
   head per track, after :func:`update_bn_statistics` (Schneider et al. 2020) on calibration images.
 - :class:`SelfConDetector`: backbone + origin head with the registry's interface (one fake logit
-  per image). Not registered yet: a registered name is trainable by the generic cross-entropy
-  loop, and this model trained that way would not be ImagiNet's baseline; the two-stage training
-  stage that registers it is still to be built (issue 9).
+  per image). Not in the detector registry on purpose: a registered name is trainable by the
+  generic cross-entropy loop, and this model trained that way would not be ImagiNet's baseline;
+  it is trained in two stages by :mod:`synthdet.baseline` (stage ``imaginet_train``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from torch import nn
 from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
 
 FEATURES = 2048  # ResNet-50's pooled features
-STAGE_CHANNELS = {1: 256, 2: 512, 3: 1024, 4: 2048}
 
 
 def projection(in_features: int, out_features: int = 128) -> nn.Sequential:
@@ -36,19 +35,32 @@ def projection(in_features: int, out_features: int = 128) -> nn.Sequential:
                          nn.Linear(in_features, out_features))
 
 
-class SelfConNet(nn.Module):
-    """ResNet-50-nodown with the main projection head H and the fc sub-network H_sub after block ``sub_block``."""
+def strip_downsampling(backbone: nn.Module) -> nn.Module:
+    """A timm ResNet without its early downsampling (Gragnaniello et al. 2021): stride-1 stem, no max-pool."""
+    backbone.conv1.stride = (1, 1)
+    backbone.maxpool = nn.Identity()
+    return backbone
 
-    def __init__(self, pretrained: PretrainedSpec = False, sub_block: int = 2, feat_dim: int = 128) -> None:
+
+class SelfConNet(nn.Module):
+    """A timm ResNet (ImagiNet's: ResNet-50 without early downsampling) with the main projection
+    head H and the fc sub-network H_sub after block ``sub_block``. ``backbone`` and ``nodown``
+    exist for the CPU budget of the embedded benchmark, where the paper's network costs 16x."""
+
+    def __init__(self, pretrained: PretrainedSpec = False, sub_block: int = 2, feat_dim: int = 128,
+                 backbone: str = "resnet50", nodown: bool = True) -> None:
         super().__init__()
         if sub_block not in (1, 2, 3):
             raise ValueError(f"sub_block must be 1, 2 or 3 (a ResNet block before the last), not {sub_block}")
-        self.backbone = timm_backbone("resnet50", pretrained, num_classes=0)
-        self.backbone.conv1.stride = (1, 1)  # no early downsampling (Gragnaniello et al. 2021)
-        self.backbone.maxpool = nn.Identity()
+        self.backbone = timm_backbone(backbone, pretrained, num_classes=0)
+        if not all(hasattr(self.backbone, name) for name in ("conv1", "maxpool", "layer4")):
+            raise ValueError(f"{backbone!r} is not a timm ResNet (the sub-network hangs after a ResNet block)")
+        if nodown:
+            strip_downsampling(self.backbone)
         self.sub_block = sub_block
-        self.head = projection(FEATURES, feat_dim)
-        self.sub_head = projection(STAGE_CHANNELS[sub_block], feat_dim)
+        channels = [info["num_chs"] for info in self.backbone.feature_info if info["module"].startswith("layer")]
+        self.head = projection(self.backbone.num_features, feat_dim)
+        self.sub_head = projection(channels[sub_block - 1], feat_dim)
 
     def _blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pooled features after block ``sub_block``, pooled final features)."""
@@ -62,7 +74,7 @@ class SelfConNet(nn.Module):
         return intermediate, x.mean(dim=(2, 3))  # type: ignore[return-value]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone's pooled 2048-d representation (what stage 2 classifies)."""
+        """The backbone's pooled representation (2048-d for ResNet-50: what stage 2 classifies)."""
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -153,11 +165,13 @@ class SelfConDetector(nn.Module):
     """The calibrated baseline as a detector: backbone features -> origin head (2 classes) ->
     one fake logit (log p(synthetic) - log p(real)); ``model_head`` identifies the generator."""
 
-    def __init__(self, pretrained: PretrainedSpec = False, n_models: int = 4, sub_block: int = 2) -> None:
+    def __init__(self, pretrained: PretrainedSpec = False, n_models: int = 4, sub_block: int = 2,
+                 backbone: str = "resnet50", nodown: bool = True) -> None:
         super().__init__()
-        self.net = SelfConNet(pretrained, sub_block)
-        self.origin_head = CalibrationHead(2)
-        self.model_head = CalibrationHead(n_models)
+        self.net = SelfConNet(pretrained, sub_block, backbone=backbone, nodown=nodown)
+        features = self.net.backbone.num_features
+        self.origin_head = CalibrationHead(2, features, hidden=min(1024, features * 2))
+        self.model_head = CalibrationHead(n_models, features, hidden=min(1024, features * 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.origin_head(self.net.features(x))
@@ -166,3 +180,23 @@ class SelfConDetector(nn.Module):
     def identify(self, x: torch.Tensor) -> torch.Tensor:
         """Model-identification logits (ImagiNet's second track)."""
         return self.model_head(self.net.features(x))
+
+
+class CrossEntropyNet(nn.Module):
+    """Table 3's cross-entropy comparison rows (Grag2021, Corvi2022): the same backbone as
+    :class:`SelfConNet` (ResNet-50 without early downsampling in the paper) and one linear layer
+    over its pooled features, two classes (real, synthetic)."""
+
+    def __init__(self, pretrained: PretrainedSpec = False, backbone: str = "resnet50", nodown: bool = True) -> None:
+        super().__init__()
+        self.backbone = timm_backbone(backbone, pretrained, num_classes=0)
+        if nodown:
+            strip_downsampling(self.backbone)
+        self.fc = nn.Linear(self.backbone.num_features, 2)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Two-class logits (real, synthetic)."""
+        return self.fc(self.backbone(x))

@@ -233,7 +233,7 @@ def download_imaginet(root: Path, out: Path, annotations: dict[str, str | None],
             raise DataSourceError(f"{path}: annotation file for the {split_name} split not found (set "
                                   f"data.imaginet.annotations.{split_name} to its path under {root}, or to null "
                                   f"to leave the split out){hint}")
-        tables[split_name] = imaginet.read_annotations(path)
+        tables[split_name] = imaginet.read_annotations(path)  # with the codes.json beside it, if any
     missing = imaginet.check_missing(tables, root, max_missing)
     mode = perturb.get("enabled", "auto")
     if mode not in (True, False, "auto"):
@@ -250,7 +250,8 @@ def download_imaginet(root: Path, out: Path, annotations: dict[str, str | None],
         if split_name == "test" and (mode is True or (mode == "auto" and not ready)):
             target = Path(perturb["out"]) if perturb.get("out") else root / "perturbed_synthdet"
             ann = imaginet.build_perturbed(ann, root, target, seed, perturb.get("size", 256),
-                                           perturb.get("p_compress", 0.75))
+                                           perturb.get("p_compress", 0.75),
+                                           imaginet.Codes.beside(root / annotations[split_name]))
             report.update(test_set=f"perturbed by synthdet into {target}", perturbed_now=ann.attrs["perturbed_now"])
             bad = ann[ann["status"] != "ok"]
             ann = ann[ann["status"] == "ok"].drop(columns=["status", "error"])
@@ -269,11 +270,10 @@ def download_imaginet(root: Path, out: Path, annotations: dict[str, str | None],
     manifest = pd.concat([table.reset_index(drop=True), pd.DataFrame(files)], axis=1)
     for split_name, g in manifest.groupby("split"):
         broken = g[g["status"] != "ok"]
-        if len(broken) > max_missing * len(g):
-            raise DataSourceError(
-                f"{root}: {len(broken)} of the {len(g)} images of the {split_name} split are missing or unreadable "
-                f"({len(broken) / len(g):.1%}, more than data.imaginet.max_missing = {max_missing:.1%}), e.g. "
-                + "; ".join(f"{p} ({s})" for p, s in zip(broken["path"][:3], broken["status"][:3], strict=True)))
+        examples = [f"{p} ({s})" for p, s in zip(broken["path"][:3], broken["status"][:3], strict=True)]
+        if error := imaginet.too_many_missing(root, split_name, len(broken), len(g), max_missing,
+                                              "missing or unreadable", examples):
+            raise error
     manifest["subset"] = manifest["content"]
     manifest["group"] = manifest["relpath"]
     manifest["source"] = manifest["generator"]

@@ -1,0 +1,196 @@
+"""ImagiNet's tracks on a small fabricated GenImage-layout split table: the dataset written in
+ImagiNet's format and read back, every ImagiNet stage's code, and the metrics against direct
+computations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image, ImageFilter
+from sklearn.metrics import roc_auc_score
+
+from synthdet import imaginet_tracks as T
+from synthdet.cli import deep_update, load_profile
+from synthdet.data.augment import apply_condition, condition_names
+from synthdet.data.manifest import normalise
+from synthdet.datasets import imaginet
+from synthdet.relational import embedding_map, relational_loss
+from tests.conftest import noise_image
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = {"dcgan": "gan", "vae": "vae", "ldm": "diffusion"}
+CONTENTS = ["photo", "painting", "face", "misc"]
+
+
+def _splits(folder: Path, per_cell: int = 6) -> pd.DataFrame:
+    """Reals of four content types shared by three generator subsets (a GenImage layout: every
+    subset lists its reals), fakes blurred and tinted per family, 40 px."""
+    rows, k = [], 0
+    reals = []
+    for content in CONTENTS:
+        for j in range(per_cell * 2):
+            path = folder / "reals" / f"{content}{j}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            noise_image(100 + k, (40, 40)).save(path)
+            split = ("train", "train", "train", "val", "test", "test")[j % 6]
+            reals.append({"path": path.as_posix(), "label": 0, "content": content, "split": split,
+                          "sha256": f"real{k}", "generator": None, "family": None})
+            k += 1
+    for subset, family in FAMILIES.items():
+        rows += [{**r, "subset": subset} for r in reals]
+        for j in range(len(reals)):
+            path = folder / subset / f"{j}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            img = noise_image(1000 + k, (40, 40)).filter(ImageFilter.GaussianBlur(1 + list(FAMILIES).index(subset)))
+            img.save(path)
+            rows.append({"path": path.as_posix(), "label": 1, "content": "mixed" if subset != "ldm" else "photo",
+                         "split": reals[j]["split"], "sha256": f"{subset}{j}", "generator": subset, "family": family,
+                         "subset": subset})
+            k += 1
+    return normalise(pd.DataFrame(rows).assign(status="ok"))
+
+
+def _params(tmp: Path) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = deep_update(params, load_profile("smoke", ROOT / "profiles"))
+    return deep_update(params, {"imaginet": {"methods": ["selfcon", "grag2021"], "perturb": {"size": 40},
+                                             "baseline": {"calibration_size": 40},
+                                             "loco": {"train_images": 20, "contents": ["photos"]},
+                                             "timing": {"size": 32, "detectors": ["npr"]}},
+                                "train": {"input_size": 32, "batch_size": 8}, "evaluate": {"batch_size": 32}})
+
+
+def test_condition_views():
+    img = noise_image(3, (40, 40))
+    assert apply_condition(img, "clean", 40) is img
+    zoomed = apply_condition(img, "zoom_r0.5", 40)
+    assert zoomed.size == (40, 40)
+    expected = img.crop((10, 10, 30, 30)).resize((40, 40), Image.Resampling.BILINEAR)
+    assert np.array_equal(np.asarray(zoomed), np.asarray(expected))
+    assert apply_condition(img, "jpeg_q50", 40).size == (40, 40)
+    with pytest.raises(ValueError, match="unknown test condition"):
+        apply_condition(img, "blur", 40)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        apply_condition(img, "zoom_r1.5", 40)
+    assert condition_names([50, 90], [0.5, 0.75]) == ["clean", "jpeg_q90", "jpeg_q50", "zoom_r0.75", "zoom_r0.5"]
+
+
+def test_origin_and_model_id_tables_match_direct_computations():
+    rng = np.random.default_rng(0)
+    n = 60
+    scores = pd.DataFrame({"method": "m", "label": np.r_[np.zeros(n), np.ones(2 * n)].astype(int),
+                           "family": ["real"] * n + ["gan"] * n + ["sd"] * n})
+    scores["p_synthetic"] = np.clip(scores["label"] * 0.3 + rng.uniform(0, 0.7, len(scores)), 0, 1)
+    table = T.origin_table(scores).set_index("family")
+    gan = scores[scores["family"].isin(["real", "gan"])]
+    pred = gan["p_synthetic"] >= 0.5
+    direct = (pred[gan["label"] == 1].mean() + (~pred[gan["label"] == 0]).mean()) / 2
+    assert table.loc["gan", "acc"] == pytest.approx(direct)
+    assert table.loc["gan", "auc"] == pytest.approx(roc_auc_score(gan["label"], gan["p_synthetic"]))
+    thresholds = np.unique(gan["p_synthetic"])
+    fake, real = gan["label"] == 1, gan["label"] == 0
+    best = max(((gan["p_synthetic"] >= t)[fake].mean() + (gan["p_synthetic"] < t)[real].mean()) / 2 for t in thresholds)
+    assert table.loc["gan", "best_acc"] == pytest.approx(best)
+    assert table.loc["Mean", "auc"] == pytest.approx(table.loc[["gan", "sd"], "auc"].mean())
+    # model identification: synthetic rows only, accuracy per true family, macro one-vs-rest AUC
+    synthetic = scores[scores["label"] == 1].copy()
+    synthetic["p_gan"] = rng.uniform(0, 1, len(synthetic))
+    synthetic["p_sd"] = 1 - synthetic["p_gan"]
+    synthetic["model_pred"] = np.where(synthetic["p_gan"] > 0.5, "gan", "sd")
+    ident, auc = T.model_id_table(pd.concat([scores.iloc[:n], synthetic]), ["gan", "sd"])
+    per = {f: (synthetic.loc[synthetic.family == f, "model_pred"] == f).mean() for f in ("gan", "sd")}
+    expected = {**per, "Mean": np.mean(list(per.values()))}
+    assert dict(zip(ident["class"], ident["acc"], strict=True)) == pytest.approx(expected)
+    assert auc == pytest.approx(roc_auc_score(synthetic["family"] == "sd", synthetic["p_sd"]))
+
+
+def test_relational_loss_is_equation_3_and_the_map_is_deterministic():
+    x, y = torch.randn(5, 4), torch.randn(5, 4)
+    b = 5
+    direct = sum((1 - 0.3) / b**2 * float(((x[i] - y[i]) ** 2).sum()) for i in range(b))
+    direct += sum(0.3 / b**2 * (float(((y[i] - y[j]) ** 2).sum()) - float(((x[i] - x[j]) ** 2).sum())) ** 2
+                  for i in range(b) for j in range(b))
+    assert float(relational_loss(x, y, 0.3)) == pytest.approx(direct, rel=1e-5)
+    features = np.r_[np.random.default_rng(1).normal(0, 1, (30, 16)), np.random.default_rng(2).normal(4, 1, (30, 16))]
+    first = embedding_map(features, [0.0, 0.5, 1.0], steps=60, seed=0)
+    again = embedding_map(features, [0.0, 0.5, 1.0], steps=60, seed=0)
+    assert first.coordinates.shape == (60, 2) and np.array_equal(first.coordinates, again.coordinates)
+    assert first.alpha in (0.0, 0.5, 1.0) and len(first.search) == 3
+    centre_a, centre_b = first.coordinates[:30].mean(0), first.coordinates[30:].mean(0)
+    spread = first.coordinates.std(0).mean()
+    assert np.linalg.norm(centre_a - centre_b) > spread  # two well-separated clusters stay apart in 2-D
+
+
+@pytest.mark.slow
+def test_imaginet_stages_on_a_genimage_layout(tmp_path, monkeypatch):
+    from synthdet.stages import imaginet_data, imaginet_runs, imaginet_tables, paths
+
+    monkeypatch.chdir(tmp_path)
+    Path(paths.PAPER).symlink_to(ROOT / paths.PAPER)
+    splits = _splits(Path("images"))
+    Path(paths.SPLITS).parent.mkdir(parents=True)
+    splits.to_parquet(paths.SPLITS)
+    params = _params(tmp_path)
+    imaginet_data.run(params)
+    # written in ImagiNet's format, read back by ImagiNet's reader with the codes beside it
+    folder = Path(imaginet_data.FOLDER) / "dataset/annotations"
+    codes = imaginet.Codes.read(folder / imaginet.CODES_FILE)
+    assert list(codes.family.values()) == ["diffusion", "gan", "vae", "real"]
+    train = imaginet.read_annotations(folder / "train_annotations.txt")
+    assert (train["label"] == 0).sum() == 4 * 6 and (train["label"] == 1).sum() == 3 * 4 * 6
+    assert set(train.loc[train["label"] == 1, "family"]) == {"gan", "vae", "diffusion"}
+    rows = pd.read_parquet(imaginet_data.ROWS)
+    reals = rows[rows["label"] == 0]
+    assert reals["relpath"].is_unique  # each real once, though three subsets list it
+    assert reals["split"].value_counts().to_dict() == {"train": 24, "test": 16, "calibration": 6}
+    assert set(rows["content"]) == {"photos", "paintings", "faces", "uncategorized"}
+    calibration = rows[rows["split"] == "calibration"]
+    assert (calibration["label"] == 0).sum() == (calibration["label"] == 1).sum() > 0  # balanced
+    assert calibration.loc[calibration["label"] == 1, "family"].value_counts().nunique() == 1  # and per family
+    test = rows[rows["split"] == "test"]
+    assert test["path"].str.startswith(f"{imaginet_data.FOLDER}/perturbed/").all()
+    assert all(Image.open(p).size == (40, 40) for p in test["path"])
+    assert (Path(imaginet_data.FOLDER) / "perturbed" / imaginet.PERTURBED_LIST).is_file()
+    for method in params["imaginet"]["methods"]:
+        imaginet_runs.run(params, "train", method=method)
+    for content in params["imaginet"]["loco"]["contents"]:
+        imaginet_runs.run(params, "loco", content=content)
+    selfcon = pd.read_parquet(Path(imaginet_runs.run_dir("train", "selfcon")) / imaginet_runs.SCORES)
+    assert set(selfcon["condition"]) == {"clean", "jpeg_q50", "zoom_r0.5"}
+    assert len(selfcon) == len(test) + 2 * (test["label"] == 1).sum()  # Figure 4's conditions: synthetic only
+    assert {"p_diffusion", "p_gan", "p_vae", "model_pred"} <= set(selfcon.columns)
+    features = np.load(Path(imaginet_runs.run_dir("train", "selfcon")) / imaginet_runs.FEATURES)
+    assert features.shape == (len(test), 512)  # resnet18's pooled features (the smoke profile's backbone)
+    loco = pd.read_parquet(Path(imaginet_runs.run_dir("loco", "photos")) / imaginet_runs.SCORES)
+    assert loco["train_images"].iloc[0] == 20 and len(loco) == len(test)
+    # an external test set in ImagiNet's own format and codes (Tables 4-5): paths relative to its root
+    external = Path("external")
+    (external / "annotations").mkdir(parents=True)
+    lines = []
+    mixed = pd.concat([test[test["label"] == 0].head(3), test[test["label"] == 1].head(3)])
+    for k, r in enumerate(mixed.itertuples()):
+        Image.open(r.path).save(external / f"{k}.png")
+        lines.append(f"./{k}.png,{r.label},0,{1 if r.label else 4},{3 if r.label else 8}")  # photos; SD V2.1 or real
+    (external / "annotations/test.txt").write_text("\n".join(lines) + "\n")
+    params["imaginet"]["external_tests"] = {"mine": str(external / "annotations/test.txt")}
+    result = imaginet_tables.run(params)
+    outside = pd.read_csv(Path(imaginet_tables.FOLDER) / "tables4_5_external.csv")
+    assert set(outside["test_set"]) == {"mine"} and set(outside["family"]) == {"sd", "Mean"}
+    metrics = json.loads(Path(paths.metrics_file("imaginet")).read_text())
+    assert set(metrics["table3"]) == {"selfcon", "grag2021"}
+    assert set(metrics["table3"]["selfcon"]) == {"diffusion", "gan", "vae", "Mean"}
+    assert set(metrics["table7"]["acc"]) == {"diffusion", "gan", "vae", "Mean"}
+    assert 0 <= metrics["table7"]["macro_auc"] <= 1
+    assert set(metrics["figure3"]) == {"photos"}
+    assert set(metrics["table6_ms_per_image"]) == {"npr", "selfcon (resnet18)", "grag2021 (resnet18)"}
+    assert all(v > 0 for v in metrics["table6_ms_per_image"].values())
+    for name in ("table3_origin.png", "figure2_map.png", "figure3_leave_one_content_out.png",
+                 "figure4_model_id_perturbed.png"):
+        assert (Path(imaginet_tables.PLOTS) / name).stat().st_size > 0
+    assert "Table 3 (paper)" in result.tables
