@@ -167,6 +167,9 @@ def test_imaginet_stages_on_a_genimage_layout(tmp_path, monkeypatch):
     assert {"p_diffusion", "p_gan", "p_vae", "model_pred"} <= set(selfcon.columns)
     features = np.load(Path(imaginet_runs.run_dir("train", "selfcon")) / imaginet_runs.FEATURES)
     assert features.shape == (len(test), 512)  # resnet18's pooled features (the smoke profile's backbone)
+    skipped = imaginet_runs.run(params, "loco", content="cartoons")  # a content type the data lacks (GenImage: all
+    assert skipped.metrics["skipped"].startswith("the data has no 'cartoons' images")  # photos): an empty run, said so
+    assert pd.read_parquet(Path(imaginet_runs.run_dir("loco", "cartoons")) / imaginet_runs.SCORES).empty
     loco = pd.read_parquet(Path(imaginet_runs.run_dir("loco", "photos")) / imaginet_runs.SCORES)
     assert loco["train_images"].iloc[0] == 20 and len(loco) == len(test)
     # an external test set in ImagiNet's own format and codes (Tables 4-5): paths relative to its root
@@ -194,3 +197,20 @@ def test_imaginet_stages_on_a_genimage_layout(tmp_path, monkeypatch):
                  "figure4_model_id_perturbed.png"):
         assert (Path(imaginet_tables.PLOTS) / name).stat().st_size > 0
     assert "Table 3 (paper)" in result.tables
+
+
+def test_a_method_network_round_trips_and_a_foreign_file_is_a_clear_error(tmp_path):
+    from synthdet import baseline
+    from synthdet.fsutil import CheckpointError
+
+    cfg = baseline.BaselineConfig(backbone="resnet18", nodown=False)
+    net = baseline.SelfConDetector(n_models=3, backbone="resnet18", nodown=False)
+    baseline.save(net, tmp_path / "net.pt", "selfcon", cfg, {"model_classes": ["a", "b", "c"]})
+    back, saved = baseline.load(tmp_path / "net.pt")
+    assert saved["model_classes"] == ["a", "b", "c"] and saved["config"]["backbone"] == "resnet18"
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), back.state_dict().values(), strict=True))
+    torch.save({"model": {}, "config": {"not": "ours"}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: not a network saved by synthdet.baseline.save"):
+        baseline.load(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"imaginet.baseline: unknown keys \['epoch'\]"):
+        baseline.BaselineConfig.from_params({"epoch": 3}, seed=0)

@@ -16,7 +16,7 @@ Model labels are ``family`` by default (ImagiNet's GAN / SD / Midjourney / DALL-
 benchmark's gan / vae / vq / diffusion) or ``generator`` (ImagiNet's 8 specific generators).
 Gradient caching (the paper's way to fit batch 200 at full resolution on a GPU) is not
 implemented: a batch that does not fit needs a smaller ``batch_size`` (SelfCon's loss is over the
-batch, so that changes the objective, and the metrics record the batch size used).
+batch, so that changes the objective; the saved network and the run's metrics record the configuration).
 
 Table 3's comparison rows trained here, on the same data, crops and backbone, with cross-entropy
 (:func:`train_cross_entropy`): ``grag2021`` (Gragnaniello et al. 2021: random crops and flips)
@@ -52,7 +52,7 @@ from synthdet.detectors.selfcon import (
     imaginet_pretraining_loss,
     update_bn_statistics,
 )
-from synthdet.fsutil import atomic_write_bytes
+from synthdet.fsutil import CheckpointError, atomic_write_bytes, load_torch_file
 from synthdet.seeding import rng_for, seed_everything
 
 METHODS = ("selfcon", "grag2021", "corvi2022")  # ImagiNet's baseline, then the cross-entropy rows
@@ -230,7 +230,7 @@ def centre_crop(img: Image.Image, rng: np.random.Generator, size: int) -> tuple[
     return img.crop((left, top, left + size, top + size)), []
 
 
-def test_view(condition: str, size: int) -> Callable:
+def condition_view(condition: str, size: int) -> Callable:
     """A test condition (``clean``, ``jpeg_q<q>``, ``zoom_r<r>``: :func:`~synthdet.data.augment.apply_condition`),
     then the centre crop of ``size`` every test image goes through."""
     def view(img: Image.Image, rng: np.random.Generator, size: int = size) -> tuple[Image.Image, list]:
@@ -246,7 +246,7 @@ def predict_both(detector: SelfConDetector | CrossEntropyNet, rows: pd.DataFrame
     padded if smaller): p(synthetic), and for a detector with a model head the most likely model
     class and every class's probability (``p_<class>`` columns, ``classes`` names them). With
     ``features`` also the backbone's pooled features (Figure 2's input)."""
-    data = AugmentedRows(rows.assign(**{"_m": ""}), {}, test_view(condition, size), size, 0, "_m")
+    data = AugmentedRows(rows.assign(**{"_m": ""}), {}, condition_view(condition, size), size, 0, "_m")
     detector.eval()
     probs, models, pooled = [], [], []
     has_model_head = isinstance(detector, SelfConDetector)
@@ -279,10 +279,14 @@ def save(net: nn.Module, path: Path, method: str, cfg: BaselineConfig, info: dic
 
 
 def load(path: Path) -> tuple[SelfConDetector | CrossEntropyNet, dict]:
-    """A network saved by :func:`save` (weights only: ``weights_only=True``) and its record."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    cfg = BaselineConfig(**saved["config"])
-    if saved["method"] == "selfcon":
+    """A network saved by :func:`save` (read with ``weights_only=True``) and its record; anything
+    else is a :class:`~synthdet.fsutil.CheckpointError` naming the file."""
+    saved = load_torch_file(path, "ImagiNet method network")
+    try:
+        cfg = BaselineConfig(**saved["config"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a network saved by synthdet.baseline.save ({exc!r})") from exc
+    if saved.get("method") == "selfcon":
         net: nn.Module = SelfConDetector(n_models=len(saved["model_classes"]), sub_block=cfg.sub_block,
                                          backbone=cfg.backbone, nodown=cfg.nodown)
     else:

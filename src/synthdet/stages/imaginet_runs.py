@@ -14,7 +14,7 @@ A run's folder is ``artifacts/imaginet/<family>/<item>`` (:func:`run_dir`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +140,8 @@ def train_method(params: dict, method: str) -> Result:
     scores.to_parquet(out / SCORES, index=False)
     history = pd.DataFrame(info["pretraining"])
     metrics = {"method": method, "seconds": info["seconds"], "model_classes": classes or [],
-               "train_images": len(train), "calibration_images": len(calibration), "test_images": len(test)}
+               "train_images": len(train), "calibration_images": len(calibration), "test_images": len(test),
+               "config": asdict(cfg.baseline)}
     write_json(metrics, out / "metrics.json")
     return Result(tables={"training": history, **({"calibration": pd.DataFrame(info["calibration"])}
                                                    if "calibration" in info else {})}, metrics=metrics)
