@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from synthdet import imaginet_tracks
 from synthdet.data.dataset import ManifestDataset, make_transform
 from synthdet.detectors import create_detector, list_detectors
 from synthdet.training import resolve_device, resolve_workers
@@ -114,16 +115,9 @@ def train_throughput(device: torch.device, s: Sizes, rows: pd.DataFrame | None) 
     return s.train_batch * s.train_steps / _timed(step, s.train_steps, s.warmup, device)
 
 
-@torch.no_grad()
 def inference_ms(name: str, device: torch.device, size: int, batch: int, steps: int, warmup: int) -> float:
-    model = create_detector(name, img_size=size).to(device, memory_format=torch.channels_last).eval()
-    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-
-    def step() -> None:
-        with _autocast(device):
-            model(x)
-
-    return 1000 * _timed(step, steps, warmup, device) / (batch * steps)
+    """ms per image, timed as ImagiNet's Table 6 stage times it (median of ``steps`` batches)."""
+    return imaginet_tracks.inference_ms(create_detector(name, img_size=size), size, batch, steps, warmup, device)
 
 
 def main() -> None:
