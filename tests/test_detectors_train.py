@@ -4,7 +4,7 @@ import torch
 
 from synthdet.detectors import create_detector, list_detectors
 from synthdet.fsutil import CheckpointError
-from synthdet.training import TrainConfig, data_key, load_detector, predict, train_detector
+from synthdet.training import TrainConfig, accumulate_gradients, data_key, load_detector, predict, train_detector
 from tests.conftest import noise_image
 
 ZOO = ["resnet50", "deit_s", "swin_t", "resnet50_nodown", "cnnspot", "spec", "f3net", "gramnet", "npr"]
@@ -137,6 +137,54 @@ def test_resume_continues_where_it_stopped(tiny_rows, tmp_path, capsys):
     assert "resuming" in capsys.readouterr().out
     assert len(resumed["history"]) == 2
     assert resumed["history"][0]["train_loss"] == full["history"][0]["train_loss"]
+
+
+def test_a_finished_identical_run_is_reused_not_trained_again(tiny_rows, tmp_path, capsys):
+    train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
+    first = train_detector(train, val, _cfg(), tmp_path / "first")
+    capsys.readouterr()
+    done = [tmp_path / "missing", tmp_path / "first/checkpoints"]
+    reused = train_detector(train, val, _cfg(), tmp_path / "second", reuse=done)
+    assert "checkpoints are reused" in capsys.readouterr().out
+    assert reused["history"] == first["history"]  # the same epochs, timings included: none ran again
+    weights = [torch.load(tmp_path / f"{run}/detector.pt", weights_only=True) for run in ("first", "second")]
+    assert weights[0]["epoch"] == weights[1]["epoch"]
+    assert all(torch.equal(weights[0]["model"][k], weights[1]["model"][k]) for k in weights[0]["model"])
+    # another configuration (or an unfinished run of this one) is trained on its own
+    other = train_detector(train, val, _cfg(lr=5e-4), tmp_path / "third", reuse=done)
+    shorter = train_detector(train, val, _cfg(epochs=3), tmp_path / "fourth", reuse=done)
+    assert "reused" not in capsys.readouterr().out
+    assert other["history"][0]["train_loss"] != first["history"][0]["train_loss"]
+    assert len(shorter["history"]) == 3
+
+
+def test_gradient_accumulation_gives_the_whole_batch_gradient(tiny_rows, tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 1), torch.nn.Flatten(0))
+    x, y = torch.randn(8, 3, 2, 2), torch.tensor([0, 1, 1, 0, 1, 0, 0, 1], dtype=torch.float32)
+    loss_fn, scaler = torch.nn.BCEWithLogitsLoss(), torch.amp.GradScaler("cuda", enabled=False)
+    results = {}
+    for parts in (1, 4, 3):  # 3: micro-batches of 3, 3 and 2 images, weighted by size
+        model.zero_grad()
+        loss = accumulate_gradients(model, model, loss_fn, x, y, parts, scaler,
+                                    lambda: torch.autocast("cpu", enabled=False))
+        results[parts] = (float(loss), [p.grad.clone() for p in model.parameters()])
+    for parts in (4, 3):
+        assert results[parts][0] == pytest.approx(results[1][0], abs=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[parts][1], results[1][1], strict=True))
+    # through the training loop: another run (its own fingerprint), as many epochs
+    train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
+    assert _cfg(accumulate=2).fingerprint("k") != _cfg().fingerprint("k")
+    assert len(train_detector(train, val, _cfg(accumulate=2), tmp_path / "acc")["history"]) == 2
+
+
+def test_a_compiled_training_run_saves_plain_detector_weights(tiny_rows, tmp_path):
+    train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
+    train_detector(train, val, _cfg(epochs=1, compile="eager"), tmp_path / "c")  # dynamo, no code generation
+    saved = torch.load(tmp_path / "c/detector.pt", weights_only=True)
+    assert not any("_orig_mod" in k for k in saved["model"])
+    model, cfg = load_detector(tmp_path / "c/detector.pt")  # an uncompiled detector takes the weights
+    assert cfg["compile"] == "eager" and pd.notna(predict(model, val, cfg["input_size"])).all()
 
 
 def test_a_file_broken_after_indexing_does_not_stop_training(tiny_rows, tmp_path):

@@ -127,7 +127,7 @@ def test_relational_loss_is_equation_3_and_the_map_is_deterministic():
     assert np.linalg.norm(centre_a - centre_b) > spread  # two well-separated clusters stay apart in 2-D
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=0.1)
 def test_imaginet_stages_on_a_genimage_layout(tmp_path, monkeypatch):
     from synthdet.stages import imaginet_data, imaginet_runs, imaginet_tables, paths
 

@@ -39,7 +39,7 @@ def _dvc(ws: Path, *args: str) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=11)
 def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatch):
     data = make_embedded_data(tmp_path / "fabricated" / "embedded", per_land_class=16)
     monkeypatch.chdir(ROOT)
@@ -75,6 +75,9 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert set(tables["content_acc"]) == {f"{m}/{s}" for m in runs for s in ("ldm", "faces", "paintings")}
     assert set(tables["detectors_avg_acc"]) == {"resnet50", "npr"}
     assert 0 <= tables["cross_generator"]["same_generator_acc"] <= 1
+    # the table run that repeats the train stage (resnet50 on ldm, seed 0) took its checkpoints
+    assert "checkpoints are reused" in (ws / "reports/runs/xgen/resnet50__ldm__s0.ipynb").read_text()
+    assert "checkpoints are reused" not in (ws / "reports/runs/xgen/resnet50__dcgan__s0.ipynb").read_text()
     # the audit: nothing in the files tells the labels apart, until the biased variant stores reals as JPEG
     audit = json.loads((ws / "metrics/audit.json").read_text())
     stored = [v["metadata_auc"] for v in audit["bias_scores"]["as stored"].values()]
@@ -212,7 +215,7 @@ def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:
     return ws
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=5)
 @pytest.mark.skipif(shutil.which("zip") is None, reason="needs Info-ZIP `zip` (apt-get install zip)")
 def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     from synthdet.datasets.genimage import md5_file
@@ -289,7 +292,7 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     shutil.rmtree(ws)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=5)
 def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
     from tests.conftest import SEVEN_ZIP, add_ready_testset, make_imaginet_dataset, pack_7z
 
@@ -297,7 +300,7 @@ def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     ws = _workspace_for(tmp_path, "imaginet", {"data": {"imaginet": {"root": str(root)}},
                                                "tables": {"subsets": ["photos", "faces"]}})
-    _dvc(ws, "repro")
+    _dvc(ws, "repro", "tables", "imaginet_tables")  # both papers' tables (evaluate, audit: the tests above)
     manifest = pd.read_parquet(ws / "artifacts/download/manifest.parquet")
     test = manifest[manifest.split == "test"]
     assert set(test["width"]) == {256} and len(test) == 16  # the perturbed copies, 256 x 256

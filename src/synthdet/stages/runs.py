@@ -113,8 +113,10 @@ def run(params: dict, family: str, seed: int, model: str | None = None, subset: 
     cfg = Config.from_params(params, family, seed, model, subset, budget)
     out, checkpoints = Path(paths.RUNS) / cfg.name, Path(paths.RUN_CHECKPOINTS) / cfg.name
     class_budget = None if cfg.budget == FULL else cfg.budget
+    # the run that repeats the train stage's (by default xgen@<model>-<train_subset>-<seed>) reuses it
     result = train_on_manifest(Path(paths.SPLITS), out, checkpoints, cfg.model, cfg.subset, cfg.train, cfg.seed,
-                               cfg.model_kwargs, class_budget, cfg.device, cfg.debias)
+                               cfg.model_kwargs, class_budget, cfg.device, cfg.debias,
+                               reuse=(Path(paths.TRAIN_CHECKPOINTS),))
     table = pd.read_parquet(paths.DEGRADED)
     keep = table["condition"] == "clean"
     degraded = FAMILIES[cfg.family].degraded
