@@ -153,9 +153,9 @@ def _collect(failures: dict[str, str], skipped: list[str]) -> None:
 
 def compiled(model: nn.Module, spec: bool | str) -> nn.Module:
     """``model``, or ``torch.compile(model)`` when ``train.compile`` asks for it (``True``: the
-    default inductor backend; a string: that backend). Compiling costs minutes of CPU per process
-    (measured: 96 s for ResNet-50 at 64 px here, for 1.28x faster steps after), so it pays off on
-    long GPU runs, not on the embedded benchmark."""
+    default inductor backend; a string: that backend). Compiling costs a minute or more per process
+    and gained nothing on this project's 2-core CPU (``benchmarks/compile_step.py``): for long GPU
+    runs, not the embedded benchmark."""
     if spec is False or spec is None:
         return model
     return torch.compile(model) if spec is True else torch.compile(model, backend=str(spec))
