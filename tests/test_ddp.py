@@ -116,3 +116,59 @@ def test_two_process_ddp_trains_disjoint_shards_writes_once_and_resumes(tmp_path
     assert a["epoch"] == b["epoch"]
     different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
     assert not different, f"resumed DDP run ends with other weights: {different[:5]}"
+
+
+def _accumulating_rank(rank: int, init_file: str, out: str) -> None:
+    """One rank of a 2-process gloo group: a batch of 6 in 3 micro-batches through DDP, counting the
+    gradient synchronisations with a communication hook."""
+    import torch.distributed as dist
+
+    from synthdet.training import accumulate_gradients
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.parallel.DistributedDataParallel(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 1), torch.nn.Flatten(0)))
+    synced = []
+
+    def counting_allreduce(state, bucket):  # noqa: ANN001, ANN202
+        synced.append(bucket.index())
+        work = dist.all_reduce(bucket.buffer() / 2, async_op=True)
+        return work.get_future().then(lambda f: f.value()[0])
+
+    model.register_comm_hook(None, counting_allreduce)
+    x, y = _rank_batch(rank)
+    accumulate_gradients(model, model, torch.nn.BCEWithLogitsLoss(), x, y, 3,
+                         torch.amp.GradScaler("cuda", enabled=False), lambda: torch.autocast("cpu", enabled=False))
+    torch.save({"grads": [p.grad for p in model.parameters()], "synced": synced}, out)
+    dist.destroy_process_group()
+
+
+def _rank_batch(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + rank)
+    return torch.randn(6, 3, 2, 2, generator=g), torch.randint(0, 2, (6,), generator=g).float()
+
+
+def test_gradient_accumulation_under_ddp_syncs_once_and_gives_the_global_batch_gradient(tmp_path):
+    """Micro-batches skip DDP's all-reduce (``no_sync``) but the last; the result is the gradient of
+    the mean loss over both ranks' whole batches, as without accumulation."""
+    import torch.multiprocessing as mp
+
+    outs = [str(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_accumulating_rank, args=(r, str(tmp_path / "init"), outs[r])) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = [torch.load(o, weights_only=True) for o in outs]
+    assert got[0]["synced"] == got[1]["synced"] == [0]  # one bucket, synchronised once, not per micro-batch
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 1), torch.nn.Flatten(0))
+    batches = [_rank_batch(r) for r in (0, 1)]
+    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    torch.nn.BCEWithLogitsLoss()(reference(x), y).backward()
+    for rank in (0, 1):
+        for mine, want in zip(got[rank]["grads"], reference.parameters(), strict=True):
+            assert torch.allclose(mine, want.grad, atol=1e-6)

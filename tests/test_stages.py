@@ -71,20 +71,46 @@ def test_every_profile_gives_valid_stage_configs():
         _configs(cli.deep_update(PARAMS, yaml.safe_load(profile.read_text()) or {}))
 
 
+# Imported once before the fork, so that each stage module's own import costs milliseconds; none
+# of them imports synthdet, so the synthdet modules a child holds are the ones its stage loaded.
+_PRELOAD = ("numpy", "pandas", "PIL.Image", "torch", "torchvision", "timm", "sklearn.metrics", "tqdm.auto",
+            "yaml", "seaborn", "matplotlib.pyplot")
+_LOADED_BY_FORKED_CHILD = """
+import importlib, json, os, sys
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+assert not [n for n in sys.modules if n.split('.')[0] == 'synthdet'], 'a preloaded library imported synthdet'
+loaded = {}
+for module in sys.argv[1].split(','):
+    read, write = os.pipe()
+    if os.fork() == 0:
+        os.close(read)
+        importlib.import_module(module)
+        files = sorted(m.__file__ for n, m in sys.modules.items()
+                       if n.split('.')[0] == 'synthdet' and getattr(m, '__file__', None))
+        os.write(write, json.dumps(files).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        loaded[module] = json.loads(pipe.read() or 'null')
+    os.wait()
+print(json.dumps(loaded))
+"""
+
+
 def test_each_stage_depends_on_every_file_it_imports_at_run_time():
-    """The import graph read from the source covers what Python really loads (checked in a
-    fresh interpreter, after importing the stage module and calling nothing)."""
-    loaded_by: dict[str, str] = {}  # one interpreter per module (the run families share theirs)
+    """The import graph read from the source covers what Python really loads (checked after
+    importing the stage module, alone in a fresh process, and calling nothing)."""
+    modules = sorted({stage.module for stage in table.all_stages()})
+    child = subprocess.run([sys.executable, "-c", _LOADED_BY_FORKED_CHILD, ",".join(modules), *_PRELOAD],
+                           capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr[-3000:]
+    loaded_by = json.loads(child.stdout)
     for stage in table.all_stages():
-        if stage.module not in loaded_by:
-            code = (f"import sys, {stage.module}; "
-                    "print('\\n'.join(sorted(m.__file__ for n, m in sys.modules.items() "
-                    "if n.split('.')[0] == 'synthdet' and getattr(m, '__file__', None))))")
-            loaded_by[stage.module] = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                                     check=True).stdout
         loaded = loaded_by[stage.module]
+        assert loaded, f"importing {stage.module} failed in its forked process:\n{child.stderr[-3000:]}"
         declared = {str(p) for p in import_closure(stage.module)}
-        missing = sorted(set(loaded.split()) - declared)
+        missing = sorted(set(loaded) - declared)
         assert not missing, f"{stage.name} imports {missing} but does not depend on them"
         deps = set(stage.entry()["deps"])
         assert {f for f in stage.source_files()} <= deps and (stage.notebook in deps or stage.cli)
