@@ -13,13 +13,14 @@ import json
 import subprocess
 import sys
 
-from synthdet.datasets.embedded.reproducible import machine_facts
+from synthdet.machine import machine_facts
 
 CHILD = """
 import json, sys, time
 import torch
 from synthdet.detectors import create_detector
-from synthdet.training import accumulate_gradients, compiled, device_autocast
+from synthdet.training.loop import accumulate_gradients
+from synthdet.training.runtime import compiled, device_autocast
 model_name, size, batch, steps, spec = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 spec = {"false": False, "true": True}.get(spec, spec)
 torch.manual_seed(0)

@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 
 from synthdet.data.dataset import ManifestDataset, make_transform, view_transform
 from synthdet.data.pixelcache import PixelCache
-from synthdet.datasets.embedded.reproducible import machine_facts
+from synthdet.machine import machine_facts
 
 SIZE, BATCH = 224, 64
 

@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from synthdet import imaginet_tracks
 from synthdet.data.dataset import ManifestDataset, make_transform
 from synthdet.detectors import create_detector, list_detectors
-from synthdet.training import resolve_device, resolve_workers
+from synthdet.imaginet import tracks as imaginet_tracks
+from synthdet.training.runtime import resolve_device, resolve_workers
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from synthdet.data.indexcache import IndexCache
-from synthdet.datasets import genimage
-from synthdet.datasets.embedded.reproducible import machine_facts
+from synthdet.genimage import archives as genimage
+from synthdet.genimage import layout as genimage_layout
+from synthdet.machine import machine_facts
 from synthdet.stages.download import download_genimage
 
 SUBSETS = ("imagenet_ai_0419_sdv4", "imagenet_glide")
@@ -75,7 +76,8 @@ def main() -> None:
             manifest = download_genimage(source, out, list(SUBSETS), cache=cache)
             return {"images": len(manifest), **(cache.stats() if cache else {})}
 
-        genimage.image_class("n01440764_0.JPEG"), genimage._synsets()  # timm's class list, loaded once, untimed
+        # timm's class list, loaded once, untimed
+        genimage_layout.image_class("n01440764_0.JPEG"), genimage_layout._synsets()
         rows = {}
         rows["fingerprint_s"], _ = timed(lambda: genimage.source_fingerprint(source, list(SUBSETS)))
         rows["first_s"], rows["first"] = timed(index)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from synthdet.datasets.embedded.reproducible import machine_facts
+from synthdet.machine import machine_facts
 
 
 def cpu_model() -> str:

@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 
-from synthdet.datasets.embedded.reproducible import machine_facts
+from synthdet.machine import machine_facts
 
 VARIANTS = {  # name -> (train.channels_last, train.num_workers = evaluate.num_workers)
     "contiguous, 2 workers (before)": (False, 2),
@@ -30,7 +30,8 @@ from pathlib import Path
 import pandas as pd
 from synthdet.cli import read_yaml
 from synthdet.stages import paths
-from synthdet.training import score_table, train_on_manifest
+from synthdet.training.loop import train_on_manifest
+from synthdet.training.scoring import score_table
 model, subset, channels_last, workers = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 train = {**read_yaml(Path("params.yaml"), "params")["train"], "channels_last": channels_last, "num_workers": workers}
 with tempfile.TemporaryDirectory() as tmp:

@@ -206,7 +206,7 @@ def make_imaginet_dataset(root: Path, per_cell: int = 6) -> Path:
 def add_ready_testset(root: Path, per_cell: int = 1) -> Path:
     """The packed distribution's ready perturbed test set: lossless 256 px WebPs under
     ``testset/<content>/<real|synthetic>/[<model>/]``, listed in ``annotations/test_all.txt``."""
-    from synthdet.datasets.imaginet import CONTENT, SPECIFIC
+    from synthdet.imaginet.dataset import CONTENT, SPECIFIC
 
     lines, k = [], 0
     for content, origin, family, specific, _, _ in IMAGINET_CELLS:

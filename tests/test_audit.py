@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFilter
 
-from synthdet import audit
-from synthdet.data.debias import DebiasConfig, prepare, select_rows
-from synthdet.data.manifest import describe_files, index_genimage_tree, normalise
+from synthdet.analysis import audit
+from synthdet.data.manifest import describe_files, normalise
 from synthdet.datasets.embedded.biased import write_biased_variant
+from synthdet.genimage.layout import index_genimage_tree
 from synthdet.metrics import expected_calibration_error, fit_temperature, select_temperature, sigmoid
-from synthdet.training import TrainConfig, train_detector
+from synthdet.training.config import TrainConfig
+from synthdet.training.loop import train_detector
+from synthdet.transforms.debias import DebiasConfig, prepare, select_rows
 from tests.conftest import noise_image
 
 

@@ -26,7 +26,7 @@ N_TRAIN, N_VAL, EPOCHS = 24, 8, 3
 # killed job would) right after writing the checkpoint of epoch N.
 ENTRY = """
 import os, sys
-from synthdet import training
+from synthdet.training import checkpoint
 from synthdet.cli import main
 from synthdet.data.dataset import ManifestDataset
 
@@ -39,12 +39,12 @@ def logged(self, i):
 ManifestDataset.__getitem__ = logged
 
 kill_after = int(os.environ.get("KILL_AFTER_EPOCH", "0"))
-save = training._save
+save = checkpoint.save
 def save_then_die(obj, path):
     save(obj, path)
     if path.name == "last.pt" and obj["epoch"] == kill_after:
         os._exit(9)
-training._save = save_then_die
+checkpoint.save = save_then_die
 sys.exit(main(["stage", "train"]))
 """
 
@@ -123,7 +123,7 @@ def _accumulating_rank(rank: int, init_file: str, out: str) -> None:
     gradient synchronisations with a communication hook."""
     import torch.distributed as dist
 
-    from synthdet.training import accumulate_gradients
+    from synthdet.training.loop import accumulate_gradients
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     torch.manual_seed(0)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet.degrade import gaussian_blur, jpeg, low_resolution, scaled_conditions
 from synthdet.metrics import binary_metrics, bootstrap_ci, metrics_table
+from synthdet.transforms.degrade import gaussian_blur, jpeg, low_resolution, scaled_conditions
 from tests.conftest import noise_image
 
 

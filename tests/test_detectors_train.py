@@ -4,7 +4,10 @@ import torch
 
 from synthdet.detectors import create_detector, list_detectors
 from synthdet.fsutil import CheckpointError
-from synthdet.training import TrainConfig, accumulate_gradients, data_key, load_detector, predict, train_detector
+from synthdet.training.checkpoint import load_detector
+from synthdet.training.config import TrainConfig, data_key
+from synthdet.training.loop import accumulate_gradients, train_detector
+from synthdet.training.scoring import predict
 from tests.conftest import noise_image
 
 ZOO = ["resnet50", "deit_s", "swin_t", "resnet50_nodown", "cnnspot", "spec", "f3net", "gramnet", "npr"]
@@ -69,7 +72,7 @@ def test_detector_specific_pieces():
     # Spec: a periodic pattern concentrates its spectrum in a few peaks
     assert log_spectrum(x).shape == x.shape
     # CNNSpot carries its blur + JPEG augmentation
-    aug = create_detector("cnnspot", img_size=64).train_augment
+    aug = create_detector("cnnspot", img_size=64).data_config.train_augment
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
     import random
     random.seed(0)
@@ -211,7 +214,8 @@ def test_a_rebuilt_dataset_with_the_same_file_names_is_not_resumed(tiny_rows, tm
 _CHILD = """
 import sys, pandas as pd
 from pathlib import Path
-from synthdet.training import TrainConfig, train_detector
+from synthdet.training.config import TrainConfig
+from synthdet.training.loop import train_detector
 rows = pd.read_csv(sys.argv[1])
 cfg = TrainConfig(model="resnet18", input_size=32, epochs=6, batch_size=4, lr=1e-3, num_workers=0, seed=0)
 train_detector(rows.iloc[:16], rows.iloc[16:], cfg, Path(sys.argv[2]), device="cpu")
@@ -381,7 +385,7 @@ def test_pretrained_errors_name_the_file_the_keys_or_the_way_out(tmp_path, monke
 def test_device_and_worker_settings_resolve_by_the_machine(monkeypatch):
     """``device: auto`` is CUDA only when torch sees a GPU; ``num_workers: auto`` is none on the CPU
     and, on CUDA, up to 8 from this process's share of the cores."""
-    from synthdet.training import resolve_device, resolve_workers, workers_param
+    from synthdet.training.runtime import resolve_device, resolve_workers, workers_param
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")

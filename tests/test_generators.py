@@ -5,12 +5,12 @@ import torch
 import yaml
 from PIL import Image
 
-from synthdet.data.manifest import index_genimage_tree
 from synthdet.datasets.embedded.build import build_benchmark, model_groups
 from synthdet.datasets.embedded.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
 from synthdet.datasets.embedded.generators.common import images_to_tensor, tensor_to_images
 from synthdet.datasets.embedded.reproducible import subset_hash
 from synthdet.datasets.embedded.sources import prepare_reals
+from synthdet.genimage.layout import index_genimage_tree
 
 
 def _reals(n=16, size=32):

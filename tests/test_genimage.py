@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet.datasets import genimage
-from synthdet.datasets.genimage import SplitZip, extract, ingest, load_checksums, md5_file
-from synthdet.fsutil import DataSourceError
+from synthdet.fsutil import DataSourceError, file_digest
+from synthdet.genimage import archives as genimage
+from synthdet.genimage import layout
+from synthdet.genimage.archives import ingest, load_checksums
+from synthdet.genimage.splitzip import SplitZip, extract
 from synthdet.stages.download import download_genimage
 from tests.conftest import make_genimage_tree
 
@@ -34,7 +36,7 @@ def _archives(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     subprocess.run(["zip", "-q", "-r", "-s", "64k", str(src / f"{SUBSET}.zip"), SUBSET], cwd=tree, check=True)
     parts = sorted(src.iterdir())
     assert len(parts) >= 3, "the fixture must produce a real multi-part archive"
-    checksums = {p.name: md5_file(p) for p in parts}
+    checksums = {p.name: file_digest(p, "md5") for p in parts}
     parts[0].rename(src / parts[0].name.replace(".z01", "-001.z01"))  # Google Drive's renaming
     return tree, src, checksums
 
@@ -115,9 +117,9 @@ def test_corrupt_archive_data_is_detected(tmp_path):
 def test_shipped_reference_lists():
     checksums = load_checksums()
     assert len(checksums) == 207  # 208 rows, sdv5.z26 listed twice with the same MD5
-    assert {n.split(".")[0] for n in checksums} == set(genimage.SUBSETS)
-    assert len(genimage.known_corrupt("imagenet_ai_0424_sdv5")) == 3648
-    assert "imagenet_ai_0508_adm/train/ai/115_adm_141.PNG" in genimage.known_corrupt("imagenet_ai_0508_adm")
+    assert {n.split(".")[0] for n in checksums} == set(layout.SUBSETS)
+    assert len(layout.known_corrupt("imagenet_ai_0424_sdv5")) == 3648
+    assert "imagenet_ai_0508_adm/train/ai/115_adm_141.PNG" in layout.known_corrupt("imagenet_ai_0508_adm")
 
 
 @needs_zip
@@ -136,7 +138,7 @@ def test_zip64_split_archives_extract_byte_exact(tmp_path):
     with SplitZip(sorted(src.iterdir(), key=lambda p: (p.suffix == ".zip", p.name))) as archive:
         sizes = {e.name: e.file_size for e in archive.entries}  # read from the zip64 extra fields
     assert sizes[f"{SUBSET}/train/ai/big_noise.png"] == (tree / SUBSET / "train/ai/big_noise.png").stat().st_size
-    checksums = {p.name: md5_file(p) for p in src.iterdir()}
+    checksums = {p.name: file_digest(p, "md5") for p in src.iterdir()}
     out = tmp_path / "extracted"
     ingest(src, out, [SUBSET], checksums)
     originals = sorted(p.relative_to(tree) for p in tree.rglob("*") if p.is_file())
@@ -149,10 +151,10 @@ def test_zip64_split_archives_extract_byte_exact(tmp_path):
 def test_md5_cache_trusts_size_and_mtime_and_rehashes_when_either_changes(tmp_path, monkeypatch):
     part = tmp_path / "imagenet_glide.zip"
     part.write_bytes(b"x" * 1000)
-    checksums = {part.name: md5_file(part)}
+    checksums = {part.name: file_digest(part, "md5")}
     parts = [genimage.Part(part, part.name, 1 << 30)]
     calls = []
-    monkeypatch.setattr(genimage, "md5_file", lambda p: calls.append(p) or md5_file(p))
+    monkeypatch.setattr(genimage, "file_digest", lambda p, algorithm: calls.append(p) or file_digest(p, algorithm))
     cache = tmp_path / "out/.md5_cache.json"
     genimage.verify_parts(parts, checksums, cache)
     genimage.verify_parts(parts, checksums, cache)

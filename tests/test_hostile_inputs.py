@@ -23,18 +23,22 @@ from synthdet import cli
 from synthdet.data.dataset import ManifestDataset, make_transform
 from synthdet.data.imageio import ImageDecodeError, inspect_image, load_rgb
 from synthdet.data.manifest import describe_file
-from synthdet.datasets.genimage import Part, SplitZip, extract, ingest, md5_file, verify_parts
-from synthdet.datasets.imaginet import build_perturbed, read_annotations
 from synthdet.fsutil import (
     OWNED_MARKER,
     CheckpointError,
     DataSourceError,
     UnsafePathError,
+    file_digest,
     inside,
     make_owned_dir,
     remove_owned_dir,
 )
-from synthdet.training import TrainConfig, load_detector, train_detector
+from synthdet.genimage.archives import Part, ingest, verify_parts
+from synthdet.genimage.splitzip import SplitZip, extract
+from synthdet.imaginet.dataset import build_perturbed, read_annotations
+from synthdet.training.checkpoint import load_detector
+from synthdet.training.config import TrainConfig
+from synthdet.training.loop import train_detector
 from tests.conftest import noise_image
 
 
@@ -325,7 +329,7 @@ def test_a_truncated_md5_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
     cache = tmp_path / "out/.md5_cache.json"
     cache.parent.mkdir()
     cache.write_text('{"imagenet_glide.zip:12')  # cut mid-write by an older version
-    sums = {"imagenet_glide.zip": md5_file(z)}
+    sums = {"imagenet_glide.zip": file_digest(z, "md5")}
     verify_parts([Part(z, "imagenet_glide.zip", 10**6)], sums, cache)
     assert "unreadable cache" in caplog.text and "rebuilding" in caplog.text
     assert list(json.loads(cache.read_text()).values()) == [sums["imagenet_glide.zip"]]

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from synthdet.data import sevenzip
-from synthdet.datasets.imaginet import build_perturbed, perturb, read_annotations, source_fingerprint
 from synthdet.fsutil import DataSourceError
+from synthdet.imaginet import sevenzip
+from synthdet.imaginet.dataset import build_perturbed, perturb, read_annotations, source_fingerprint
 from synthdet.stages.download import download_imaginet
 from tests.conftest import SEVEN_ZIP, add_ready_testset, noise_image, pack_7z
 

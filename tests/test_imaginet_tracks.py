@@ -15,12 +15,12 @@ import yaml
 from PIL import Image, ImageFilter
 from sklearn.metrics import roc_auc_score
 
-from synthdet import imaginet_tracks as T
 from synthdet.cli import deep_update, load_profile
-from synthdet.data.augment import apply_condition, condition_names
 from synthdet.data.manifest import normalise
-from synthdet.datasets import imaginet
-from synthdet.relational import embedding_map, relational_loss
+from synthdet.imaginet import dataset as imaginet
+from synthdet.imaginet import tracks as T
+from synthdet.imaginet.augment import apply_condition, condition_names
+from synthdet.imaginet.relational import embedding_map, relational_loss
 from tests.conftest import noise_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,8 +200,8 @@ def test_imaginet_stages_on_a_genimage_layout(tmp_path, monkeypatch):
 
 
 def test_a_method_network_round_trips_and_a_foreign_file_is_a_clear_error(tmp_path):
-    from synthdet import baseline
     from synthdet.fsutil import CheckpointError
+    from synthdet.imaginet import baseline
 
     cfg = baseline.BaselineConfig(backbone="resnet18", nodown=False)
     net = baseline.SelfConDetector(n_models=3, backbone="resnet18", nodown=False)
@@ -210,7 +210,7 @@ def test_a_method_network_round_trips_and_a_foreign_file_is_a_clear_error(tmp_pa
     assert saved["model_classes"] == ["a", "b", "c"] and saved["config"]["backbone"] == "resnet18"
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), back.state_dict().values(), strict=True))
     torch.save({"model": {}, "config": {"not": "ours"}}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="other.pt: not a network saved by synthdet.baseline.save"):
+    with pytest.raises(CheckpointError, match="other.pt: not a network saved by synthdet.imaginet.baseline.save"):
         baseline.load(tmp_path / "other.pt")
     with pytest.raises(ValueError, match=r"imaginet.baseline: unknown keys \['epoch'\]"):
         baseline.BaselineConfig.from_params({"epoch": 3}, seed=0)

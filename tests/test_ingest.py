@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 
 from synthdet.data.indexcache import IndexCache
-from synthdet.data.manifest import describe_files, index_genimage_tree
-from synthdet.datasets import genimage, imaginet
+from synthdet.data.manifest import describe_files
+from synthdet.genimage import archives as genimage
+from synthdet.genimage.layout import index_genimage_tree
+from synthdet.imaginet import dataset as imaginet
 from tests.conftest import make_genimage_tree, make_imaginet_dataset, noise_image
 
 SUBSETS = ("imagenet_ai_0419_sdv4", "imagenet_glide")

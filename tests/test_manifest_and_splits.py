@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from synthdet.data.manifest import LayoutError, index_genimage_tree
+from synthdet.data.manifest import LayoutError
 from synthdet.data.splits import (
     LeakageError,
     assign_splits,
@@ -11,6 +11,7 @@ from synthdet.data.splits import (
     group_assignment,
     parse_class_budget,
 )
+from synthdet.genimage.layout import index_genimage_tree
 from synthdet.stages.download import download_genimage
 from tests.conftest import make_genimage_tree
 
@@ -139,7 +140,7 @@ def test_class_budgets_draw_whole_classes_with_equal_real_and_fake_counts():
 
 
 def test_fake_class_indices_map_to_imagenet_synsets():
-    from synthdet.datasets.genimage import image_class
+    from synthdet.genimage.layout import image_class
 
     assert image_class("n03495258_20762.JPEG") == "n03495258"  # reals carry the synset
     assert image_class("000_sdv4_00134.png") == "n01440764"  # index 0: tench

@@ -218,7 +218,7 @@ def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:
 @pytest.mark.slow(minutes=5)
 @pytest.mark.skipif(shutil.which("zip") is None, reason="needs Info-ZIP `zip` (apt-get install zip)")
 def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
-    from synthdet.datasets.genimage import md5_file
+    from synthdet.fsutil import file_digest
     from tests.conftest import make_genimage_tree
 
     subsets = ("imagenet_ai_0419_sdv4", "imagenet_glide")
@@ -232,7 +232,7 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
         subprocess.run(["zip", "-q", "-r", "-s", "64k", str(source / f"{s}.zip"), s], cwd=tree, check=True)
     checksums = tmp_path / "checksums.csv"
     checksums.write_text("originalFilename,md5Checksum\n"
-                         + "".join(f"{p.name},{md5_file(p)}\n" for p in sorted(source.iterdir())))
+                         + "".join(f"{p.name},{file_digest(p, 'md5')}\n" for p in sorted(source.iterdir())))
     monkeypatch.chdir(ROOT)
     ws = _workspace_for(tmp_path, "genimage", {
         "data": {"genimage": {"source": str(source), "checksums": str(checksums)}},

@@ -9,7 +9,8 @@ from PIL import Image
 from synthdet import cli
 from synthdet.metrics import expected_calibration_error, fit_temperature
 from synthdet.predict import predict_files
-from synthdet.training import TrainConfig, train_detector
+from synthdet.training.config import TrainConfig
+from synthdet.training.loop import train_detector
 from tests.conftest import noise_image
 
 
@@ -102,7 +103,7 @@ def test_predict_scores_a_folder_with_good_corrupt_and_non_image_files(detector,
     assert table.loc[str(folder / "truncated.png"), "problem"].startswith("truncated or corrupt")
     # the probability is the model's, calibrated with the stored temperature
     from synthdet.data.dataset import make_transform
-    from synthdet.training import load_detector
+    from synthdet.training.checkpoint import load_detector
 
     model, cfg = load_detector(path)
     x = make_transform(32, train=False)(Image.open(folder / "1_fake.png").convert("RGB"))[None]

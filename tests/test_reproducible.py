@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synthdet import cli
+from synthdet import cli, machine
 from synthdet.datasets.embedded import reproducible
 from synthdet.fsutil import DataSourceError
 from synthdet.stages.download import check_reproducible
@@ -87,7 +87,7 @@ def test_hashes_cli_reports_and_refuses_other_metrics(tmp_path, capsys):
 def test_generation_workers_refuse_to_run_unpinned(monkeypatch):
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     with pytest.raises(RuntimeError, match="without the pinned environment"):
-        reproducible.init_worker()
+        machine.init_worker()
 
 
 def test_bad_reproducibility_params_fail_before_the_build():

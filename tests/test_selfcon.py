@@ -134,7 +134,7 @@ def test_training_augmentations_follow_the_paper():
 
     import numpy as np
 
-    from synthdet.data.augment import blur_sigma, train_augment
+    from synthdet.imaginet.augment import blur_sigma, train_augment
     from tests.conftest import noise_image
 
     assert blur_sigma(3) == pytest.approx(0.8) and blur_sigma(7) == pytest.approx(1.4)
@@ -162,7 +162,7 @@ def test_calibration_augmentations_follow_the_paper():
 
     import numpy as np
 
-    from synthdet.data.augment import calibration_augment
+    from synthdet.imaginet.augment import calibration_augment
     from tests.conftest import noise_image
 
     img = noise_image(0, (300, 280))
@@ -197,7 +197,7 @@ def _baseline_rows(root, n=8):
 
 
 def test_the_baseline_trains_in_two_stages_deterministically(tmp_path):
-    from synthdet.baseline import BaselineConfig, predict_both, train_baseline
+    from synthdet.imaginet.baseline import BaselineConfig, predict_both, train_baseline
 
     rows = _baseline_rows(tmp_path)
     cfg = BaselineConfig(crop=32, calibration_size=32, batch_size=8, epochs=2, warmup_epochs=1, calibration_epochs=2,

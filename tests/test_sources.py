@@ -9,8 +9,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from synthdet.data.archives import iter_deb_data, verify_sha256
 from synthdet.datasets.embedded import sources as embedded
+from synthdet.datasets.embedded.packages import iter_deb_data, verify_sha256
 from synthdet.datasets.embedded.qt_rcc import RccError, iter_rcc
 from synthdet.datasets.embedded.sources import grid_crops, largest_opaque_square, prepare_reals
 from synthdet.fsutil import DataSourceError, atomic_write_bytes, inside

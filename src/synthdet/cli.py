@@ -14,8 +14,8 @@ import yaml
 
 from synthdet.data.imageio import ImageDecodeError
 from synthdet.data.manifest import LayoutError
-from synthdet.degrade import natural_order
 from synthdet.fsutil import CheckpointError, DataSourceError, atomic_output, inside, replace_owned_dir
+from synthdet.transforms.degrade import natural_order
 
 PROFILES = Path("profiles")
 

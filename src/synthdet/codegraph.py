@@ -32,7 +32,7 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(path: Path, module: str) -> set[str]:
+def direct_imports(path: Path, module: str) -> set[str]:
     """Names of the synthdet modules ``path`` imports, anywhere in the file."""
     is_package = path.name == "__init__.py"
     package = module if is_package else module.rpartition(".")[0]
@@ -68,7 +68,7 @@ def import_closure(module: str) -> tuple[Path, ...]:
             if path is None or parent in seen:
                 continue
             seen[parent] = path
-            pending.extend(_imports(path, parent))
+            pending.extend(direct_imports(path, parent))
     return tuple(sorted(set(seen.values())))
 
 

@@ -7,11 +7,13 @@ The lowest layer of the package: it imports nothing from synthdet.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -180,3 +182,19 @@ def load_torch_file(path: Path, what: str = "checkpoint") -> dict:
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable {what} (truncated, or not a file torch.save wrote: "
                               f"{reason})") from exc
+
+
+def file_digest(path: Path | str, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+    """Hex digest of a file read in chunks: the one hasher behind every checksum here (sha256 for
+    manifests and pinned downloads, md5 for GenImage's part list, crc32 for zip and 7z members)."""
+    if algorithm == "crc32":
+        crc = 0
+        with open(path, "rb") as handle:
+            while block := handle.read(chunk):
+                crc = zlib.crc32(block, crc)
+        return f"{crc:08x}"
+    digest = hashlib.new(algorithm, usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -16,9 +16,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from synthdet.data.dataset import make_transform
+from synthdet.data.dataset import DataConfig, make_transform
 from synthdet.data.imageio import STATUS_OK, ImageDecodeError, load_rgb
-from synthdet.training import device_autocast, load_detector, memory_layout, resolve_device, resolve_workers
+from synthdet.training.checkpoint import load_detector
+from synthdet.training.runtime import device_autocast, memory_layout, resolve_device, resolve_workers
 
 COLUMNS = ["path", "fake_probability", "prediction", "status", "problem"]
 
@@ -42,8 +43,9 @@ class _Files(Dataset):
     """path -> (tensor, index, problem): a file that cannot be decoded gives a blank tensor and
     its reason, and the batch goes on."""
 
-    def __init__(self, files: list[Path], input_size: int) -> None:
-        self.files, self.transform, self.size = files, make_transform(input_size, train=False), input_size
+    def __init__(self, files: list[Path], input_size: int, data: DataConfig) -> None:
+        self.files, self.size = files, input_size
+        self.transform = make_transform(input_size, train=False, data=data)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -65,7 +67,7 @@ def predict_files(paths: Iterable[Path | str], detector: Path | str, device: str
     model, cfg = load_detector(Path(detector), dev)
     layout = memory_layout(cfg.get("channels_last", True))
     model.to(memory_format=layout)
-    loader = DataLoader(_Files(files, cfg["input_size"]), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(_Files(files, cfg["input_size"], model.data_config), batch_size=batch_size, shuffle=False,
                         num_workers=resolve_workers(num_workers, dev), pin_memory=dev.type == "cuda")
     probs = np.full(len(files), np.nan)
     status, problem = [STATUS_OK] * len(files), [""] * len(files)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -12,30 +13,54 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
+from synthdet.data.imageio import INTERPOLATIONS, ImageDecodeError, fit_to_input, load_rgb
 from synthdet.data.pixelcache import PixelCache
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def make_transform(input_size: int, train: bool, hflip: bool = True) -> Callable[[Image.Image], torch.Tensor]:
+@dataclass(frozen=True)
+class DataConfig:
+    """The input a network wants, declared by the network itself (timm's ``pretrained_cfg``,
+    DeepfakeBench's per-detector YAML): how an image is resampled to the input size, how the view
+    is normalised, and the recipe's training-only step on full-size images. The Dataset, predict
+    and the tables read it from the detector (``detector.data_config``), never guess it."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"  # of the resize to the input size (imageio.INTERPOLATIONS)
+    train_augment: Callable[[Image.Image], Image.Image] | None = None  # e.g. CNNSpot's blur + JPEG
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation {self.interpolation!r}: expected one of {sorted(INTERPOLATIONS)}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std: three channels each, std > 0 (got {self.mean}, {self.std})")
+
+
+IMAGENET = DataConfig()  # what every detector of the registry gets today
+
+
+def make_transform(input_size: int, train: bool, hflip: bool = True,
+                   data: DataConfig = IMAGENET) -> Callable[[Image.Image], torch.Tensor]:
     """The detector's view (:func:`~synthdet.data.imageio.fit_to_input`: short side to the input
-    size, centre crop; nothing to do on square images of that size), optional flip, then ImageNet
-    normalisation.
+    size with ``data.interpolation``, centre crop; nothing to do on square images of that size),
+    optional flip, then ``data``'s normalisation.
 
     No random crop or colour jitter by default: those change the very pixel statistics a detector
     relies on, and GenImage's baselines train without them.
     """
-    return v2.Compose([functools.partial(fit_to_input, size=input_size), v2.PILToTensor(),
-                       view_transform(train, hflip)])
+    return v2.Compose([functools.partial(fit_to_input, size=input_size, interpolation=data.interpolation),
+                       v2.PILToTensor(), view_transform(train, hflip, data)])
 
 
-def view_transform(train: bool, hflip: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+def view_transform(train: bool, hflip: bool = True,
+                   data: DataConfig = IMAGENET) -> Callable[[torch.Tensor], torch.Tensor]:
     """The rest of :func:`make_transform`, from the detector's view as a uint8 CHW tensor (what a
     :class:`~synthdet.data.pixelcache.PixelCache` stores): optional flip, then normalisation."""
     steps: list = [v2.RandomHorizontalFlip()] if train and hflip else []
-    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.mean, data.std)])
 
 
 class ManifestDataset(Dataset):

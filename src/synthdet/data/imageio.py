@@ -6,7 +6,6 @@ the same way (8-bit RGB, alpha composited on black, first frame of animations).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,22 +179,21 @@ def load_rgb(path: Path | str) -> Image.Image:
         raise ImageDecodeError(path, f"truncated or corrupt image data ({exc})", "corrupt") from exc
 
 
-def fit_to_input(img: Image.Image, size: int) -> Image.Image:
-    """The detector's view of an image: short side to ``size`` (bicubic, antialiased) and a
-    centre crop. The one resize of the project: the detectors' transform and the degrade stage
-    both call it, so a clean test image and its degraded copies are resampled the same way."""
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+                  "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST}
+
+
+def fit_to_input(img: Image.Image, size: int, interpolation: str = "bicubic") -> Image.Image:
+    """The detector's view of an image: short side to ``size`` (bicubic by default, antialiased)
+    and a centre crop. The one resize of the project: the detectors' transform and the degrade
+    stage both call it, so a clean test image and its degraded copies are resampled the same way."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r}: expected one of {sorted(INTERPOLATIONS)}")
     w, h = img.size
     if (w, h) == (size, size):
         return img
     f = size / min(w, h)
-    img = img.resize((max(size, round(w * f)), max(size, round(h * f))), Image.Resampling.BICUBIC)
+    img = img.resize((max(size, round(w * f)), max(size, round(h * f))), INTERPOLATIONS[interpolation])
     left, top = (img.width - size) // 2, (img.height - size) // 2
     return img.crop((left, top, left + size, top + size))
 
-
-def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from synthdet.data.imageio import STATUS_OK, ImageDecodeError, inspect_image, sha256_file
+from synthdet.data.imageio import STATUS_OK, ImageDecodeError, inspect_image
 from synthdet.data.indexcache import IndexCache, file_stat
-from synthdet.fsutil import atomic_output
+from synthdet.fsutil import atomic_output, file_digest
 
 COLUMNS = [
     "path", "label", "subset", "split", "generator", "family", "content", "class", "source", "group",
@@ -25,8 +25,6 @@ COLUMNS = [
 ]
 FILE_COLUMNS = ("sha256", "width", "height", "format", "mode", "jpeg_quality", "subsampling", "exif", "status", "error")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-LABEL_DIRS = {"nature": 0, "ai": 1}
-SPLIT_DIRS = ("train", "val")
 
 
 class LayoutError(ValueError):
@@ -37,7 +35,7 @@ def describe_file(path: Path) -> dict:
     """Decode ``path`` fully and return the file columns of its manifest row."""
     row: dict = {**dict.fromkeys(FILE_COLUMNS), "status": STATUS_OK, "error": ""}
     try:
-        row["sha256"] = sha256_file(path) if path.stat().st_size else None
+        row["sha256"] = file_digest(path) if path.stat().st_size else None
         info = inspect_image(path)
         row.update(width=info.width, height=info.height, format=info.format, mode=info.mode,
                    jpeg_quality=info.jpeg_quality, subsampling=info.subsampling, exif=info.exif)
@@ -67,40 +65,6 @@ def describe_files(paths: Iterable[Path], desc: str = "index", workers: int | No
     if cache is not None:
         cache.flush()
     return rows  # type: ignore[return-value]
-
-
-def index_genimage_tree(root: Path, subsets: Iterable[str] | None = None,
-                        cache: IndexCache | None = None) -> pd.DataFrame:
-    """Index a GenImage-layout tree: ``root/<subset>/{train,val}/{ai,nature}/<image>``.
-
-    ``val`` is GenImage's test set and is recorded as split ``test``. ``cache``: decode only the
-    files that changed since the last index (see :mod:`synthdet.data.indexcache`).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise LayoutError(f"{root}: folder does not exist")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir())
-    wanted = list(subsets) if subsets is not None else found
-    missing = [s for s in wanted if s not in found]
-    if missing:
-        raise LayoutError(f"{root}: subsets {missing} not found (found: {found})")
-    records = []
-    for subset in wanted:
-        for split in SPLIT_DIRS:
-            for label_dir, label in LABEL_DIRS.items():
-                folder = root / subset / split / label_dir
-                if not folder.is_dir():
-                    raise LayoutError(
-                        f"{folder}: missing; expected {root}/<subset>/{{train,val}}/{{ai,nature}}"
-                    )
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                        records.append({"path": path.as_posix(), "label": label, "subset": subset,
-                                        "split": "test" if split == "val" else "train"})
-    if not records:
-        raise LayoutError(f"{root}: no images found under {wanted}")
-    files = describe_files([Path(r["path"]) for r in records], cache=cache)
-    return normalise(pd.DataFrame([{**r, **f} for r, f in zip(records, files, strict=True)]))
 
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:

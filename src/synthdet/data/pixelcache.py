@@ -57,6 +57,8 @@ class _Decode(Dataset):
 class PixelCache:
     """Cached ``fit_to_input`` views of ``paths`` at ``size``, built on first use."""
 
+    INTERPOLATION = "bicubic"  # fit_to_input's default: the resize of every stored view
+
     def __init__(self, folder: Path, paths: Sequence[str], digests: Sequence[str], size: int) -> None:
         self.key = cache_key(paths, digests, size)
         self.paths, self.size = list(paths), size

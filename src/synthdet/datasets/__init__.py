@@ -1,2 +1,2 @@
-"""The datasets, each self-contained: the embedded benchmark (with its generators), GenImage's
-archives and ImagiNet's annotation files. They build on :mod:`synthdet.data` and nothing above it."""
+"""The embedded benchmark, self-contained (its generators, its package sources). The papers' own
+datasets live with their paper: :mod:`synthdet.genimage`, :mod:`synthdet.imaginet`."""

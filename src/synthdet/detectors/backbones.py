@@ -19,6 +19,7 @@ import timm
 import torch
 from torch import nn
 
+from synthdet.data.dataset import IMAGENET, DataConfig
 from synthdet.fsutil import load_torch_file
 
 PretrainedSpec = bool | str | None
@@ -97,3 +98,23 @@ def timm_backbone(timm_name: str, pretrained: PretrainedSpec = False, **kwargs) 
         return timm.create_model(timm_name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs)
     except RuntimeError as exc:  # shapes that neither match nor adapt
         raise PretrainedWeightsError(f"{path}: the weights do not fit {timm_name}: {exc}") from exc
+
+
+_TRANSFORMERS = ("vit_", "deit_", "swin", "beit", "eva", "cait", "xcit")
+
+
+class TimmDetector(nn.Module):
+    """Any timm model with one fake logit: GenImage's generic backbones and the base of the
+    detectors that only rearrange or feed one (CNNSpot, Spec, ResNet-50-nodown)."""
+
+    data_config: DataConfig = IMAGENET
+
+    def __init__(self, timm_name: str, img_size: int = 224, pretrained: PretrainedSpec = False, **kwargs) -> None:
+        super().__init__()
+        if timm_name.startswith(_TRANSFORMERS):
+            kwargs.setdefault("img_size", img_size)
+        self.model = timm_backbone(timm_name, pretrained, num_classes=1, **kwargs)
+        self.timm_name = timm_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).squeeze(1)

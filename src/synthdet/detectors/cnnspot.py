@@ -1,7 +1,7 @@
 """CNNSpot (Wang et al., CVPR 2020, "CNN-generated images are surprisingly easy to spot... for
 now"): a ResNet-50 whose training images are blurred and JPEG-compressed at random. The
-architecture is plain; the augmentation is the method, so it travels with the model as
-``train_augment`` (the training loop applies it to training images only)."""
+architecture is plain; the augmentation is the method, so it travels with the model as its data
+config's ``train_augment`` (the training loop applies it to training images only)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import random
 from PIL import Image
 from torch import nn
 
-from synthdet.degrade import gaussian_blur, jpeg
+from synthdet.data.dataset import DataConfig
+from synthdet.detectors.backbones import TimmDetector
 from synthdet.detectors.registry import register_detector
-from synthdet.detectors.timm_backbones import TimmDetector
+from synthdet.transforms.degrade import gaussian_blur, jpeg
 
 
 class BlurJpegAugment:
@@ -36,7 +37,7 @@ class CNNSpot(TimmDetector):
         super().__init__("resnet50", img_size=img_size, **kwargs)
         # sigma 3 is for 224 px images; keep the same relative blur at other sizes
         sigma_max = 3.0 * img_size / 224 if sigma_max is None else sigma_max
-        self.train_augment = BlurJpegAugment(prob, sigma_max, quality_min)
+        self.data_config = DataConfig(train_augment=BlurJpegAugment(prob, sigma_max, quality_min))
 
 
 @register_detector("cnnspot")

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 
+from synthdet.data.dataset import IMAGENET, DataConfig
 from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
 from synthdet.detectors.registry import register_detector
 
@@ -73,6 +74,8 @@ class LFS(nn.Module):
 
 
 class F3Net(nn.Module):
+    data_config: DataConfig = IMAGENET
+
     def __init__(self, img_size: int = 224, backbone: str = "legacy_xception", pretrained: PretrainedSpec = False,
                  **kwargs) -> None:
         super().__init__()

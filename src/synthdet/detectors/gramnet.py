@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from synthdet.data.dataset import IMAGENET, DataConfig
 from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
 from synthdet.detectors.registry import register_detector
 
@@ -30,6 +31,8 @@ class GramBlock(nn.Module):
 
 
 class GramNet(nn.Module):
+    data_config: DataConfig = IMAGENET
+
     def __init__(self, img_size: int = 224, backbone: str = "resnet50", gram_dim: int = 32,
                  pretrained: PretrainedSpec = False, **kwargs) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synthdet.data.dataset import IMAGENET, DataConfig
 from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
 from synthdet.detectors.registry import register_detector
 
@@ -20,6 +21,8 @@ def npr_residual(x: torch.Tensor) -> torch.Tensor:
 
 
 class NPRDetector(nn.Module):
+    data_config: DataConfig = IMAGENET
+
     def __init__(self, img_size: int = 224, pretrained: PretrainedSpec = False, **kwargs) -> None:
         super().__init__()
         net = timm_backbone("resnet50", pretrained, num_classes=0, **kwargs)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
+from synthdet.data.dataset import DataConfig
+from synthdet.detectors.backbones import TimmDetector
 from synthdet.fsutil import load_torch_file
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -36,8 +38,9 @@ def create_detector(name: str, img_size: int = 224, weights: str | None = None, 
     if name in _REGISTRY:
         model = _REGISTRY[name](img_size=img_size, pretrained=pretrained, **kwargs)
     else:
-        from synthdet.detectors.timm_backbones import TimmDetector
         model = TimmDetector(name, img_size=img_size, pretrained=pretrained, **kwargs)
+    if not isinstance(getattr(model, "data_config", None), DataConfig):
+        raise TypeError(f"detector {name!r} declares no data_config (synthdet.data.dataset.DataConfig)")
     if weights:
         path = Path(weights)
         state = load_torch_file(path, "detector weights")

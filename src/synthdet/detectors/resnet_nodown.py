@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from synthdet.detectors.backbones import TimmDetector
 from synthdet.detectors.registry import register_detector
-from synthdet.detectors.timm_backbones import TimmDetector
 
 
 @register_detector("resnet50_nodown")

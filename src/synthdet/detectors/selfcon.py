@@ -13,7 +13,7 @@ with the single-view SelfCon objective (Bae et al. 2022), then calibrated with a
 - :class:`SelfConDetector`: backbone + origin head with the registry's interface (one fake logit
   per image). Not in the detector registry on purpose: a registered name is trainable by the
   generic cross-entropy loop, and this model trained that way would not be ImagiNet's baseline;
-  it is trained in two stages by :mod:`synthdet.baseline` (stage ``imaginet_train``).
+  it is trained in two stages by :mod:`synthdet.imaginet.baseline` (stage ``imaginet_train``).
 """
 
 from __future__ import annotations
@@ -24,9 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from synthdet.data.dataset import DataConfig
 from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
 
 FEATURES = 2048  # ResNet-50's pooled features
+# ImagiNet's code normalises with ImageNet's mean and std and resamples bilinearly (its random
+# resized crop and its zoom condition, imaginet/augment.py); its test view is a centre crop
+IMAGINET_INPUT = DataConfig(interpolation="bilinear")
 
 
 def projection(in_features: int, out_features: int = 128) -> nn.Sequential:
@@ -165,6 +169,8 @@ class SelfConDetector(nn.Module):
     """The calibrated baseline as a detector: backbone features -> origin head (2 classes) ->
     one fake logit (log p(synthetic) - log p(real)); ``model_head`` identifies the generator."""
 
+    data_config: DataConfig = IMAGINET_INPUT
+
     def __init__(self, pretrained: PretrainedSpec = False, n_models: int = 4, sub_block: int = 2,
                  backbone: str = "resnet50", nodown: bool = True) -> None:
         super().__init__()
@@ -186,6 +192,8 @@ class CrossEntropyNet(nn.Module):
     """Table 3's cross-entropy comparison rows (Grag2021, Corvi2022): the same backbone as
     :class:`SelfConNet` (ResNet-50 without early downsampling in the paper) and one linear layer
     over its pooled features, two classes (real, synthetic)."""
+
+    data_config: DataConfig = IMAGINET_INPUT
 
     def __init__(self, pretrained: PretrainedSpec = False, backbone: str = "resnet50", nodown: bool = True) -> None:
         super().__init__()

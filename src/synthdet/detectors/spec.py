@@ -7,8 +7,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from synthdet.data.dataset import IMAGENET, DataConfig
+from synthdet.detectors.backbones import TimmDetector
 from synthdet.detectors.registry import register_detector
-from synthdet.detectors.timm_backbones import TimmDetector
 
 
 def log_spectrum(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -21,6 +22,8 @@ def log_spectrum(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 class SpecDetector(nn.Module):
+    data_config: DataConfig = IMAGENET  # the spectrum is taken of the normalised view
+
     def __init__(self, img_size: int = 224, backbone: str = "resnet50", **kwargs) -> None:
         super().__init__()
         self.classifier = TimmDetector(backbone, img_size=img_size, **kwargs)

@@ -6,25 +6,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
+from synthdet.detectors.backbones import TimmDetector
 from synthdet.detectors.registry import register_detector
-
-_TRANSFORMERS = ("vit_", "deit_", "swin", "beit", "eva", "cait", "xcit")
-
-
-class TimmDetector(nn.Module):
-    def __init__(self, timm_name: str, img_size: int = 224, pretrained: PretrainedSpec = False, **kwargs) -> None:
-        super().__init__()
-        if timm_name.startswith(_TRANSFORMERS):
-            kwargs.setdefault("img_size", img_size)
-        self.model = timm_backbone(timm_name, pretrained, num_classes=1, **kwargs)
-        self.timm_name = timm_name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).squeeze(1)
 
 
 @register_detector("resnet50")

@@ -1,6 +1,6 @@
 """Stage ``audit``: could a detector cheat on this dataset? File facts per subset and label, the
 metadata and low-level probes' AUC (bias scores), and the pipeline's detector re-scored with the
-format and size differences removed (see :mod:`synthdet.audit`).
+format and size differences removed (see :mod:`synthdet.analysis.audit`).
 
 On the embedded benchmark it also builds and audits its biased variant (reals stored as JPEG,
 fakes as PNG: GenImage's bias), which the audit must flag, and trains the pipeline's detector on
@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthdet import audit, report
+from synthdet.analysis import audit, report
 from synthdet.data.manifest import read_manifest, usable
 from synthdet.fsutil import make_owned_dir, replace_owned_dir, write_json
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.training import score_table, train_on_manifest, workers_param
+from synthdet.training.loop import train_on_manifest
+from synthdet.training.runtime import workers_param
+from synthdet.training.scoring import score_table
 
 BIAS_PLOT, COUNTERFACTUAL_PLOT = f"{paths.PLOTS}/audit_bias_scores.png", f"{paths.PLOTS}/audit_counterfactual.png"
 RECOVERY_PLOT = f"{paths.PLOTS}/audit_bias_recovery.png"
@@ -179,8 +181,8 @@ def run(params: dict) -> Result:
         report.message("No biased variant in this run: it is built from the embedded benchmark only.",
                        Path(RECOVERY_PLOT))
     wide = scores_t.pivot_table(index=["dataset", "condition"], columns="subset", values="acc", sort=False)
-    tables = {"bias recovery (mean over test subsets)": recovery[recovery["subset"] == "mean"].round(3)} \
-        if len(recovery) else {}
+    tables = ({"bias recovery (mean over test subsets)": recovery[recovery["subset"] == "mean"].round(3)}
+              if len(recovery) else {})
     return Result(tables={**tables, "file facts": facts_t, "bias scores": probes_t.round(3),
                           "counterfactual accuracy": wide.round(3), "counterfactual detail": scores_t.round(3)},
                   figures=figures, metrics=metrics, notes=notes)

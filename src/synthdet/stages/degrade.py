@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from synthdet.analysis.report import sample_grid
 from synthdet.data.manifest import read_manifest
-from synthdet.degrade import Condition, scaled_conditions, write_degraded
-from synthdet.report import sample_grid
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.transforms.degrade import Condition, scaled_conditions, write_degraded
 
 STAGE = Stage(
     name="degrade", notebook="notebooks/04_degrade.ipynb", module=__name__,

@@ -14,13 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from synthdet.analysis.report import sample_grid
 from synthdet.data.indexcache import IndexCache
-from synthdet.data.manifest import describe_files, index_genimage_tree, normalise, usable, write_manifest
-from synthdet.datasets import genimage, imaginet
+from synthdet.data.manifest import describe_files, normalise, usable, write_manifest
 from synthdet.datasets.embedded import reproducible, sources
 from synthdet.datasets.embedded.build import build_benchmark
 from synthdet.fsutil import DataSourceError, make_owned_dir, write_json
-from synthdet.report import sample_grid
+from synthdet.genimage import archives as genimage
+from synthdet.genimage import layout as genimage_layout
+from synthdet.genimage.layout import index_genimage_tree
+from synthdet.imaginet import dataset as imaginet
+from synthdet.machine import machine_facts
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
 from synthdet.stages.source import dataset_folder
@@ -140,7 +144,7 @@ def check_reproducible(benchmark_dir: Path, names: list[str], seed: int, prepare
     observed = {name: reproducible.subset_hash(benchmark_dir / name) for name in names}
     key = reproducible.config_key(seed, prepare, benchmark)
     report = reproducible.verify(observed, key, reproducible.load_expected() if expected is None else expected)
-    facts = reproducible.machine_facts()
+    facts = machine_facts()
     if report["status"] == "identical":
         print(f"embedded benchmark: all {len(names)} subsets byte-identical to the recorded ones "
               f"(configuration {key})")
@@ -167,22 +171,22 @@ def download_genimage(source: Path, out: Path, subsets: list[str] | None, extrac
     """
     extract_to = extract_to or source / "extracted"
     if subsets is None:
-        subsets = [s for s in genimage.SUBSETS if (source / s).is_dir() or any(source.glob(f"{s}*.zip"))]
+        subsets = [s for s in genimage_layout.SUBSETS if (source / s).is_dir() or any(source.glob(f"{s}*.zip"))]
         if not subsets:
             raise DataSourceError(f"{source}: no GenImage subset folders or archives found "
-                                  f"(expected names like {list(genimage.SUBSETS)[:2]})")
+                                  f"(expected names like {list(genimage_layout.SUBSETS)[:2]})")
     report = genimage.ingest(source, extract_to, subsets, checksums, verify_extracted)
     roots = {s: genimage.subset_root(source, extract_to, s) for s in subsets}
     manifest = pd.concat([index_genimage_tree(root, [s], cache) for s, root in roots.items()], ignore_index=True)
     if cache is not None:
         cache.save()
-    manifest = genimage.mark_known_corrupt(manifest, roots)
-    names = {s: genimage.SUBSETS.get(s, (s, "unknown")) for s in subsets}
+    manifest = genimage_layout.mark_known_corrupt(manifest, roots)
+    names = {s: genimage_layout.SUBSETS.get(s, (s, "unknown")) for s in subsets}
     fake = manifest["label"] == 1
     manifest["generator"] = np.where(fake, manifest["subset"].map(lambda s: names[s][0]), "real")
     manifest["family"] = np.where(fake, manifest["subset"].map(lambda s: names[s][1]), "real")
     manifest["content"] = "photo"
-    manifest["class"] = manifest["path"].map(genimage.image_class)
+    manifest["class"] = manifest["path"].map(genimage_layout.image_class)
     stem = manifest["path"].map(lambda p: Path(p).stem)
     manifest["group"] = np.where(fake, manifest["path"], stem)  # one ImageNet photo = one group
     manifest = normalise(manifest)
@@ -198,7 +202,7 @@ def imaginet_root(root: Path, extract_to: Path | None = None) -> Path:
     archive = imaginet.find_archive(root)
     if archive is None:
         return root
-    from synthdet.data import sevenzip
+    from synthdet.imaginet import sevenzip
 
     dest = extract_to or root / "extracted"
     sevenzip.extract(archive, dest)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthdet import report
+from synthdet.analysis import report
 from synthdet.fsutil import write_json
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.training import score_table, workers_param
+from synthdet.training.runtime import workers_param
+from synthdet.training.scoring import score_table
 
 ACC_HEATMAP, AUC_HEATMAP = f"{paths.PLOTS}/accuracy_heatmap.png", f"{paths.PLOTS}/auc_heatmap.png"
 STAGE = Stage(

@@ -5,7 +5,7 @@ its test set). Any other dataset (the embedded benchmark) is first written in Im
 then read back through ImagiNet's own code path: annotation files ``path,origin,content,family,
 specific`` for train, test and a balanced calibration set, with a ``codes.json`` naming its
 families and generators (the model-identification classes), and its test set perturbed by the
-same function as ImagiNet's (:func:`synthdet.datasets.imaginet.build_perturbed`), at the
+same function as ImagiNet's (:func:`synthdet.imaginet.dataset.build_perturbed`), at the
 dataset's image size instead of 256 px.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from synthdet.data.manifest import read_manifest, usable
-from synthdet.datasets import imaginet
 from synthdet.fsutil import replace_owned_dir, write_json
+from synthdet.imaginet import dataset as imaginet
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
 

@@ -3,7 +3,7 @@
 - ``imaginet_train@<method>``: ImagiNet's baseline (``selfcon``: SelfCon pre-training, then
   calibration of the origin and model-identification heads) or a cross-entropy comparison row of
   Table 3 (``grag2021``, ``corvi2022``), on the same rows, crops and backbone
-  (:mod:`synthdet.baseline`); then scored on the test set: the baseline's two tracks under every
+  (:mod:`synthdet.imaginet.baseline`); then scored on the test set: the baseline's two tracks under every
   condition of Figure 4 (and its backbone's features of the clean test set, for Figure 2), the
   comparison rows on the clean test set (Table 3).
 - ``imaginet_loco@<content>``: Figure 3, a ResNet-18 from scratch trained without one content
@@ -20,12 +20,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from synthdet import baseline
-from synthdet.data.augment import condition_names
 from synthdet.fsutil import make_owned_dir, replace_owned_dir, write_json
+from synthdet.imaginet import baseline
+from synthdet.imaginet.augment import condition_names
 from synthdet.stages import imaginet_data, paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.training import TrainConfig, resolve_device, score_table, train_detector
+from synthdet.training.config import TrainConfig
+from synthdet.training.loop import train_detector
+from synthdet.training.runtime import resolve_device
+from synthdet.training.scoring import score_table
 
 SCORES, FEATURES, NETWORK = "scores.parquet", "features.npy", "network.pt"
 

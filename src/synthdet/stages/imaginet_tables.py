@@ -17,17 +17,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from synthdet import baseline, report
-from synthdet import imaginet_plots as plots_
-from synthdet import imaginet_tracks as T
-from synthdet.datasets import imaginet
-from synthdet.datasets.embedded.reproducible import machine_facts
+from synthdet.analysis import report
 from synthdet.detectors import create_detector, list_detectors
 from synthdet.fsutil import replace_owned_dir, write_json
-from synthdet.relational import embedding_map
+from synthdet.imaginet import baseline
+from synthdet.imaginet import dataset as imaginet
+from synthdet.imaginet import plots as plots_
+from synthdet.imaginet import tracks as T
+from synthdet.imaginet.relational import embedding_map
+from synthdet.machine import machine_facts
 from synthdet.stages import imaginet_data, imaginet_runs, paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.training import resolve_device
+from synthdet.training.runtime import resolve_device
 
 FOLDER = f"{imaginet_data.ROOT}/tables"
 PLOTS = f"{paths.PLOTS}/imaginet"

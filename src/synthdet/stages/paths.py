@@ -25,3 +25,13 @@ PLOTS = "plots"
 
 def metrics_file(stage: str) -> str:
     return f"{METRICS}/{stage}.json"
+
+
+FULL = "full"  # the budget of a table run on the whole training subset
+
+
+def run_name(family: str, model: str, subset: str, seed: int | str, budget: str = FULL) -> str:
+    """A table run's folder under :data:`RUNS`, ``<family>/<model>__<subset>[__<budget>]__s<seed>``
+    (also with DVC's ``${...}`` as values): the only place that name is spelled."""
+    middle = "" if budget == FULL else f"__{budget}"
+    return f"{family}/{model}__{subset}{middle}__s{seed}"

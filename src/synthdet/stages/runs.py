@@ -9,7 +9,7 @@ Three families, each a DVC matrix stage:
 - ``ablate``: ``tables.ablation_model`` on class budgets of ``tables.train_subset`` (tables 4-5;
   clean test images only).
 A run's folder is ``artifacts/runs/<family>/<model>__<subset>[__<budget>]__s<seed>``
-(:func:`run_name`): the only place that name is spelled.
+(:func:`~synthdet.stages.paths.run_name`, which the tables stage reads without the training code).
 """
 
 from __future__ import annotations
@@ -22,17 +22,13 @@ import pandas as pd
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.training import score_table, train_on_manifest, workers_param
+from synthdet.stages.paths import FULL, run_name
+from synthdet.training.loop import train_on_manifest
+from synthdet.training.runtime import workers_param
+from synthdet.training.scoring import score_table
 
-FULL = "full"  # the budget of a run on the whole training subset
 NOTEBOOK = "notebooks/06_run.ipynb"
 COMMON_PARAMS = ("train", "evaluate", "device", "tables.model_kwargs", "data.debias")
-
-
-def run_name(family: str, model: str, subset: str, seed: int | str, budget: str = FULL) -> str:
-    """``<family>/<model>__<subset>[__<budget>]__s<seed>``, also with DVC's ``${...}`` as values."""
-    middle = "" if budget == FULL else f"__{budget}"
-    return f"{family}/{model}__{subset}{middle}__s{seed}"
 
 
 @dataclass(frozen=True)

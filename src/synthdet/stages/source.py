@@ -53,14 +53,14 @@ def fingerprint(cfg: Config) -> dict:
     """The dataset's source state (the embedded benchmark's is ``data/``, a dependency of its own).
     The dataset modules are imported only when used: the default run then starts no torch."""
     if cfg.dataset == "genimage":
-        from synthdet.datasets import genimage
+        from synthdet.genimage import archives as genimage
 
         g = cfg.genimage
         checksums = Path(g["checksums"]) if g.get("checksums") else None
         return {"dataset": "genimage", "subsets": genimage.source_fingerprint(dataset_folder("genimage", g),
                                                                                g["subsets"], checksums)}
     if cfg.dataset == "imaginet":
-        from synthdet.datasets import imaginet
+        from synthdet.imaginet import dataset as imaginet
 
         i = cfg.imaginet
         return {"dataset": "imaginet",

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthdet import report
-from synthdet import tables as T
-from synthdet.degrade import natural_order
+from synthdet.analysis import report
 from synthdet.fsutil import write_json
+from synthdet.genimage import tables as T
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.stages.runs import run_name
+from synthdet.stages.paths import run_name
+from synthdet.transforms.degrade import natural_order
 
 PLOTS = f"{paths.PLOTS}/tables"
 STAGE = Stage(

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthdet import report
+from synthdet.analysis import report
 from synthdet.fsutil import write_json
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.training import is_main_process, train_on_manifest
+from synthdet.training.loop import train_on_manifest
+from synthdet.training.runtime import is_main_process
 
 HISTORY = f"{paths.PLOTS}/train_history.csv"
 STAGE = Stage(

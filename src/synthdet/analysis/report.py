@@ -33,7 +33,7 @@ def heatmap(table: pd.DataFrame, index: str, columns: str, value: str, title: st
     fig, ax = plt.subplots(figsize=(1.1 * pivot.shape[1] + 3, 0.5 * pivot.shape[0] + 2))
     sns.heatmap(pivot, annot=True, fmt=fmt, vmin=0, vmax=1, cmap="viridis", ax=ax, cbar_kws={"label": value})
     ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def training_curves(history: pd.DataFrame, path: Path | None = None) -> plt.Figure:
@@ -41,7 +41,7 @@ def training_curves(history: pd.DataFrame, path: Path | None = None) -> plt.Figu
     long = history.melt(id_vars="epoch", value_vars=cols, var_name="metric")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     sns.lineplot(long, x="epoch", y="value", hue="metric", marker="o", ax=ax)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def lines(table: pd.DataFrame, x: str, values: list[str], title: str, path: Path | None = None,
@@ -55,7 +55,7 @@ def lines(table: pd.DataFrame, x: str, values: list[str], title: str, path: Path
             ax.annotate(str(getattr(r, label)), (getattr(r, x), r.value), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
     ax.set(xscale="log", ylim=(0.4, 1.02), ylabel="accuracy", title=title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def bars(table: pd.DataFrame, x: str, y: str, hue: str, title: str, path: Path | None = None,
@@ -67,7 +67,7 @@ def bars(table: pd.DataFrame, x: str, y: str, hue: str, title: str, path: Path |
         ax.axhline(reference, color="grey", linestyle="--", linewidth=1)
     ax.set(title=title, ylim=ylim)
     ax.tick_params(axis="x", rotation=30)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def message(text: str, path: Path | None = None) -> plt.Figure:
@@ -75,7 +75,7 @@ def message(text: str, path: Path | None = None) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6, 1.5))
     ax.axis("off")
     ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def sample_grid(paths: list[str], cols: int = 8, size: int = 64) -> Image.Image:
@@ -88,7 +88,7 @@ def sample_grid(paths: list[str], cols: int = 8, size: int = 64) -> Image.Image:
     return grid
 
 
-def _save(fig: plt.Figure, path: Path | None) -> plt.Figure:
+def save_figure(fig: plt.Figure, path: Path | None) -> plt.Figure:
     """Lay out, write ``path``, and release the figure from pyplot: the caller keeps a figure that
     still draws (``Result.show`` renders it), and a stage with many plots holds none open."""
     fig.tight_layout()

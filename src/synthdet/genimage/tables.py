@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from synthdet.analysis.report import in_order
 from synthdet.metrics import metrics_table
-from synthdet.report import in_order
 
 METRICS = ["acc", "real_acc", "fake_acc", "auc", "ap", "acc_ci_low", "acc_ci_high"]
 

@@ -18,8 +18,15 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from synthdet.data.archives import crc32_file
-from synthdet.fsutil import DataSourceError, inside, make_owned_dir, read_json_cache, remove_owned_dir, write_json
+from synthdet.fsutil import (
+    DataSourceError,
+    file_digest,
+    inside,
+    make_owned_dir,
+    read_json_cache,
+    remove_owned_dir,
+    write_json,
+)
 
 EXECUTABLES = ("7zz", "7z", "7za")
 STAGING = ".7z-staging"
@@ -88,7 +95,7 @@ def extract(archive: Path, out: Path, verify_existing: bool = False) -> dict[str
         if target.is_file() and not target.is_symlink():
             st = target.stat()
             if st.st_size == e.size and ((not verify_existing and done.get(e.name) == [st.st_size, st.st_mtime_ns])
-                                         or e.crc is None or crc32_file(target) == e.crc):
+                                         or e.crc is None or file_digest(target, "crc32") == f"{e.crc:08x}"):
                 done[e.name] = [st.st_size, st.st_mtime_ns]
                 continue
         todo.append(e)
@@ -102,8 +109,8 @@ def extract(archive: Path, out: Path, verify_existing: bool = False) -> dict[str
         _run(["x", "-y", "-spd", f"-o{staging}", str(archive), f"@{listfile}"], archive, "extract")
         for e in todo:
             staged = inside(staging, e.name, f"{archive} member")
-            if staged.is_symlink() or not staged.is_file() or staged.stat().st_size != e.size \
-                    or (e.crc is not None and crc32_file(staged) != e.crc):
+            if (staged.is_symlink() or not staged.is_file() or staged.stat().st_size != e.size
+                    or (e.crc is not None and file_digest(staged, "crc32") != f"{e.crc:08x}")):
                 raise DataSourceError(f"{archive}: member {e.name!r} did not extract to a file of the listed "
                                       "size and CRC-32")
             targets[e.name].parent.mkdir(parents=True, exist_ok=True)

@@ -1,122 +1,18 @@
-"""GenImage as distributed: one split zip per subset (``.z01`` ... ``.zNN`` + ``.zip``).
-
-``ingest`` verifies every part's MD5 against the community checksums shipped in
-``reference/genimage``, reads the split archive in place (no joined copy on disk), extracts it
-member by member, atomically and resumably, refuses path traversal, and marks the known-corrupt
-images. The extracted tree is then indexed like any GenImage-layout folder.
-"""
+"""A split zip (``.z01`` ... ``.zNN`` + ``.zip``, as GenImage ships each subset) read in place:
+no joined copy on disk, zip64 aware, extracted member by member, atomically and resumably, with
+path traversal refused and every member's CRC checked."""
 
 from __future__ import annotations
 
-import csv
-import functools
-import hashlib
 import io
-import os
-import re
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 from tqdm.auto import tqdm
 
-from synthdet.data.archives import crc32_file
-from synthdet.data.indexcache import listing_fingerprint, tree_files
-from synthdet.fsutil import DataSourceError, atomic_output, inside, read_json_cache, write_json
-
-REFERENCE = Path(__file__).parent / "reference" / "genimage"
-
-# subset folder -> (generator as GenImage names it, family)
-SUBSETS: dict[str, tuple[str, str]] = {
-    "imagenet_midjourney": ("Midjourney", "diffusion"),
-    "imagenet_ai_0419_sdv4": ("SD V1.4", "diffusion"),
-    "imagenet_ai_0424_sdv5": ("SD V1.5", "diffusion"),
-    "imagenet_ai_0508_adm": ("ADM", "diffusion"),
-    "imagenet_glide": ("GLIDE", "diffusion"),
-    "imagenet_ai_0424_wukong": ("Wukong", "diffusion"),
-    "imagenet_ai_0419_vqdm": ("VQDM", "vq-diffusion"),
-    "imagenet_ai_0419_biggan": ("BigGAN", "gan"),
-}
-# Google Drive may add "-NNN" before the extension of a downloaded part
-PART_RE = re.compile(r"^(?P<subset>[a-z0-9_]+?)(?:-\d{3})?\.(?P<ext>zip|z\d{2,3})$", re.IGNORECASE)
-
-
-def load_checksums(path: Path = REFERENCE / "checksums.csv") -> dict[str, str]:
-    """Part file name -> MD5. A name listed twice must carry the same checksum."""
-    out: dict[str, str] = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            name, md5 = row["originalFilename"].strip(), row["md5Checksum"].strip().lower()
-            if out.get(name, md5) != md5:
-                raise DataSourceError(f"{path}: {name} is listed with two different MD5s")
-            out[name] = md5
-    return out
-
-
-def known_corrupt(subset: str) -> set[str]:
-    """Paths (relative to the extracted root) the community reported corrupt or zero-byte."""
-    path = REFERENCE / "corrupted_files" / f"{subset}.txt"
-    if not path.exists():
-        return set()
-    return {line.strip().removeprefix("./") for line in path.read_text().splitlines() if line.strip()}
-
-
-@dataclass(frozen=True)
-class Part:
-    path: Path
-    canonical: str  # the name without Google Drive's -NNN suffix
-    index: int  # .z01 -> 1 ... ; .zip (the last disk) -> large
-
-
-def find_parts(source: Path, subset: str, checksums: dict[str, str]) -> list[Part]:
-    """The parts of ``subset`` in ``source``, in disk order; errors name what is missing."""
-    parts: dict[str, Part] = {}
-    for path in sorted(source.iterdir()):
-        m = PART_RE.match(path.name)
-        if not m or m["subset"] != subset:
-            continue
-        ext = m["ext"].lower()
-        canonical = f"{subset}.{ext}"
-        if canonical in parts:
-            raise DataSourceError(f"{source}: two files for {canonical}: {parts[canonical].path.name}, {path.name}")
-        parts[canonical] = Part(path, canonical, 10**6 if ext == "zip" else int(ext[1:]))
-    expected = sorted(n for n in checksums if n.startswith(f"{subset}."))
-    missing = [n for n in expected if n not in parts]
-    if not parts:
-        hint = f" (expected {expected[0]} ... {expected[-1]})" if expected else ""
-        raise DataSourceError(f"{source}: no archive parts for {subset}{hint}")
-    if missing:
-        raise DataSourceError(f"{source}: {subset} is missing {len(missing)} of {len(expected)} parts: {missing}")
-    return sorted(parts.values(), key=lambda p: p.index)
-
-
-def md5_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_parts(parts: list[Part], checksums: dict[str, str], cache: Path) -> None:
-    """MD5 of every part; results are cached by (size, mtime) so a resumed run does not re-hash."""
-    seen = read_json_cache(cache)
-    bad = []
-    for part in tqdm(parts, desc="md5"):
-        stat = part.path.stat()
-        key = f"{part.path.name}:{stat.st_size}:{stat.st_mtime_ns}"
-        md5 = seen.get(key) or md5_file(part.path)
-        seen[key] = md5
-        expected = checksums.get(part.canonical)
-        if expected is None:
-            bad.append(f"{part.path.name}: not in the checksum list")
-        elif md5 != expected:
-            bad.append(f"{part.path.name}: md5 {md5}, expected {expected} (re-download this part)")
-    write_json(seen, cache)
-    if bad:
-        raise DataSourceError("GenImage parts failed verification:\n  " + "\n  ".join(bad))
+from synthdet.fsutil import DataSourceError, atomic_output, file_digest, inside, read_json_cache, write_json
 
 
 class ConcatFile(io.RawIOBase):
@@ -335,7 +231,8 @@ def extract(archive: SplitZip, out: Path, desc: str = "extract", verify_existing
                 st = target.stat()
                 record = [st.st_size, st.st_mtime_ns, entry.crc]
                 if st.st_size == entry.file_size and (
-                        (not verify_existing and done.get(entry.name) == record) or crc32_file(target) == entry.crc):
+                        (not verify_existing and done.get(entry.name) == record)
+                        or file_digest(target, "crc32") == f"{entry.crc:08x}"):
                     done[entry.name] = record
                     counts["skipped"] += 1
                     continue
@@ -350,88 +247,3 @@ def extract(archive: SplitZip, out: Path, desc: str = "extract", verify_existing
         if done:
             write_json(done, log_path)
     return counts
-
-
-def ingest(source: Path, out: Path, subsets: list[str] | None = None,
-           checksums: dict[str, str] | None = None, verify_extracted: bool = False) -> dict[str, dict[str, int]]:
-    """Archives in ``source`` -> verified, extracted subsets under ``out``.
-
-    Subsets already extracted in ``source`` (a folder with ``train/`` and ``val/``) are used as
-    they are. ``verify_extracted`` re-checks the CRC of every file a previous run extracted.
-    Returns per-subset extraction counts.
-    """
-    checksums = checksums if checksums is not None else load_checksums()
-    report = {}
-    for subset in subsets or list(SUBSETS):
-        if (source / subset / "train").is_dir() and (source / subset / "val").is_dir():
-            report[subset] = {"already_extracted": 1}
-            continue
-        parts = find_parts(source, subset, checksums)
-        verify_parts(parts, checksums, out / ".md5_cache.json")
-        with SplitZip([p.path for p in parts]) as archive:
-            names = {Path(n).parts[0] for n in archive.namelist() if n.strip("/")}
-            if subset not in names:
-                raise DataSourceError(f"{parts[-1].path}: expected a top-level folder {subset}/, found {sorted(names)}")
-            report[subset] = extract(archive, out, desc=subset, verify_existing=verify_extracted)
-    return report
-
-
-def source_fingerprint(source: Path, subsets: list[str] | None = None, checksums: Path | None = None) -> dict:
-    """What the download stage reads from ``source``, without opening a file: per subset, the
-    archive parts' names, sizes and modification times (or, for a subset already extracted in
-    ``source``, every file's), digested. A re-downloaded part or a deleted image changes it; the
-    parts' MD5s are checked by the download stage itself (cached by size and mtime)."""
-    source = Path(source)
-    if not source.is_dir():
-        raise DataSourceError(f"{source}: GenImage source folder does not exist (data.genimage.source)")
-    found = {m["subset"] for p in source.iterdir() if (m := PART_RE.match(p.name))}
-    found |= {p.name for p in source.iterdir() if (p / "train").is_dir() and (p / "val").is_dir()}
-    out: dict = {}
-    for subset in sorted(subsets or (found & set(SUBSETS)) or found):
-        if (source / subset / "train").is_dir() and (source / subset / "val").is_dir():
-            out[subset] = {"kind": "extracted", **listing_fingerprint(tree_files(source / subset), source)}
-        else:
-            parts = [p for p in source.iterdir() if (m := PART_RE.match(p.name)) and m["subset"] == subset]
-            out[subset] = {"kind": "archives", **listing_fingerprint(parts, source)}
-    if checksums is not None:
-        out["checksums"] = {"path": str(checksums), "sha256": hashlib.sha256(Path(checksums).read_bytes()).hexdigest()}
-    return out
-
-
-def subset_root(source: Path, out: Path, subset: str) -> Path:
-    return source if (source / subset / "train").is_dir() else out
-
-
-def mark_known_corrupt(manifest: pd.DataFrame, roots: dict[str, Path]) -> pd.DataFrame:
-    """Set ``status = known_corrupt`` on images the community lists as corrupt."""
-    df = manifest.copy()
-    for subset, root in roots.items():
-        bad = known_corrupt(subset)
-        if not bad:
-            continue
-        rel = df.loc[df["subset"] == subset, "path"].map(lambda p, r=root: os.path.relpath(p, r))
-        hit = rel[rel.isin(bad)].index.intersection(df.index[df["status"] == "ok"])
-        df.loc[hit, ["status", "error"]] = ["known_corrupt", "listed in corrupted_files"]
-    return df
-
-
-_FAKE_CLASS = re.compile(r"(?:^|_)(\d{1,3})_[A-Za-z0-9]+_\d+$")  # 033_sdv4_00134, GLIDE_..._808_glide_00033
-_REAL_CLASS = re.compile(r"^(n\d{8})_")  # n03495258_20762
-
-
-def image_class(path: str) -> str | None:
-    """The ImageNet synset of a GenImage image, from its file name: reals carry the synset, fakes
-    the class index they were generated for (standard ImageNet-1k order, as timm lists it)."""
-    stem = Path(path).stem
-    if m := _REAL_CLASS.match(stem):
-        return m.group(1)
-    if (m := _FAKE_CLASS.search(stem)) and int(m.group(1)) < 1000:
-        return _synsets()[int(m.group(1))]
-    return None
-
-
-@functools.cache
-def _synsets() -> list[str]:
-    from timm.data import ImageNetInfo
-
-    return list(ImageNetInfo().label_names())

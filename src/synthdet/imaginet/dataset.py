@@ -6,7 +6,6 @@ root (``./imagenet/ILSVRC/Data/CLS-LOC/val/...JPEG``, ``./ffhq_stylegan/<uuid>.p
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -20,9 +19,9 @@ from tqdm.auto import tqdm
 
 from synthdet.data.imageio import ImageDecodeError, load_rgb
 from synthdet.data.indexcache import file_stat, listing_fingerprint
-from synthdet.degrade import compress
-from synthdet.fsutil import DataSourceError, atomic_write_bytes, check_relative, inside, replace_owned_dir
+from synthdet.fsutil import DataSourceError, atomic_write_bytes, check_relative, file_digest, inside, replace_owned_dir
 from synthdet.seeding import rng_for
+from synthdet.transforms.degrade import compress
 
 CONTENT = {0: "photos", 1: "paintings", 2: "faces", 3: "uncategorized"}
 FAMILY = {0: "gan", 1: "sd", 2: "midjourney", 3: "dalle3", 4: "real"}
@@ -159,7 +158,7 @@ def source_fingerprint(root: Path, annotations: dict[str, str | None]) -> dict:
         path = root / rel
         table = read_annotations(path)
         files = [root / r for r in table["relpath"]]
-        out[split] = {"annotations": rel, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        out[split] = {"annotations": rel, "sha256": file_digest(path),
                       **listing_fingerprint(files, root)}
     return out
 
@@ -251,8 +250,8 @@ def build_perturbed(annotations: pd.DataFrame, root: Path, out: Path, seed: int,
             row = r._asdict() | {"source_path": source.as_posix(), "path": target.as_posix(),
                                  "source_size": stat[0] if stat else -1, "source_mtime": stat[1] if stat else -1}
             old = done.get(r.relpath)
-            if old and (old["source_size"], old["source_mtime"]) == (row["source_size"], row["source_mtime"]) \
-                    and (old["status"] != "ok" or target.is_file()):
+            if (old and (old["source_size"], old["source_mtime"]) == (row["source_size"], row["source_mtime"])
+                    and (old["status"] != "ok" or target.is_file())):
                 rows.append(old)
                 continue
             try:

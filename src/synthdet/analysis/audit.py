@@ -27,9 +27,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
-from synthdet.degrade import jpeg  # 4:2:0, as ImageNet's camera files mostly are
 from synthdet.metrics import binary_metrics
-from synthdet.training import load_detector, predict
+from synthdet.training.checkpoint import load_detector
+from synthdet.training.scoring import predict
+from synthdet.transforms.degrade import jpeg  # 4:2:0, as ImageNet's camera files mostly are
 
 LABEL_NAMES = {0: "real", 1: "fake"}
 PROBES = ("metadata", "low-level")

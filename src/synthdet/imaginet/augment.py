@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from synthdet.degrade import compress
+from synthdet.transforms.degrade import compress
 
 QUALITY = (50, 95)
 BLUR_KERNELS = (3, 5, 7)

@@ -2,14 +2,14 @@
 Training Details"), on manifest rows of any dataset.
 
 1. SelfCon pre-training of :class:`~synthdet.detectors.selfcon.SelfConNet` on single-view
-   batches (:func:`~synthdet.data.augment.train_augment`, 96 px crops, no resizing) with the
+   batches (:func:`~synthdet.imaginet.augment.train_augment`, 96 px crops, no resizing) with the
    origin and model-identification labellings: SGD, lr 0.005 warmed up linearly for 10 epochs,
    then cosine-annealed; batch 200; 400 epochs at paper scale (``BaselineConfig`` holds them all).
 2. Calibration: the sub-network and projection heads are dropped; the backbone's batch-norm
    statistics are re-estimated on the calibration images (Schneider et al. 2020); then the two
    MLP heads (origin; model identification on the synthetic images only) are trained with
    cross-entropy on the frozen backbone's features of calibration-augmented images
-   (:func:`~synthdet.data.augment.calibration_augment`): AdamW, lr 1e-4, weight decay 1e-3,
+   (:func:`~synthdet.imaginet.augment.calibration_augment`): AdamW, lr 1e-4, weight decay 1e-3,
    betas (0.9, 0.99), 5 epochs.
 
 Model labels are ``family`` by default (ImagiNet's GAN / SD / Midjourney / DALL-E 3; the embedded
@@ -43,8 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
-from synthdet.data.augment import apply_condition, calibration_augment, crop_augment, pad_if_needed, train_augment
-from synthdet.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from synthdet.data.dataset import DataConfig
 from synthdet.data.imageio import load_rgb
 from synthdet.detectors.selfcon import (
     CrossEntropyNet,
@@ -53,6 +52,7 @@ from synthdet.detectors.selfcon import (
     update_bn_statistics,
 )
 from synthdet.fsutil import CheckpointError, atomic_write_bytes, load_torch_file
+from synthdet.imaginet.augment import apply_condition, calibration_augment, crop_augment, pad_if_needed, train_augment
 from synthdet.seeding import rng_for, seed_everything
 
 METHODS = ("selfcon", "grag2021", "corvi2022")  # ImagiNet's baseline, then the cross-entropy rows
@@ -94,13 +94,14 @@ class AugmentedRows(Dataset):
     with a generator seeded by (seed, epoch, path), so a rerun sees the same pixels."""
 
     def __init__(self, rows: pd.DataFrame, model_index: dict[str, int], augment: Callable, size: int, seed: int,
-                 model_labels: str) -> None:
+                 model_labels: str, data: DataConfig) -> None:
+        """``data``: the network's data config (its normalisation)."""
         self.paths = rows["path"].tolist()
         self.origin = rows["label"].astype(int).tolist()
         self.model = [model_index.get(m, -1) for m in rows[model_labels]]
         self.augment, self.size, self.seed, self.epoch = augment, size, seed, 0
         self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                                     v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+                                     v2.Normalize(data.mean, data.std)])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -149,7 +150,7 @@ def pretrain(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig,
     """Stage 1 on the training rows; the SelfCon loss per epoch."""
     seed_everything(cfg.seed)
     data = AugmentedRows(rows, {c: k for k, c in enumerate(classes)}, train_augment, cfg.crop, cfg.seed,
-                         cfg.model_labels)
+                         cfg.model_labels, detector.data_config)
     net = detector.net
     return _sgd_epochs(net, data, cfg, lambda x, origin, model: imaginet_pretraining_loss(
         net(x), origin, model, cfg.temperature), "selfcon", torch.device(device))
@@ -159,7 +160,8 @@ def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig
               device: torch.device | str = "cpu") -> list[dict]:
     """Stage 2 on the calibration rows: BN statistics, then the origin and model heads."""
     index = {c: k for k, c in enumerate(classes)}
-    data = AugmentedRows(rows, index, calibration_augment, cfg.calibration_size, cfg.seed + 1, cfg.model_labels)
+    data = AugmentedRows(rows, index, calibration_augment, cfg.calibration_size, cfg.seed + 1, cfg.model_labels,
+                        detector.data_config)
     loader = DataLoader(data, batch_size=cfg.calibration_batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
     backbone = detector.net.backbone
@@ -215,7 +217,7 @@ def train_cross_entropy(train_rows: pd.DataFrame, cfg: BaselineConfig, method: s
         raise ValueError(f"no cross-entropy method {method!r} (known: {sorted(CE_AUGMENT)})")
     seed_everything(cfg.seed)
     net = CrossEntropyNet(pretrained, backbone=cfg.backbone, nodown=cfg.nodown).to(device)
-    data = AugmentedRows(train_rows, {}, CE_AUGMENT[method], cfg.crop, cfg.seed, "label")
+    data = AugmentedRows(train_rows, {}, CE_AUGMENT[method], cfg.crop, cfg.seed, "label", net.data_config)
     t0 = time.perf_counter()
     history = _sgd_epochs(net, data, cfg, lambda x, origin, _: F.cross_entropy(net(x), origin), method,
                           torch.device(device))
@@ -231,7 +233,7 @@ def centre_crop(img: Image.Image, rng: np.random.Generator, size: int) -> tuple[
 
 
 def condition_view(condition: str, size: int) -> Callable:
-    """A test condition (``clean``, ``jpeg_q<q>``, ``zoom_r<r>``: :func:`~synthdet.data.augment.apply_condition`),
+    """A test condition (``clean``, ``jpeg_q<q>``, ``zoom_r<r>``: :func:`~synthdet.imaginet.augment.apply_condition`),
     then the centre crop of ``size`` every test image goes through."""
     def view(img: Image.Image, rng: np.random.Generator, size: int = size) -> tuple[Image.Image, list]:
         return centre_crop(apply_condition(img, condition, size), rng, size)
@@ -246,7 +248,8 @@ def predict_both(detector: SelfConDetector | CrossEntropyNet, rows: pd.DataFrame
     padded if smaller): p(synthetic), and for a detector with a model head the most likely model
     class and every class's probability (``p_<class>`` columns, ``classes`` names them). With
     ``features`` also the backbone's pooled features (Figure 2's input)."""
-    data = AugmentedRows(rows.assign(**{"_m": ""}), {}, condition_view(condition, size), size, 0, "_m")
+    data = AugmentedRows(rows.assign(**{"_m": ""}), {}, condition_view(condition, size), size, 0, "_m",
+                         detector.data_config)
     detector.eval()
     probs, models, pooled = [], [], []
     has_model_head = isinstance(detector, SelfConDetector)
@@ -285,7 +288,7 @@ def load(path: Path) -> tuple[SelfConDetector | CrossEntropyNet, dict]:
     try:
         cfg = BaselineConfig(**saved["config"])
     except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a network saved by synthdet.baseline.save ({exc!r})") from exc
+        raise CheckpointError(f"{path}: not a network saved by synthdet.imaginet.baseline.save ({exc!r})") from exc
     if saved.get("method") == "selfcon":
         net: nn.Module = SelfConDetector(n_models=len(saved["model_classes"]), sub_block=cfg.sub_block,
                                          backbone=cfg.backbone, nodown=cfg.nodown)

@@ -1,4 +1,4 @@
-"""ImagiNet's figures (seaborn); beside :mod:`synthdet.report`, which the GenImage stages use and
+"""ImagiNet's figures (seaborn); beside :mod:`synthdet.analysis.report`, which the GenImage stages use and
 which this module extends without changing (every stage that plots depends on that file)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import seaborn as sns
 
-from synthdet.report import _save as save  # one way to lay out, write and release a figure
-from synthdet.report import plt
+from synthdet.analysis.report import plt
+from synthdet.analysis.report import save_figure as save  # one way to lay out, write and release a figure
 
 
 def facet_lines(table: pd.DataFrame, x: str, y: str, facet: str, title: str, path: Path | None = None) -> plt.Figure:

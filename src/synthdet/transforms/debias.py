@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 from PIL import Image
 
-from synthdet.degrade import jpeg
+from synthdet.transforms.degrade import jpeg
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def select_rows(rows: pd.DataFrame, cfg: DebiasConfig, seed: int, what: str = "t
         keep &= width.between(low, high) & height.between(low, high)
     kept = rows[keep]
     if cfg.balance and len(kept):
-        classes = kept["class"].astype("string").fillna("<none>") if "class" in kept else \
-            pd.Series("<none>", index=kept.index)
+        classes = (kept["class"].astype("string").fillna("<none>") if "class" in kept
+                   else pd.Series("<none>", index=kept.index))
         parts = []
         for _, group in kept.groupby(classes, sort=True):
             n = int(group["label"].value_counts().reindex([0, 1], fill_value=0).min())

@@ -1,0 +1,73 @@
+"""The facts of the machine that decide float arithmetic (CPU, instruction sets, torch and its
+math libraries), recorded beside every benchmark and reproducibility report, and the environment
+pins that make CPU generation bit-identical across x86-64 machines
+(see :mod:`synthdet.datasets.embedded.reproducible`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+# x86-64-v3 (AVX2 + FMA) is the baseline pinned: every x86-64 CPU of the last decade has it.
+PINNED_ENV = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",          # oneDNN's JIT kernels (convolutions): decides every subset
+    "ONEDNN_DEFAULT_FPMATH_MODE": "STRICT",  # no implicit bf16/tf32 down-conversion on newer CPUs
+    "ATEN_CPU_CAPABILITY": "avx2",         # ATen's vectorised kernels (batch norm, reductions)
+    "MKL_CBWR": "AVX2",                    # MKL's conditional numerical reproducibility branch (linear layers)
+    "OMP_NUM_THREADS": "1",                # one intra-op thread: no thread-count-dependent reductions
+    "MKL_NUM_THREADS": "1",
+    "PYTHONHASHSEED": "0",
+    "TQDM_DISABLE": "1",                   # workers run side by side; the parent shows progress
+}
+
+
+@contextlib.contextmanager
+def pinned_environment() -> Iterator[None]:
+    """``os.environ`` with ``PINNED_ENV`` while worker processes are spawned, then as it was."""
+    saved = {k: os.environ.get(k) for k in PINNED_ENV}
+    os.environ.update(PINNED_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def init_worker() -> None:
+    """First call in every generation worker: one thread, deterministic kernels, pins in effect."""
+    missing = {k: v for k, v in PINNED_ENV.items() if os.environ.get(k) != v}
+    if missing:
+        raise RuntimeError(f"generation worker started without the pinned environment {missing}; start it "
+                           "inside machine.pinned_environment()")
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+
+
+def machine_facts() -> dict:
+    """The facts that decide the float arithmetic, for a mismatch report."""
+    flags: list[str] = []
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                wanted = ("avx", "fma", "sse4", "amx", "f16c", "asimd", "sve")
+                flags = sorted(f for f in line.split(":", 1)[1].split() if f.startswith(wanted))
+                break
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    config = torch.__config__.show()
+    versions = [line.strip() for line in config.splitlines() if "Math Kernel" in line or "MKL-DNN" in line
+                or "oneDNN" in line]
+    return {"cpu": cpu, "machine": platform.machine(), "cpu_flags": flags, "cores": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "torch": torch.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "libraries": versions,
+            "pinned_env": PINNED_ENV}

@@ -1,0 +1,62 @@
+"""A training run's configuration and its fingerprint: what identifies a run, so that a checkpoint
+from another configuration, other data, other starting weights or other code is never resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from synthdet.codegraph import import_closure
+from synthdet.fsutil import file_digest
+
+LOOP_MODULE = "synthdet.training.loop"  # its import graph is everything a training run executes
+
+
+@dataclass
+class TrainConfig:
+    model: str = "resnet50"
+    input_size: int = 64
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    num_workers: int | str = "auto"  # DataLoader workers per process; "auto": runtime.resolve_workers
+    amp: bool = True  # bf16 autocast on CUDA (fp16 with a scaler where bf16 is missing); ignored on CPU
+    hflip: bool = True
+    channels_last: bool = True  # NHWC: oneDNN's and cuDNN's fast layout for convolutions
+    accumulate: int = 1  # micro-batches per batch: gradient accumulation when batch_size does not fit
+    compile: bool | str = False  # torch.compile the training forward: True (inductor) or a backend name
+    seed: int = 0
+    model_kwargs: dict = field(default_factory=dict)
+    pixel_cache: str | None = None  # a folder: decode each training image once (data/pixelcache.py)
+    pretrained: bool | str = False  # the backbone's start: False, True (timm's weights), a local file
+    weights: str | None = None  # a whole detector checkpoint to start from
+    debias: dict | None = None  # data.debias: the debiased protocol's per-image step (transforms/debias.py)
+
+    def fingerprint(self, data_key: str) -> str:
+        """Identifies a run: a checkpoint from another configuration, other data, other starting
+        weights or other model and training code is never resumed."""
+        keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "pixel_cache")}  # same results
+        starts = [file_digest(p) for p in (self.pretrained, self.weights) if isinstance(p, str) and Path(p).is_file()]
+        return hashlib.sha256(json.dumps([keep, data_key, code_hash(), starts], sort_keys=True).encode()
+                              ).hexdigest()[:16]
+
+
+def code_hash() -> str:
+    """The source of everything a training run executes (the import graph of the training loop)."""
+    return hashlib.sha256(b"".join(f.read_bytes() for f in import_closure(LOOP_MODULE))).hexdigest()
+
+
+def data_key(train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> str:
+    """What the run learns from: every train and val image's path, content (sha256) and label.
+    Paths alone are not enough: a rebuilt benchmark reuses file names for new images."""
+    parts = []
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        digest = rows["sha256"] if "sha256" in rows else pd.Series("", index=rows.index)
+        parts += sorted(f"{name}\t{p}\t{d}\t{y}" for p, d, y in zip(rows["path"], digest, rows["label"], strict=True))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
