@@ -28,10 +28,19 @@ def _by_hand(img, size: int, data: DataConfig) -> torch.Tensor:
     return (view - torch.tensor(data.mean)[:, None, None]) / torch.tensor(data.std)[:, None, None]
 
 
+# the detectors that were normalised with ImageNet's mean and std and resized bicubically before
+# detectors declared their input; the pretrained-weights detectors declare their weights' view
+BEFORE_DATA_CONFIGS = {"cnnspot", "deit_s", "f3net", "gramnet", "npr", "resnet50", "resnet50_nodown", "spec", "swin_t"}
+WEIGHTS_VIEW = {**{f"effnet_lite{k}": ((0.5,) * 3, (0.5,) * 3, "bicubic") for k in range(3)},
+                "mobilenet_v2": (IMAGENET_MEAN, IMAGENET_STD, "bilinear")}
+
+
 def test_every_detector_declares_imagenet_normalisation_and_the_bicubic_resize_it_always_had():
+    assert set(list_detectors()) == BEFORE_DATA_CONFIGS | set(WEIGHTS_VIEW)
     for name in list_detectors():
         data = create_detector(name, img_size=32).data_config
-        assert (data.mean, data.std, data.interpolation) == (IMAGENET_MEAN, IMAGENET_STD, "bicubic"), name
+        expected = WEIGHTS_VIEW.get(name, (IMAGENET_MEAN, IMAGENET_STD, "bicubic"))
+        assert (data.mean, data.std, data.interpolation) == expected, name
         assert isinstance(data.train_augment, BlurJpegAugment) if name == "cnnspot" else data.train_augment is None
     assert create_detector("resnet18", img_size=32).data_config == IMAGENET  # any timm name
     # ImagiNet's code: ImageNet's mean and std, bilinear resampling in its crops and zoom condition

@@ -1,4 +1,5 @@
-"""Command-line entry points: ``synthdet data | fetch | smoke | profile | summary | stages | stage``."""
+"""Command-line entry points: ``synthdet data | fetch | smoke | profile | summary | stages | stage | predict |
+hashes | weights``."""
 
 from __future__ import annotations
 
@@ -319,6 +320,27 @@ def cmd_hashes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights(args: argparse.Namespace) -> int:
+    """List the pretrained-weights sources, or check one on the labelled ImageNet photos."""
+    from synthdet.detectors import weights
+
+    if args.action == "list":
+        if args.source:
+            raise UserError("synthdet weights list takes no source; use `synthdet weights check SOURCE`")
+        for row in weights.listing():
+            print(f"{row['source']:<20} {row['kind']:<26} {row['arch']:<34} {row['package']:<34} "
+                  f"{'present' if row['present'] else 'absent'}")
+        return 0
+    if not args.source:
+        raise UserError("synthdet weights check: name a source (synthdet weights lists them) or a file with --model")
+    try:
+        result = weights.check(args.source, Path(args.photos), args.model, Path(args.cache) / "weights")
+    except weights.PretrainedWeightsError as exc:
+        raise UserError(str(exc)) from exc
+    print(json.dumps(result, indent=1) if args.json else weights.check_report(result))
+    return 0 if result["passed"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="synthdet")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -364,6 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", default="metrics/download.json")
     p.add_argument("--record", action="store_true", help="record its subset hashes with the repository")
     p.set_defaults(func=cmd_hashes)
+    p = sub.add_parser("weights", help="list pretrained-weights sources; check SOURCE: top-1 on ImageNet photos")
+    p.add_argument("action", nargs="?", choices=("list", "check"), default="list")
+    p.add_argument("source", nargs="?", help="a packaged source (efficientnet_lite0 ...), timm:<name>, or a file")
+    p.add_argument("--model", help="the architecture of a weights file: a timm name or torchvision:<name>")
+    p.add_argument("--photos", default="data/embedded/raw/foolbox", help="folder of foolbox's imagenet_NN_<label>.jpg")
+    p.add_argument("--cache", default=os.environ.get("SYNTHDET_CACHE", ".cache/synthdet"))
+    p.add_argument("--json", action="store_true", help="the whole result, every photo's prediction, as JSON")
+    p.set_defaults(func=cmd_weights)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

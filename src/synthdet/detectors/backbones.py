@@ -88,7 +88,12 @@ def timm_backbone(timm_name: str, pretrained: PretrainedSpec = False, **kwargs) 
     state = read_state_dict(path)
     plain = timm.create_model(timm_name, pretrained=False, **kwargs)
     head = _classifier_keys(plain)
-    own = set(plain.state_dict())
+    own_state = plain.state_dict()
+    own = set(own_state)
+    # BatchNorm's num_batches_tracked counters are missing from many published checkpoints (PyTorch's
+    # strict loading accepts that); they only count training steps, so they start at zero
+    state = {**{k: torch.zeros_like(own_state[k]) for k in own - set(state) if k.endswith("num_batches_tracked")},
+             **state}
     missing, unexpected = sorted(own - set(state) - head), sorted(set(state) - own - head)
     if missing or unexpected:
         raise PretrainedWeightsError(

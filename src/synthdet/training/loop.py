@@ -20,6 +20,7 @@ from synthdet.data.manifest import read_manifest
 from synthdet.data.pixelcache import PixelCache
 from synthdet.data.splits import class_subset, parse_class_budget
 from synthdet.detectors import create_detector
+from synthdet.detectors.weights import pretrained_start
 from synthdet.fsutil import load_torch_file
 from synthdet.metrics import binary_metrics
 from synthdet.seeding import seed_everything, seed_worker
@@ -99,7 +100,8 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = cfg.fingerprint(data_key(train_rows, val_rows))
 
-    model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, pretrained=cfg.pretrained,
+    start = pretrained_start(cfg.pretrained)  # a packaged source's name -> its checked file
+    model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, pretrained=start,
                             **cfg.model_kwargs).to(device, memory_format=memory_layout(cfg.channels_last))
     data = model.data_config  # the input it wants; a recipe's training-only step (CNNSpot's) with it
     augment = data.train_augment
