@@ -68,12 +68,19 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert check["status"] == "unrecorded" and set(check["observed"]) == subsets | {"faces", "paintings"}
     assert check["machine"]["pinned_env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     tables = json.loads((ws / "metrics/tables.json").read_text())
-    assert tables["runs"] == 4  # resnet50 on ldm and dcgan, npr on ldm, one class-budget run on ldm
+    # resnet50 on ldm and dcgan, npr on ldm, one class-budget run on ldm, the probe's heads on ldm and dcgan
+    assert tables["runs"] == 6
     assert set(tables["training_size"]) == {"1x4", "full"}
     assert {"1x4/seen", "1x4/unseen", "1x4/all", "full/all"} <= set(tables["class_subsets"])
-    runs = ("resnet50", "npr")
+    runs = ("resnet50", "npr", "efficientnet_lite0_probe")
     assert set(tables["content_acc"]) == {f"{m}/{s}" for m in runs for s in ("ldm", "faces", "paintings")}
-    assert set(tables["detectors_avg_acc"]) == {"resnet50", "npr"}
+    assert set(tables["detectors_avg_acc"]) == set(runs)
+    probe = tables["transfer"]["efficientnet_lite0_probe"]  # trained on every subset: the whole matrix
+    assert probe["trained_on"] == 2 and 0 <= probe["off_diagonal_acc"] <= 1 and 0 <= probe["others_auc"] <= 1
+    assert tables["transfer"]["npr"]["off_diagonal_acc"] is None  # trained on ldm only
+    features = json.loads((ws / "artifacts/features/efficientnet_lite0/info.json").read_text())
+    assert features["width"] == 1280 and features["unreadable"] == 0
+    assert (ws / "artifacts/tables/cross_generator_efficientnet_lite0_probe.csv").is_file()
     assert 0 <= tables["cross_generator"]["same_generator_acc"] <= 1
     # the table run that repeats the train stage (resnet50 on ldm, seed 0) took its checkpoints
     assert "checkpoints are reused" in (ws / "reports/runs/xgen/resnet50__ldm__s0.ipynb").read_text()

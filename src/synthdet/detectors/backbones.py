@@ -105,7 +105,7 @@ def timm_backbone(timm_name: str, pretrained: PretrainedSpec = False, **kwargs) 
         raise PretrainedWeightsError(f"{path}: the weights do not fit {timm_name}: {exc}") from exc
 
 
-_TRANSFORMERS = ("vit_", "deit_", "swin", "beit", "eva", "cait", "xcit")
+TRANSFORMERS = ("vit_", "deit_", "swin", "beit", "eva", "cait", "xcit")  # timm names built for one input size
 
 
 class TimmDetector(nn.Module):
@@ -116,7 +116,7 @@ class TimmDetector(nn.Module):
 
     def __init__(self, timm_name: str, img_size: int = 224, pretrained: PretrainedSpec = False, **kwargs) -> None:
         super().__init__()
-        if timm_name.startswith(_TRANSFORMERS):
+        if timm_name.startswith(TRANSFORMERS):
             kwargs.setdefault("img_size", img_size)
         self.model = timm_backbone(timm_name, pretrained, num_classes=1, **kwargs)
         self.timm_name = timm_name

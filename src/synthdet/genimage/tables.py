@@ -83,6 +83,29 @@ def same_vs_cross(matrix_long: pd.DataFrame, value: str = "acc") -> tuple[float,
     return float(matrix_long.loc[same, value].mean()), float(matrix_long.loc[~same, value].mean())
 
 
+def transfer(scores: pd.DataFrame, train_subset: str, generator_subsets: list[str], **kw) -> pd.DataFrame:
+    """Per detector, how far it carries beyond its training generator (accuracy at the 0.5
+    threshold and AUC both: a detector can rank the fakes of other generators well and still sit on
+    the wrong threshold): on ``train_subset``'s own test set, the mean over the other generator
+    subsets when trained on ``train_subset``, and, for a detector trained on every subset, the
+    mean of the whole matrix off its diagonal."""
+    s = full_runs(scores)
+    s = s[(s["condition"] == "clean") & s["subset"].isin(generator_subsets) & s["train_subset"].isin(generator_subsets)]
+    cells = over_seeds(per_seed(s, ["model", "train_subset", "subset"], **kw), ["model", "train_subset", "subset"])
+    rows = []
+    for model, c in cells.groupby("model", sort=False):
+        own = c[(c["train_subset"] == train_subset) & (c["subset"] == train_subset)]
+        others = c[(c["train_subset"] == train_subset) & (c["subset"] != train_subset)]
+        off = c[c["train_subset"] != c["subset"]]
+        complete = set(c["train_subset"]) >= set(generator_subsets)
+        rows.append({"model": model, "own_acc": own["acc"].mean(), "own_auc": own["auc"].mean(),
+                     "others_acc": others["acc"].mean(), "others_auc": others["auc"].mean(),
+                     "off_diagonal_acc": off["acc"].mean() if complete else float("nan"),
+                     "off_diagonal_auc": off["auc"].mean() if complete else float("nan"),
+                     "trained_on": int(c["train_subset"].nunique())})
+    return pd.DataFrame(rows).sort_values("others_acc", ascending=False).reset_index(drop=True)
+
+
 def _clean_acc(scores: pd.DataFrame, by: list[str], **kw) -> pd.DataFrame:
     return per_seed(scores[scores["condition"] == "clean"], by, **kw)
 

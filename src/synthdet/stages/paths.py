@@ -35,3 +35,11 @@ def run_name(family: str, model: str, subset: str, seed: int | str, budget: str 
     (also with DVC's ``${...}`` as values): the only place that name is spelled."""
     middle = "" if budget == FULL else f"__{budget}"
     return f"{family}/{model}__{subset}{middle}__s{seed}"
+
+
+EACH = "each"  # the training-subset part of a probe run's name: it holds one head per training subset
+
+
+def probe_model(backbone: str) -> str:
+    """A frozen-feature probe's name in the tables (its ``model`` column)."""
+    return f"{backbone}_probe"

@@ -28,7 +28,7 @@ from synthdet.training.runtime import workers_param
 from synthdet.training.scoring import score_table
 
 NOTEBOOK = "notebooks/06_run.ipynb"
-COMMON_PARAMS = ("train", "evaluate", "device", "tables.model_kwargs", "data.debias")
+COMMON_PARAMS = ("train", "evaluate", "device", "tables.model_kwargs", "tables.train_overrides", "data.debias")
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,12 @@ class Config:
         if model is None or subset is None:
             raise ValueError(f"a {family} run needs {'a model' if model is None else 'a training subset'}: "
                              "set the notebook's parameters (papermill -p model ... -p subset ...)")
-        return cls(family, str(model), str(subset), int(seed), str(budget or FULL), dict(p["train"]),
+        overrides = dict((tables["train_overrides"] or {}).get(model) or {})
+        unknown = sorted(set(overrides) - set(p["train"]))
+        if unknown:
+            raise KeyError(f"tables.train_overrides.{model}: {unknown} are not train settings "
+                           f"(known: {sorted(p['train'])})")
+        return cls(family, str(model), str(subset), int(seed), str(budget or FULL), {**p["train"], **overrides},
                    dict((tables["model_kwargs"] or {}).get(model, {})), int(p["evaluate"]["batch_size"]),
                    workers_param(p["evaluate"]["num_workers"]), str(p["device"]), dict(p["data"]["debias"] or {}),
                    str(tables["train_subset"]))

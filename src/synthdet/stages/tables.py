@@ -17,12 +17,12 @@ from synthdet.fsutil import write_json
 from synthdet.genimage import tables as T
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.stages.paths import run_name
+from synthdet.stages.paths import EACH, probe_model, run_name
 from synthdet.transforms.degrade import natural_order
 
 PLOTS = f"{paths.PLOTS}/tables"
 STAGE = Stage(
-    name="tables", notebook="notebooks/07_tables.ipynb", module=__name__, params=("seed", "tables"),
+    name="tables", notebook="notebooks/07_tables.ipynb", module=__name__, params=("seed", "tables", "probe.backbones"),
     deps=(paths.RUNS, paths.PAPER), outs=(Out(paths.TABLES),), metrics=(paths.metrics_file("tables"),),
     plots=(PLOTS,),
 )
@@ -42,6 +42,7 @@ class Config:
     class_budgets: tuple[str, ...]
     content_subsets: tuple[str, ...]
     n_bootstrap: int
+    probe_backbones: tuple[str, ...]
 
     @classmethod
     def from_params(cls, params: dict) -> Config:
@@ -49,7 +50,7 @@ class Config:
         t = p["tables"]
         return cls(int(p["seed"]), tuple(t["seeds"]), tuple(t["subsets"]), t["train_subset"], tuple(t["xgen_models"]),
                    tuple(t["detectors"]), t["ablation_model"], tuple(map(str, t["class_budgets"])),
-                   tuple(t["content_subsets"]), int(t["n_bootstrap"]))
+                   tuple(t["content_subsets"]), int(t["n_bootstrap"]), tuple(p["probe"]["backbones"] or ()))
 
     def runs(self) -> list[str]:
         """The runs this configuration asks for (only those are read: old folders may linger)."""
@@ -57,6 +58,7 @@ class Config:
         names += [run_name("zoo", m, self.train_subset, k) for m in self.detectors for k in self.seeds]
         names += [run_name("ablate", self.ablation_model, self.train_subset, k, b)
                   for b in self.class_budgets for k in self.seeds]
+        names += [run_name("probe", b, EACH, self.seed) for b in self.probe_backbones]  # no random start: one seed
         return names
 
 
@@ -100,6 +102,14 @@ def run(params: dict) -> Result:
     add("table1", xgen, "cross_generator.csv", matrix, "task1_resnet50_matrix",
         report.heatmap(xgen, "train_subset", "subset", "acc", f"{main}: train subset (rows) x test subset",
                        plots / "cross_generator.png", row_order=order, col_order=order))
+    for backbone in cfg.probe_backbones:  # each probe fills the whole matrix at the cost of one feature pass
+        model = probe_model(backbone)
+        probe_cells = T.cross_generator(generator_scores, model, **kw)
+        add(f"table1: {model}", probe_cells, f"cross_generator_{model}.csv",
+            T.wide(probe_cells, "train_subset", "subset", order=order).reindex(order), None,
+            report.heatmap(probe_cells, "train_subset", "subset", "acc",
+                           f"{model}: train subset (rows) x test subset", plots / f"cross_generator_{model}.png",
+                           row_order=order, col_order=order))
     paper_long = paper["task1_resnet50_matrix"].drop(columns="Avg").stack().rename("acc").reset_index()
     paper_long.columns = ["train_subset", "subset", "acc"]
     same, cross = T.same_vs_cross(xgen)
@@ -159,6 +169,10 @@ def run(params: dict) -> Result:
     else:
         res.notes.append("tables.content_subsets is empty: no content test sets for this dataset")
 
+    # How far each detector carries beyond its training generator, from scratch and pretrained side by side
+    carry = T.transfer(generator_scores, cfg.train_subset, order, **kw)
+    add("transfer", carry, "transfer.csv", carry.set_index("model"), None)
+
     res.notes += T.conclusions(xgen, paper, det, wide_deg, size, subs, content, diff, order)
     best = T.wide(det, "model", "subset", order=order)["Avg"].sort_values(ascending=False)
     summary = {
@@ -172,6 +186,9 @@ def run(params: dict) -> Result:
                           for r in size.itertuples()},
         "class_subsets": {f"{r.class_budget}/{r.classes}": float(r.acc) for r in subs.itertuples()},
         "content_acc": {f"{r.model}/{r.subset}": float(r.acc) for r in content.itertuples()},
+        "transfer": {r.model: {**{k: (None if pd.isna(v) else round(float(v), 4)) for k, v in r._asdict().items()
+                                  if k not in ("Index", "model", "trained_on")}, "trained_on": int(r.trained_on)}
+                     for r in carry.itertuples()},
         "runs": int(scores.groupby(["family", "model", "train_subset", "class_budget", "seed"]).ngroups),
     }
     write_json(summary, Path(paths.metrics_file("tables")))

@@ -38,11 +38,13 @@ class TrainConfig:
     weights: str | None = None  # a whole detector checkpoint to start from
     debias: dict | None = None  # data.debias: the debiased protocol's per-image step (transforms/debias.py)
 
-    def fingerprint(self, data_key: str) -> str:
+    def fingerprint(self, data_key: str, start: bool | str | None = None) -> str:
         """Identifies a run: a checkpoint from another configuration, other data, other starting
-        weights or other model and training code is never resumed."""
+        weights or other model and training code is never resumed. ``start``: the file a named
+        weights source resolved to (``pretrained_start``), so its content counts, not only its name."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "pixel_cache")}  # same results
-        starts = [file_digest(p) for p in (self.pretrained, self.weights) if isinstance(p, str) and Path(p).is_file()]
+        pretrained = self.pretrained if start is None else start
+        starts = [file_digest(p) for p in (pretrained, self.weights) if isinstance(p, str) and Path(p).is_file()]
         return hashlib.sha256(json.dumps([keep, data_key, code_hash(), starts], sort_keys=True).encode()
                               ).hexdigest()[:16]
 

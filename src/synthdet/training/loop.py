@@ -98,9 +98,8 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = checkpoint_dir or out_dir / "checkpoints"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = cfg.fingerprint(data_key(train_rows, val_rows))
-
     start = pretrained_start(cfg.pretrained)  # a packaged source's name -> its checked file
+    fingerprint = cfg.fingerprint(data_key(train_rows, val_rows), start)
     model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, pretrained=start,
                             **cfg.model_kwargs).to(device, memory_format=memory_layout(cfg.channels_last))
     data = model.data_config  # the input it wants; a recipe's training-only step (CNNSpot's) with it

@@ -23,11 +23,12 @@ CALIBRATION_FOLDS = 5
 
 
 @torch.no_grad()
-def predict(model: nn.Module, rows: pd.DataFrame, input_size: int, batch_size: int = 128,
-            device: str | torch.device = "auto", num_workers: int | str = 0, image_transform=None,  # noqa: ANN001
-            channels_last: bool = True, logits: bool = False) -> np.ndarray:
-    """Fake-probabilities (``logits``: the raw logits) for ``rows``, in row order; NaN where a file
-    cannot be decoded. Each image is viewed as ``model.data_config`` asks."""
+def embed(model: nn.Module, rows: pd.DataFrame, input_size: int, batch_size: int = 128,
+          device: str | torch.device = "auto", num_workers: int | str = 0, image_transform=None,  # noqa: ANN001
+          channels_last: bool = True, desc: str = "predict") -> np.ndarray:
+    """``model``'s outputs for ``rows`` as float32 rows ``(len(rows), width)``, in row order; NaN
+    where a file cannot be decoded. Each image is viewed as ``model.data_config`` asks. A
+    detector's outputs are its logits (width 1); a frozen backbone's are its pooled features."""
     device = resolve_device(device)
     ds = ManifestDataset(rows, make_transform(input_size, train=False, data=model.data_config),
                          image_transform=image_transform)
@@ -35,12 +36,24 @@ def predict(model: nn.Module, rows: pd.DataFrame, input_size: int, batch_size: i
                         pin_memory=device.type == "cuda")
     layout = memory_layout(channels_last)
     model.eval().to(device, memory_format=layout)
-    scores = np.full(len(rows), np.nan)
-    for x, _, idx, _ in tqdm(loader, desc="predict", leave=False):
+    out: np.ndarray | None = None
+    for x, _, idx, _ in tqdm(loader, desc=desc, leave=False):
         with device_autocast(device):
-            out = model(x.to(device, non_blocking=True, memory_format=layout)).float()
-            scores[idx.numpy()] = (out if logits else torch.sigmoid(out)).cpu().numpy()
-    return scores
+            y = model(x.to(device, non_blocking=True, memory_format=layout)).float()
+        y = y.reshape(len(x), -1).cpu().numpy()
+        if out is None:
+            out = np.full((len(rows), y.shape[1]), np.nan, dtype=np.float32)
+        out[idx.numpy()] = y  # a replaced unreadable row's index is its stand-in's: it stays NaN
+    return out if out is not None else np.full((len(rows), 1), np.nan, dtype=np.float32)
+
+
+def predict(model: nn.Module, rows: pd.DataFrame, input_size: int, batch_size: int = 128,
+            device: str | torch.device = "auto", num_workers: int | str = 0, image_transform=None,  # noqa: ANN001
+            channels_last: bool = True, logits: bool = False) -> np.ndarray:
+    """Fake-probabilities (``logits``: the raw logits) for ``rows``, in row order; NaN where a file
+    cannot be decoded (:func:`embed` of a one-logit detector)."""
+    out = embed(model, rows, input_size, batch_size, device, num_workers, image_transform, channels_last)[:, 0]
+    return (out if logits else torch.sigmoid(torch.from_numpy(out)).numpy()).astype(np.float64)
 
 
 def calibrate(model: nn.Module, val_rows: pd.DataFrame, cfg: TrainConfig, device: torch.device,

@@ -1,0 +1,223 @@
+"""Stages ``features@<backbone>`` and ``probe@<backbone>``: the frozen-feature linear probes
+(UnivFD's recipe, :mod:`synthdet.detectors.probe`) of the GenImage tables.
+
+``features`` runs the frozen backbone once over every image a probe learns from or is scored on:
+the train and validation images of every subset and the test images the table runs score (clean,
+and the degraded copies of ``tables.train_subset``). ``probe`` fits one logistic-regression head
+per training subset of ``tables.subsets`` on those features (its ``C`` chosen by validation AUC)
+and scores every test image, in the score format of the other table runs (one file for all
+training subsets: ``artifacts/runs/probe/<backbone>__each__s<seed>``), so the tables read it as
+one more detector, called ``<backbone>_probe``. A probe has no random start: the seed only names it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from synthdet.data.manifest import read_manifest
+from synthdet.detectors.probe import BackboneSource, FrozenBackbone, fit_probe
+from synthdet.fsutil import atomic_output, write_json
+from synthdet.metrics import metrics_table
+from synthdet.stages import paths
+from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.stages.paths import EACH, probe_model, run_name
+from synthdet.training.runtime import workers_param
+from synthdet.training.scoring import embed
+
+NOTEBOOK = "notebooks/12_probe.ipynb"
+FEATURES = "artifacts/features"
+FEATURE_PARAMS = ("probe.custom", "probe.input_size", "probe.batch_size", "tables.train_subset", "device",
+                  "evaluate.num_workers")
+PROBE_PARAMS = ("seed", "probe.C", "tables.subsets", "tables.train_subset")
+MATRIX = (("backbone", "probe.backbones"),)
+
+
+def feature_dir(backbone: str) -> Path:
+    return Path(FEATURES) / backbone
+
+
+STAGES = (
+    Stage(name="features", notebook=NOTEBOOK, module=__name__, params=FEATURE_PARAMS,
+          deps=(paths.SPLITS, paths.DEGRADED), outs=(Out(f"{FEATURES}/${{item.backbone}}"),), matrix=MATRIX,
+          arguments=(("family", "features"),), report="reports/features/${item.backbone}.ipynb"),
+    Stage(name="probe", notebook=NOTEBOOK, module=__name__, params=PROBE_PARAMS,
+          deps=(paths.SPLITS, paths.DEGRADED, f"{FEATURES}/${{item.backbone}}"),
+          outs=(Out(f"{paths.RUNS}/{run_name('probe', '${item.backbone}', EACH, '${seed}')}"),), matrix=MATRIX,
+          arguments=(("family", "probe"),), report="reports/probe/${item.backbone}.ipynb"),
+)
+
+
+def scored_tests(degraded: pd.DataFrame, train_subset: str) -> np.ndarray:
+    """Which rows of the degraded table the probes score: every clean test image, and the degraded
+    copies of ``train_subset``'s (of every subset's for ``all``), as the table runs do."""
+    if train_subset == "all":
+        return np.ones(len(degraded), dtype=bool)
+    return ((degraded["condition"] == "clean") | (degraded["subset"] == train_subset)).to_numpy()
+
+
+def feature_rows(splits: pd.DataFrame, degraded: pd.DataFrame, train_subset: str) -> pd.DataFrame:
+    """One row per image file a probe reads (its ``path``): train and val images of every subset,
+    and the test images the table runs score (every clean one, the degraded ones of ``train_subset``)."""
+    learn = splits[splits["split"].isin(["train", "val"])]
+    tests = degraded[scored_tests(degraded, train_subset)]
+    rows = pd.concat([learn[["path", "label"]], tests[["path", "label"]]], ignore_index=True)
+    return rows.drop_duplicates("path").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    source: BackboneSource
+    input_size: int
+    batch_size: int
+    train_subset: str
+    num_workers: int | str
+    device: str
+
+    @classmethod
+    def from_params(cls, params: dict, backbone: str) -> FeatureConfig:
+        p = select(params, FEATURE_PARAMS)
+        return cls(BackboneSource.named(backbone, p["probe"]["custom"]), int(p["probe"]["input_size"]),
+                   int(p["probe"]["batch_size"]), str(p["tables"]["train_subset"]),
+                   workers_param(p["evaluate"]["num_workers"]), str(p["device"]))
+
+
+def extract(params: dict, backbone: str) -> Result:
+    """Write ``artifacts/features/<backbone>/``: ``features.npy`` (float16, a row per image),
+    ``rows.parquet`` (those images' paths, in order) and ``info.json`` (what made them)."""
+    cfg = FeatureConfig.from_params(params, backbone)
+    rows = feature_rows(read_manifest(Path(paths.SPLITS)), pd.read_parquet(paths.DEGRADED), cfg.train_subset)
+    network = FrozenBackbone(cfg.source, cfg.input_size)
+    t0 = time.perf_counter()
+    features = embed(network, rows, cfg.input_size, cfg.batch_size, cfg.device, cfg.num_workers,
+                     desc=f"features {backbone}")
+    seconds = round(time.perf_counter() - t0, 1)
+    out = feature_dir(backbone)
+    with atomic_output(out / "features.npy") as tmp, open(tmp, "wb") as f:
+        np.save(f, features.astype(np.float16))
+    with atomic_output(out / "rows.parquet") as tmp:
+        rows[["path"]].to_parquet(tmp, index=False)
+    unreadable = int(np.isnan(features).any(axis=1).sum())
+    info = {"backbone": backbone, "arch": cfg.source.arch, "weights": cfg.source.weights,
+            "input_size": cfg.input_size, "data_config": {"mean": network.data_config.mean,
+                                                          "std": network.data_config.std,
+                                                          "interpolation": network.data_config.interpolation},
+            "images": len(rows), "width": int(features.shape[1]), "unreadable": unreadable, "seconds": seconds,
+            "images_per_second": round(len(rows) / max(seconds, 1e-9), 1)}
+    write_json(info, out / "info.json")
+    return Result(tables={"features": pd.Series(info, dtype=object).to_frame("value")}, metrics=info)
+
+
+def read_features(backbone: str) -> tuple[dict[str, int], np.ndarray]:
+    """(path -> row, the feature matrix as float32) of a ``features`` stage's output."""
+    folder = feature_dir(backbone)
+    if not (folder / "features.npy").is_file() or not (folder / "rows.parquet").is_file():
+        raise FileNotFoundError(f"{folder}: no features (features.npy, rows.parquet); run "
+                                f"`dvc repro features@{backbone}` first")
+    features = np.load(folder / "features.npy", allow_pickle=False).astype(np.float32)
+    paths_ = pd.read_parquet(folder / "rows.parquet")["path"].tolist()
+    if len(paths_) != len(features):
+        raise ValueError(f"{folder}: {len(paths_)} rows for {len(features)} feature vectors (rerun the stage)")
+    return {p: i for i, p in enumerate(paths_)}, features
+
+
+def _lookup(index: dict[str, int], features: np.ndarray, rows: pd.DataFrame, what: str) -> np.ndarray:
+    missing = [p for p in rows["path"] if p not in index]
+    if missing:
+        raise ValueError(f"{len(missing)} {what} images have no features, e.g. {missing[0]}: the features stage ran "
+                         "on other data (rerun it)")
+    return features[[index[p] for p in rows["path"]]]
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    backbone: str
+    seed: int
+    cs: tuple[float, ...]
+    subsets: tuple[str, ...]
+    train_subset: str
+
+    @classmethod
+    def from_params(cls, params: dict, backbone: str) -> ProbeConfig:
+        p = select(params, PROBE_PARAMS)
+        cs = tuple(float(c) for c in p["probe"]["C"])
+        if not cs or min(cs) <= 0:
+            raise ValueError(f"probe.C: a list of positive inverse regularisation strengths (got {p['probe']['C']})")
+        return cls(backbone, int(p["seed"]), cs, tuple(p["tables"]["subsets"]), str(p["tables"]["train_subset"]))
+
+
+class Config:
+    """The configuration of either stage (``family``: features or probe), from the params it declares."""
+
+    @staticmethod
+    def from_params(params: dict, family: str, backbone: str) -> FeatureConfig | ProbeConfig:
+        if family == "features":
+            return FeatureConfig.from_params(params, backbone)
+        if family == "probe":
+            return ProbeConfig.from_params(params, backbone)
+        raise ValueError(f"{family!r}: expected the features or the probe stage")
+
+
+def fit_and_score(params: dict, backbone: str) -> Result:
+    """A head per training subset on the backbone's features; every clean test image scored, and
+    the degraded ones by the head of ``tables.train_subset`` (as the table runs do)."""
+    cfg = ProbeConfig.from_params(params, backbone)
+    seed, cs, subsets, train_subset = cfg.seed, list(cfg.cs), list(cfg.subsets), cfg.train_subset
+    index, features = read_features(backbone)
+    splits, degraded = read_manifest(Path(paths.SPLITS)), pd.read_parquet(paths.DEGRADED)
+    degraded = degraded[scored_tests(degraded, train_subset)].reset_index(drop=True)
+    test_x = _lookup(index, features, degraded, "test")
+    name = run_name("probe", backbone, EACH, seed)
+    out = Path(paths.RUNS) / name
+    tables, heads, chosen = [], {}, []
+    for subset in subsets:
+        rows = splits[splits["subset"] == subset]
+        train, val = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
+        train_x, val_x = _lookup(index, features, train, "train"), _lookup(index, features, val, "val")
+        ok_train, ok_val = np.isfinite(train_x).all(1), np.isfinite(val_x).all(1)
+        t0 = time.perf_counter()
+        head, info = fit_probe(train_x[ok_train], train["label"].to_numpy()[ok_train], val_x[ok_val],
+                               val["label"].to_numpy()[ok_val], cs, seed)
+        seconds = round(time.perf_counter() - t0, 2)
+        keep = (degraded["condition"] == "clean").to_numpy(copy=True)
+        if subset == train_subset:
+            keep |= True if train_subset == "all" else (degraded["subset"] == subset).to_numpy()
+        scored = degraded[keep].reset_index(drop=True)
+        x = test_x[keep]
+        ok = np.isfinite(x).all(1)
+        score = np.full(len(scored), np.nan)
+        score[ok] = head.predict_proba(x[ok])[:, 1]
+        classes = set(train["class"].dropna())
+        tables.append(scored.assign(
+            score=score, model=probe_model(backbone), family="probe", train_subset=subset, seed=seed,
+            train_seconds=seconds, class_budget=paths.FULL, train_classes=len(classes),
+            train_images=int((train["label"] == 1).sum()), seen_class=scored["class"].isin(classes), best_epoch=-1))
+        scaler, logistic = head[0], head[-1]
+        heads.update({f"{subset}/mean": scaler.mean_, f"{subset}/scale": scaler.scale_,
+                      f"{subset}/coef": logistic.coef_[0], f"{subset}/intercept": logistic.intercept_})
+        chosen.append({"train_subset": subset, **{k: v for k, v in info.items() if k != "C_val_auc"},
+                       "train_images": int(ok_train.sum()), "seconds": seconds})
+    table = pd.concat(tables, ignore_index=True)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out / "scores.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_output(out / "heads.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **heads)  # standardiser and logistic weights per training subset: plain arrays, no pickle
+    choices = pd.DataFrame(chosen)
+    write_json({"name": name, "heads": chosen}, out / "probe.json")
+    clean = metrics_table(table[table["condition"] == "clean"].dropna(subset=["score"]),
+                          ["train_subset", "subset"], n_bootstrap=0)
+    matrix = clean.pivot(index="train_subset", columns="subset", values="acc").reindex(subsets)
+    return Result(tables={"heads (C chosen by validation AUC)": choices.round(4),
+                          f"{name}: clean accuracy, train subset (rows) x test subset": matrix.round(3)},
+                  metrics={"name": name, "heads": chosen})
+
+
+def run(params: dict, family: str, backbone: str) -> Result:
+    """``family`` features: the backbone's feature pass; probe: its heads and scores."""
+    Config.from_params(params, family, backbone)  # a wrong stage or bad params fail before any work
+    return extract(params, backbone) if family == "features" else fit_and_score(params, backbone)
