@@ -49,3 +49,30 @@ def test_metrics_comparison_prints_a_moved_number_and_ignores_timings(tmp_path):
     moved = subprocess.run(script, capture_output=True, text=True, timeout=60)
     assert moved.returncode == 1
     assert "evaluate.json:/clean/ldm/acc: 0.75 -> 0.7" in moved.stdout and "audit.json: only in" in moved.stdout
+
+
+def test_readme_tables_come_from_the_tables_outputs_and_the_params(tmp_path):
+    import pandas as pd
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    tables = tmp_path / "artifacts/tables"
+    tables.mkdir(parents=True)
+    pd.DataFrame([{"model": "resnet50", "own_acc": 0.97, "own_auc": 0.99, "others_acc": 0.707, "others_auc": 0.8,
+                   "off_diagonal_acc": 0.617, "off_diagonal_auc": 0.7, "trained_on": 7},
+                  {"model": "effnet_lite0", "own_acc": 0.99, "own_auc": 1.0, "others_acc": 0.753, "others_auc": 0.85,
+                   "off_diagonal_acc": None, "off_diagonal_auc": None, "trained_on": 1}]).to_csv(
+        tables / "transfer.csv", index=False)
+    subsets = params["tables"]["subsets"]
+    pd.DataFrame([{"train_subset": t, "subset": s, "acc": 1.0 if t == s else 0.625, "auc": 0.9}
+                  for t in subsets for s in subsets]).to_csv(tables / "cross_generator_efficientnet_lite0_probe.csv",
+                                                             index=False)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/readme_tables.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert any("resnet50" in line and "random (from scratch)" in line and "0.707" in line for line in lines)
+    assert any("effnet_lite0" in line and "ImageNet (efficientnet_lite0), fine-tuned" in line for line in lines)
+    ldm = next(line for line in lines if line.startswith("| ldm") and "0.625" in line)
+    assert ldm.rstrip(" |").endswith(f"{(1 + 0.625 * (len(subsets) - 1)) / len(subsets):.3f}")  # the row's mean

@@ -1,0 +1,56 @@
+"""The README's pretrained-versus-from-scratch tables, printed from a finished `make repro`'s outputs
+(``artifacts/tables/transfer.csv`` and the probes' ``cross_generator_<probe>.csv``) and params.yaml
+(where each detector started), so that no number in them is typed by hand.
+
+Usage, in the workspace of that run:  python benchmarks/readme_tables.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from synthdet.stages import paths
+
+
+def starts(params: dict) -> dict[str, str]:
+    """Detector name in the tables -> where its weights started."""
+    t = params["tables"]
+    default = params["train"]["pretrained"] or "random (from scratch)"
+    out = {m: default for m in [*t["xgen_models"], *t["detectors"], t["ablation_model"]]}
+    for model, overrides in (t.get("train_overrides") or {}).items():
+        if "pretrained" in (overrides or {}):
+            out[model] = f"ImageNet ({overrides['pretrained']}), fine-tuned" if overrides["pretrained"] else default
+    for backbone in params["probe"]["backbones"] or ():
+        out[paths.probe_model(backbone)] = f"ImageNet ({backbone}), frozen + logistic head"
+    return out
+
+
+def main() -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    tables = Path(paths.TABLES)
+    carry = pd.read_csv(tables / "transfer.csv")
+    carry.insert(1, "start", carry["model"].map(starts(params)))
+    train_subset = params["tables"]["train_subset"]
+    carry = carry.rename(columns={
+        "own_acc": f"{train_subset} acc", "own_auc": f"{train_subset} AUC",
+        "others_acc": "other subsets acc", "others_auc": "other subsets AUC",
+        "off_diagonal_acc": "off-diagonal acc", "off_diagonal_auc": "off-diagonal AUC",
+        "trained_on": "subsets trained on"})
+    print(carry.to_markdown(index=False, floatfmt=".3f", missingval="-"))
+    for backbone in params["probe"]["backbones"] or ():
+        model = paths.probe_model(backbone)
+        for value in ("acc", "auc"):
+            cells = pd.read_csv(tables / f"cross_generator_{model}.csv")
+            wide = cells.pivot(index="train_subset", columns="subset", values=value)
+            order = list(params["tables"]["subsets"])
+            wide = wide.reindex(index=order, columns=order)
+            wide["Avg"] = wide.mean(axis=1)
+            print(f"\n{model}, {value} (rows: training subset)\n")
+            print(wide.to_markdown(floatfmt=".3f"))
+
+
+if __name__ == "__main__":
+    main()
