@@ -253,7 +253,7 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     assert "000_sdv4_99999.png" in quarantine and jpg.name in quarantine
     assert (source / "extracted" / subsets[0] / "train/ai").is_dir()  # extracted beside the archives
     tables = json.loads((ws / "metrics/tables.json").read_text())
-    assert tables["runs"] == 2 + 1 + 1  # resnet50 on both subsets, npr on sdv4, one class budget
+    assert tables["runs"] == 2 + 1 + 1 + 2  # resnet50 on both subsets, npr on sdv4, one class budget, 2 probe heads
     assert set(tables["training_size"]) == {"2x2", "full"} and tables["content_acc"] == {}
     evaluate = json.loads((ws / "metrics/evaluate.json").read_text())
     assert set(evaluate["clean"]) == {*subsets, "mean"} and "jpeg_q30" in evaluate
@@ -312,8 +312,10 @@ def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
     test = manifest[manifest.split == "test"]
     assert set(test["width"]) == {256} and len(test) == 16  # the perturbed copies, 256 x 256
     tables = json.loads((ws / "metrics/tables.json").read_text())
-    assert tables["runs"] == 2 + 1  # resnet50 on two of the four content types, npr on all four
-    assert set(tables["detectors_avg_acc"]) == {"npr"} and tables["training_size"] == {}
+    # resnet50 on two of the four content types, npr on all four, the probe's heads on the two and on all
+    assert tables["runs"] == 2 + 1 + 3
+    assert set(tables["detectors_avg_acc"]) == {"npr", "efficientnet_lite0_probe"} and tables["training_size"] == {}
+    assert tables["transfer"]["efficientnet_lite0_probe"]["trained_on"] == 2  # photos and faces ("all" aside)
     assert 0 <= tables["degradation_avg_acc"]["npr"] <= 1
     tracks = json.loads((ws / "metrics/imaginet.json").read_text())  # ImagiNet's own codes and families
     assert set(tracks["table3"]["selfcon"]) == {"gan", "sd", "dalle3", "Mean"}

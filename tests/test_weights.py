@@ -145,6 +145,18 @@ def test_weights_that_fail_the_check_are_refused_before_training(photos, tmp_pat
     assert W.pretrained_start(False) is False and W.pretrained_start("some/file.pth") == "some/file.pth"
 
 
+def test_a_start_is_checked_only_on_the_whole_set_of_labelled_photos(photos, tmp_path, monkeypatch):
+    """Six of the photos (or a fabricated copy of the layout, as the pipeline tests use) are no
+    check: the start goes ahead unchecked, with a warning, and no verdict is recorded."""
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for p, _ in W.labelled_photos(photos)[:6]:
+        (partial / p.name).write_bytes(p.read_bytes())
+    monkeypatch.setattr(W, "check", lambda *a, **k: pytest.fail("checked on 6 photos"))
+    start = W.pretrained_start("efficientnet_lite0", partial, tmp_path / "cache")
+    assert Path(start).is_file() and not list((tmp_path / "cache").glob("*.check.json"))
+
+
 def test_a_named_sources_content_enters_the_run_fingerprint(tmp_path):
     """Two files behind one source name (a reinstalled wheel, another cache) never share checkpoints."""
     from synthdet.training.config import TrainConfig

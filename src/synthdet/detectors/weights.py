@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.resources
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
@@ -34,9 +35,11 @@ from synthdet.fsutil import atomic_output, file_digest
 
 PHOTO_PATTERN = re.compile(r"imagenet_(\d+)_(\d+)\.jpg$")  # foolbox's name: index, then ImageNet label
 MIN_TOP1 = 15  # of 20: below this the weights (or their view) are not the ones named
+FOOLBOX_PHOTOS = 20  # the whole labelled set: a start is checked only on it (not on a partial or fabricated copy)
 TORCHVISION = "torchvision:"
 TIMM_HUB = "timm:"
 DEFAULT_PHOTOS = "data/embedded/raw/foolbox"  # where `make data` puts foolbox's photos
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -170,15 +173,20 @@ def pretrained_start(spec: bool | str | None, photos: Path | None = None,
                      cache: Path | None = None) -> bool | str | None:
     """``train.pretrained`` as the detectors take it: a packaged source's name becomes its file in
     its architecture's naming, checked once on the labelled photos where they are (``photos``,
-    default ``data/embedded/raw/foolbox``; the verdict is kept beside the file): weights that fail
-    are refused before any training. Anything else (false, true, a file) passes as it is."""
+    default ``data/embedded/raw/foolbox``, when all 20 are there; the verdict is kept beside the
+    file): weights that fail are refused before any training. Anything else (false, true, a file)
+    passes as it is."""
     if not isinstance(spec, str) or spec not in PACKAGED:
         return spec
     source = PACKAGED[spec]
     path = prepared_file(source, cache)
     record = (cache or cache_dir()) / f"{source.name}-{file_digest(path)[:12]}.check.json"
     photos = Path(photos or DEFAULT_PHOTOS)
-    if not record.is_file() and photos.is_dir():
+    found = [p for p in photos.rglob("imagenet_*.jpg") if PHOTO_PATTERN.search(p.name)] if photos.is_dir() else []
+    if not record.is_file() and len(found) < FOOLBOX_PHOTOS:
+        log.warning("%s: not checked (%s holds %d of foolbox's %d labelled ImageNet photos; `make data` puts "
+                    "them there)", spec, photos, len(found), FOOLBOX_PHOTOS)
+    elif not record.is_file():
         result = check(spec, photos, cache=cache)
         if not result["passed"]:
             raise PretrainedWeightsError(check_report(result))

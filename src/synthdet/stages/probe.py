@@ -4,10 +4,11 @@
 ``features`` runs the frozen backbone once over every image a probe learns from or is scored on:
 the train and validation images of every subset and the test images the table runs score (clean,
 and the degraded copies of ``tables.train_subset``). ``probe`` fits one logistic-regression head
-per training subset of ``tables.subsets`` on those features (its ``C`` chosen by validation AUC)
-and scores every test image, in the score format of the other table runs (one file for all
-training subsets: ``artifacts/runs/probe/<backbone>__each__s<seed>``), so the tables read it as
-one more detector, called ``<backbone>_probe``. A probe has no random start: the seed only names it.
+per training subset of ``tables.subsets`` (and of ``tables.train_subset``, e.g. ``all``) on those
+features, its ``C`` chosen by validation AUC, and scores every test image, in the score format of
+the other table runs (one file for all training subsets:
+``artifacts/runs/probe/<backbone>__each__s<seed>``), so the tables read it as one more detector,
+called ``<backbone>_probe``. A probe has no random start: the seed only names it.
 """
 
 from __future__ import annotations
@@ -174,8 +175,10 @@ def fit_and_score(params: dict, backbone: str) -> Result:
     name = run_name("probe", backbone, EACH, seed)
     out = Path(paths.RUNS) / name
     tables, heads, chosen = [], {}, []
-    for subset in subsets:
-        rows = splits[splits["subset"] == subset]
+    # one head per training subset, and one for the detector tables' tables.train_subset when it is
+    # not among them (``all``: every subset's training images, as the zoo runs train)
+    for subset in [*subsets, *([train_subset] if train_subset not in subsets else [])]:
+        rows = splits if subset == "all" else splits[splits["subset"] == subset]
         train, val = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
         train_x, val_x = _lookup(index, features, train, "train"), _lookup(index, features, val, "val")
         ok_train, ok_val = np.isfinite(train_x).all(1), np.isfinite(val_x).all(1)
@@ -211,7 +214,7 @@ def fit_and_score(params: dict, backbone: str) -> Result:
     write_json({"name": name, "heads": chosen}, out / "probe.json")
     clean = metrics_table(table[table["condition"] == "clean"].dropna(subset=["score"]),
                           ["train_subset", "subset"], n_bootstrap=0)
-    matrix = clean.pivot(index="train_subset", columns="subset", values="acc").reindex(subsets)
+    matrix = clean.pivot(index="train_subset", columns="subset", values="acc")
     return Result(tables={"heads (C chosen by validation AUC)": choices.round(4),
                           f"{name}: clean accuracy, train subset (rows) x test subset": matrix.round(3)},
                   metrics={"name": name, "heads": chosen})
