@@ -40,6 +40,23 @@ def main() -> None:
         "off_diagonal_acc": "off-diagonal acc", "off_diagonal_auc": "off-diagonal AUC",
         "trained_on": "subsets trained on"})
     print(carry.to_markdown(index=False, floatfmt=".3f", missingval="-"))
+    order = list(params["tables"]["subsets"])
+    for title, csv, columns, col_order in (
+            ("Table 2 (accuracy; rows: detector)", "detectors.csv", "subset", order),
+            ("Table 3 (accuracy; rows: detector)", "degradations.csv", "condition", None),
+            ("Table 6 (accuracy; rows: detector)", "content.csv", "subset", None)):
+        cells = pd.read_csv(tables / csv)
+        wide = cells.pivot(index="model", columns=columns, values="acc")
+        if col_order:
+            wide = wide.reindex(columns=col_order)
+        if csv == "degradations.csv":  # clean first, then the conditions in the stage's order
+            wide = wide[["clean", *[c for c in pd.unique(cells[columns]) if c != "clean"]]]
+            wide["Avg"] = wide.drop(columns="clean").mean(axis=1)
+        elif csv == "detectors.csv":
+            wide["Avg"] = wide.mean(axis=1)
+        wide = wide.sort_values("Avg" if "Avg" in wide else wide.columns[0], ascending=False)
+        print(f"\n{title}\n")
+        print(wide.to_markdown(floatfmt=".3f"))
     for backbone in params["probe"]["backbones"] or ():
         model = paths.probe_model(backbone)
         for value in ("acc", "auc"):

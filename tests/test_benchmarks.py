@@ -68,11 +68,20 @@ def test_readme_tables_come_from_the_tables_outputs_and_the_params(tmp_path):
     pd.DataFrame([{"train_subset": t, "subset": s, "acc": 1.0 if t == s else 0.625, "auc": 0.9}
                   for t in subsets for s in subsets]).to_csv(tables / "cross_generator_efficientnet_lite0_probe.csv",
                                                              index=False)
+    models = ("resnet50", "effnet_lite0")
+    pd.DataFrame([{"model": m, "subset": s, "acc": 0.5} for m in models for s in subsets]).to_csv(
+        tables / "detectors.csv", index=False)
+    pd.DataFrame([{"model": m, "condition": c, "acc": 0.75 if c == "clean" else 0.5} for m in models
+                  for c in ("clean", "jpeg_q30", "blur_sigma5")]).to_csv(tables / "degradations.csv", index=False)
+    pd.DataFrame([{"model": m, "subset": s, "acc": 1.0} for m in models for s in ("ldm", "faces")]).to_csv(
+        tables / "content.csv", index=False)
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks/readme_tables.py")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.splitlines()
     assert any("resnet50" in line and "random (from scratch)" in line and "0.707" in line for line in lines)
     assert any("effnet_lite0" in line and "ImageNet (efficientnet_lite0), fine-tuned" in line for line in lines)
+    header = next(line for line in lines if "clean" in line and "jpeg_q30" in line)
+    assert header.index("clean") < header.index("jpeg_q30") < header.index("blur_sigma5") < header.index("Avg")
     ldm = next(line for line in lines if line.startswith("| ldm") and "0.625" in line)
     assert ldm.rstrip(" |").endswith(f"{(1 + 0.625 * (len(subsets) - 1)) / len(subsets):.3f}")  # the row's mean
