@@ -7,11 +7,12 @@ off-diagonal mean), the numbers the default in params.yaml is chosen by.
 
 Usage, in a workspace where `dvc repro degrade` has run (it writes the probe's and the fine-tuned
 run's outputs where the pipeline would, so rerun those stages after it):
-    python benchmarks/input_size.py > benchmarks/results/input_size_cpu2.json
+    python benchmarks/input_size.py [--probe-sizes 64 224] [--finetune-sizes 64 224] > results.json
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import sys
@@ -36,9 +37,13 @@ def goal(scores: pd.DataFrame, params: dict) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--probe-sizes", type=int, nargs="*", default=list(SIZES))
+    parser.add_argument("--finetune-sizes", type=int, nargs="*", default=list(SIZES))
+    args = parser.parse_args()
     base = load_params()
     rows = []
-    for size in SIZES:
+    for size in args.probe_sizes:
         params = copy.deepcopy(base)
         params["probe"]["input_size"] = size
         backbone = params["probe"]["backbones"][0]
@@ -52,7 +57,7 @@ def main() -> None:
         rows.append({"detector": paths.probe_model(backbone), "input_size": size, "feature_seconds": round(features, 1),
                      "probe_seconds": round(heads, 1), **goal(scores, params)})
         print(json.dumps(rows[-1]), file=sys.stderr)
-    for size in SIZES:
+    for size in args.finetune_sizes:
         params = copy.deepcopy(base)
         model = "effnet_lite0"
         params["tables"]["train_overrides"] = {model: {**params["tables"]["train_overrides"].get(model, {}),

@@ -13,6 +13,7 @@ import pandas as pd
 import yaml
 
 from synthdet.stages import paths
+from synthdet.transforms.degrade import natural_order
 
 
 def starts(params: dict) -> dict[str, str]:
@@ -39,6 +40,7 @@ def main() -> None:
         "others_acc": "other subsets acc", "others_auc": "other subsets AUC",
         "off_diagonal_acc": "off-diagonal acc", "off_diagonal_auc": "off-diagonal AUC",
         "trained_on": "subsets trained on"})
+    carry = carry.astype(object).where(carry.notna(), None)  # tabulate writes None as missingval, NaN as nan
     print(carry.to_markdown(index=False, floatfmt=".3f", missingval="-"))
     order = list(params["tables"]["subsets"])
     for title, csv, columns, col_order in (
@@ -49,8 +51,8 @@ def main() -> None:
         wide = cells.pivot(index="model", columns=columns, values="acc")
         if col_order:
             wide = wide.reindex(columns=col_order)
-        if csv == "degradations.csv":  # clean first, then the conditions in the stage's order
-            wide = wide[["clean", *[c for c in pd.unique(cells[columns]) if c != "clean"]]]
+        if csv == "degradations.csv":  # the conditions in their natural order (clean, lowres, jpeg, blur)
+            wide = wide[natural_order(list(wide.columns))]
             wide["Avg"] = wide.drop(columns="clean").mean(axis=1)
         elif csv == "detectors.csv":
             wide["Avg"] = wide.mean(axis=1)
