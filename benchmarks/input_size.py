@@ -1,8 +1,8 @@
 """The pretrained detectors' input size, measured both ways: the embedded benchmark's native 64 px
 against upsampled to the ImageNet size the weights were trained at (224 px), for the frozen-feature
 probe (whole cross-generator matrix) and the fine-tuned EfficientNet-Lite0 (trained on
-``tables.train_subset``). Prints, per setting, the seconds and goal 4's numbers (accuracy and AUC
-of a detector trained on ``tables.train_subset`` over the other generator subsets; the probe's
+``tables.detector_subset``). Prints, per setting, the seconds and goal 4's numbers (accuracy and AUC
+of a detector trained on ``tables.detector_subset`` over the other generator subsets; the probe's
 off-diagonal mean), the numbers the default in params.yaml is chosen by.
 
 Usage, in a workspace where `dvc repro degrade` has run (it writes the probe's and the fine-tuned
@@ -30,7 +30,7 @@ SIZES = (64, 224)
 
 def goal(scores: pd.DataFrame, params: dict) -> dict:
     t = params["tables"]
-    carry = T.transfer(scores, t["train_subset"], list(t["subsets"]), n_bootstrap=0)
+    carry = T.transfer(scores, t["detector_subset"], list(t["subsets"]), n_bootstrap=0)
     row = carry.iloc[0]
     return {k: (None if pd.isna(row[k]) else round(float(row[k]), 4))
             for k in ("own_acc", "own_auc", "others_acc", "others_auc", "off_diagonal_acc", "off_diagonal_auc")}
@@ -65,7 +65,7 @@ def main() -> None:
         t0 = time.perf_counter()
         runs.run(params, "zoo", params["tables"]["seeds"][0], model=model)
         seconds = time.perf_counter() - t0
-        scores = pd.read_parquet(f"{paths.RUNS}/{paths.run_name('zoo', model, params['tables']['train_subset'], 0)}"
+        scores = pd.read_parquet(f"{paths.RUNS}/{paths.run_name('zoo', model, params['tables']['detector_subset'], 0)}"
                                  "/scores.parquet")
         rows.append({"detector": f"{model} from {params['tables']['train_overrides'][model].get('pretrained')}",
                      "input_size": size, "run_seconds": round(seconds, 1), **goal(scores, params)})

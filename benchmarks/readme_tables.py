@@ -34,7 +34,7 @@ def main() -> None:
     tables = Path(paths.TABLES)
     carry = pd.read_csv(tables / "transfer.csv")
     carry.insert(1, "start", carry["model"].map(starts(params)))
-    train_subset = params["tables"]["train_subset"]
+    train_subset = params["tables"]["detector_subset"]
     carry = carry.rename(columns={
         "own_acc": f"{train_subset} acc", "own_auc": f"{train_subset} AUC",
         "others_acc": "other subsets acc", "others_auc": "other subsets AUC",

@@ -180,3 +180,13 @@ def test_stage_cli_twin_names_missing_items(tmp_path, monkeypatch, capsys):
     assert "needs a model" in capsys.readouterr().err
     assert json.loads(json.dumps(table.get("xgen@resnet50-ldm-0").entry()["matrix"]))["model"] == \
         "${tables.xgen_models}"
+
+
+def test_a_params_file_with_a_renamed_key_says_what_it_is_called_now(tmp_path):
+    from synthdet.stages.base import load_params
+
+    old = {**PARAMS, "tables": {**PARAMS["tables"], "train_subset": "ldm"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(ValueError, match=r"params.yaml: tables.train_subset is now tables.detector_subset"):
+        load_params(tmp_path / "params.yaml")
+    assert load_params(ROOT / "params.yaml")["tables"]["detector_subset"] == PARAMS["train_subset"] == "ldm"

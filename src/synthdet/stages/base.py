@@ -18,6 +18,8 @@ import yaml
 from synthdet.codegraph import import_closure, repo_relative
 
 PARAMS_FILE = "params.yaml"
+# params keys that were renamed: an old params file says so instead of failing on a missing key
+RENAMED = {"tables.train_subset": "tables.detector_subset"}  # the top-level train_subset is the train stage's
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,10 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict:
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path}: not a mapping of parameters")
+    for old, new in RENAMED.items():
+        parent, _, leaf = old.rpartition(".")
+        if isinstance(data.get(parent), dict) and leaf in data[parent]:
+            raise ValueError(f"{path}: {old} is now {new}; rename it there (see params.yaml)")
     return data
 
 

@@ -17,6 +17,7 @@ EVALUATE = "artifacts/evaluate"
 AUDIT = "artifacts/audit"
 RUNS = "artifacts/runs"
 RUN_CHECKPOINTS = "artifacts/checkpoints"
+FEATURES = "artifacts/features"  # the probes' frozen-backbone features, a folder per backbone
 TABLES = "artifacts/tables"
 PAPER = "paper"
 METRICS = "metrics"

@@ -3,8 +3,8 @@
 
 ``features`` runs the frozen backbone once over every image a probe learns from or is scored on:
 the train and validation images of every subset and the test images the table runs score (clean,
-and the degraded copies of ``tables.train_subset``). ``probe`` fits one logistic-regression head
-per training subset of ``tables.subsets`` (and of ``tables.train_subset``, e.g. ``all``) on those
+and the degraded copies of ``tables.detector_subset``). ``probe`` fits one logistic-regression head
+per training subset of ``tables.subsets`` (and of ``tables.detector_subset``, e.g. ``all``) on those
 features, its ``C`` chosen by validation AUC, and scores every test image, in the score format of
 the other table runs (one file for all training subsets:
 ``artifacts/runs/probe/<backbone>__each__s<seed>``), so the tables read it as one more detector,
@@ -31,41 +31,40 @@ from synthdet.training.runtime import workers_param
 from synthdet.training.scoring import embed
 
 NOTEBOOK = "notebooks/12_probe.ipynb"
-FEATURES = "artifacts/features"
-FEATURE_PARAMS = ("probe.custom", "probe.input_size", "probe.batch_size", "tables.train_subset", "device",
+FEATURE_PARAMS = ("probe.custom", "probe.input_size", "probe.batch_size", "tables.detector_subset", "device",
                   "evaluate.num_workers")
-PROBE_PARAMS = ("seed", "probe.C", "tables.subsets", "tables.train_subset")
+PROBE_PARAMS = ("seed", "probe.C", "tables.subsets", "tables.detector_subset")
 MATRIX = (("backbone", "probe.backbones"),)
 
 
 def feature_dir(backbone: str) -> Path:
-    return Path(FEATURES) / backbone
+    return Path(paths.FEATURES) / backbone
 
 
 STAGES = (
     Stage(name="features", notebook=NOTEBOOK, module=__name__, params=FEATURE_PARAMS,
-          deps=(paths.SPLITS, paths.DEGRADED), outs=(Out(f"{FEATURES}/${{item.backbone}}"),), matrix=MATRIX,
+          deps=(paths.SPLITS, paths.DEGRADED), outs=(Out(f"{paths.FEATURES}/${{item.backbone}}"),), matrix=MATRIX,
           arguments=(("family", "features"),), report="reports/features/${item.backbone}.ipynb"),
     Stage(name="probe", notebook=NOTEBOOK, module=__name__, params=PROBE_PARAMS,
-          deps=(paths.SPLITS, paths.DEGRADED, f"{FEATURES}/${{item.backbone}}"),
+          deps=(paths.SPLITS, paths.DEGRADED, f"{paths.FEATURES}/${{item.backbone}}"),
           outs=(Out(f"{paths.RUNS}/{run_name('probe', '${item.backbone}', EACH, '${seed}')}"),), matrix=MATRIX,
           arguments=(("family", "probe"),), report="reports/probe/${item.backbone}.ipynb"),
 )
 
 
-def scored_tests(degraded: pd.DataFrame, train_subset: str) -> np.ndarray:
+def scored_tests(degraded: pd.DataFrame, detector_subset: str) -> np.ndarray:
     """Which rows of the degraded table the probes score: every clean test image, and the degraded
-    copies of ``train_subset``'s (of every subset's for ``all``), as the table runs do."""
-    if train_subset == "all":
+    copies of ``detector_subset``'s (of every subset's for ``all``), as the table runs do."""
+    if detector_subset == "all":
         return np.ones(len(degraded), dtype=bool)
-    return ((degraded["condition"] == "clean") | (degraded["subset"] == train_subset)).to_numpy()
+    return ((degraded["condition"] == "clean") | (degraded["subset"] == detector_subset)).to_numpy()
 
 
-def feature_rows(splits: pd.DataFrame, degraded: pd.DataFrame, train_subset: str) -> pd.DataFrame:
+def feature_rows(splits: pd.DataFrame, degraded: pd.DataFrame, detector_subset: str) -> pd.DataFrame:
     """One row per image file a probe reads (its ``path``): train and val images of every subset,
-    and the test images the table runs score (every clean one, the degraded ones of ``train_subset``)."""
+    and the test images the table runs score (every clean one, the degraded ones of ``detector_subset``)."""
     learn = splits[splits["split"].isin(["train", "val"])]
-    tests = degraded[scored_tests(degraded, train_subset)]
+    tests = degraded[scored_tests(degraded, detector_subset)]
     rows = pd.concat([learn[["path", "label"]], tests[["path", "label"]]], ignore_index=True)
     return rows.drop_duplicates("path").reset_index(drop=True)
 
@@ -75,7 +74,7 @@ class FeatureConfig:
     source: BackboneSource
     input_size: int
     batch_size: int
-    train_subset: str
+    detector_subset: str
     num_workers: int | str
     device: str
 
@@ -83,7 +82,7 @@ class FeatureConfig:
     def from_params(cls, params: dict, backbone: str) -> FeatureConfig:
         p = select(params, FEATURE_PARAMS)
         return cls(BackboneSource.named(backbone, p["probe"]["custom"]), int(p["probe"]["input_size"]),
-                   int(p["probe"]["batch_size"]), str(p["tables"]["train_subset"]),
+                   int(p["probe"]["batch_size"]), str(p["tables"]["detector_subset"]),
                    workers_param(p["evaluate"]["num_workers"]), str(p["device"]))
 
 
@@ -91,7 +90,7 @@ def extract(params: dict, backbone: str) -> Result:
     """Write ``artifacts/features/<backbone>/``: ``features.npy`` (float16, a row per image),
     ``rows.parquet`` (those images' paths, in order) and ``info.json`` (what made them)."""
     cfg = FeatureConfig.from_params(params, backbone)
-    rows = feature_rows(read_manifest(Path(paths.SPLITS)), pd.read_parquet(paths.DEGRADED), cfg.train_subset)
+    rows = feature_rows(read_manifest(Path(paths.SPLITS)), pd.read_parquet(paths.DEGRADED), cfg.detector_subset)
     network = FrozenBackbone(cfg.source, cfg.input_size)
     t0 = time.perf_counter()
     features = embed(network, rows, cfg.input_size, cfg.batch_size, cfg.device, cfg.num_workers,
@@ -140,7 +139,7 @@ class ProbeConfig:
     seed: int
     cs: tuple[float, ...]
     subsets: tuple[str, ...]
-    train_subset: str
+    detector_subset: str
 
     @classmethod
     def from_params(cls, params: dict, backbone: str) -> ProbeConfig:
@@ -148,7 +147,7 @@ class ProbeConfig:
         cs = tuple(float(c) for c in p["probe"]["C"])
         if not cs or min(cs) <= 0:
             raise ValueError(f"probe.C: a list of positive inverse regularisation strengths (got {p['probe']['C']})")
-        return cls(backbone, int(p["seed"]), cs, tuple(p["tables"]["subsets"]), str(p["tables"]["train_subset"]))
+        return cls(backbone, int(p["seed"]), cs, tuple(p["tables"]["subsets"]), str(p["tables"]["detector_subset"]))
 
 
 class Config:
@@ -165,19 +164,19 @@ class Config:
 
 def fit_and_score(params: dict, backbone: str) -> Result:
     """A head per training subset on the backbone's features; every clean test image scored, and
-    the degraded ones by the head of ``tables.train_subset`` (as the table runs do)."""
+    the degraded ones by the head of ``tables.detector_subset`` (as the table runs do)."""
     cfg = ProbeConfig.from_params(params, backbone)
-    seed, cs, subsets, train_subset = cfg.seed, list(cfg.cs), list(cfg.subsets), cfg.train_subset
+    seed, cs, subsets, detector_subset = cfg.seed, list(cfg.cs), list(cfg.subsets), cfg.detector_subset
     index, features = read_features(backbone)
     splits, degraded = read_manifest(Path(paths.SPLITS)), pd.read_parquet(paths.DEGRADED)
-    degraded = degraded[scored_tests(degraded, train_subset)].reset_index(drop=True)
+    degraded = degraded[scored_tests(degraded, detector_subset)].reset_index(drop=True)
     test_x = _lookup(index, features, degraded, "test")
     name = run_name("probe", backbone, EACH, seed)
     out = Path(paths.RUNS) / name
     tables, heads, chosen = [], {}, []
-    # one head per training subset, and one for the detector tables' tables.train_subset when it is
+    # one head per training subset, and one for tables.detector_subset when it is
     # not among them (``all``: every subset's training images, as the zoo runs train)
-    for subset in [*subsets, *([train_subset] if train_subset not in subsets else [])]:
+    for subset in [*subsets, *([detector_subset] if detector_subset not in subsets else [])]:
         rows = splits if subset == "all" else splits[splits["subset"] == subset]
         train, val = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
         train_x, val_x = _lookup(index, features, train, "train"), _lookup(index, features, val, "val")
@@ -187,8 +186,8 @@ def fit_and_score(params: dict, backbone: str) -> Result:
                                val["label"].to_numpy()[ok_val], cs, seed)
         seconds = round(time.perf_counter() - t0, 2)
         keep = (degraded["condition"] == "clean").to_numpy(copy=True)
-        if subset == train_subset:
-            keep |= True if train_subset == "all" else (degraded["subset"] == subset).to_numpy()
+        if subset == detector_subset:
+            keep |= True if detector_subset == "all" else (degraded["subset"] == subset).to_numpy()
         scored = degraded[keep].reset_index(drop=True)
         x = test_x[keep]
         ok = np.isfinite(x).all(1)

@@ -5,8 +5,8 @@ of its own subset.
 Three families, each a DVC matrix stage:
 - ``xgen``: every model of ``tables.xgen_models`` x every subset of ``tables.subsets`` (GenImage's
   cross-generator matrix, and its "different generators" table when several models are listed);
-- ``zoo``: every model of ``tables.detectors`` on ``tables.train_subset`` (the detector tables);
-- ``ablate``: ``tables.ablation_model`` on class budgets of ``tables.train_subset`` (tables 4-5;
+- ``zoo``: every model of ``tables.detectors`` on ``tables.detector_subset`` (the detector tables);
+- ``ablate``: ``tables.ablation_model`` on class budgets of ``tables.detector_subset`` (tables 4-5;
   clean test images only).
 A run's folder is ``artifacts/runs/<family>/<model>__<subset>[__<budget>]__s<seed>``
 (:func:`~synthdet.stages.paths.run_name`, which the tables stage reads without the training code).
@@ -40,17 +40,17 @@ class Family:
     budget: str
     extra_params: tuple[str, ...]
     degraded: str  # which runs also score their training subset's degraded test images (table 3):
-    # "always", "train_subset" (only the run on tables.train_subset) or "never"
+    # "always", "detector_subset" (only the run on tables.detector_subset) or "never"
 
 
 FAMILIES = {
     "xgen": Family("xgen", (("model", "tables.xgen_models"), ("subset", "tables.subsets"), ("seed", "tables.seeds")),
-                   "${item.model}", "${item.subset}", FULL, ("tables.train_subset",), "train_subset"),
+                   "${item.model}", "${item.subset}", FULL, ("tables.detector_subset",), "detector_subset"),
     "zoo": Family("zoo", (("model", "tables.detectors"), ("seed", "tables.seeds")),
-                  "${item.model}", "${tables.train_subset}", FULL, ("tables.train_subset",), "always"),
+                  "${item.model}", "${tables.detector_subset}", FULL, ("tables.detector_subset",), "always"),
     "ablate": Family("ablate", (("budget", "tables.class_budgets"), ("seed", "tables.seeds")),
-                     "${tables.ablation_model}", "${tables.train_subset}", "${item.budget}",
-                     ("tables.train_subset", "tables.ablation_model"), "never"),
+                     "${tables.ablation_model}", "${tables.detector_subset}", "${item.budget}",
+                     ("tables.detector_subset", "tables.ablation_model"), "never"),
 }
 
 
@@ -78,7 +78,7 @@ class Config:
     num_workers: int | str
     device: str
     debias: dict
-    train_subset: str  # tables.train_subset: the runs that feed table 3
+    detector_subset: str  # tables.detector_subset: the runs that feed table 3
 
     @classmethod
     def from_params(cls, params: dict, family: str, seed: int, model: str | None = None, subset: str | None = None,
@@ -89,7 +89,7 @@ class Config:
         p = select(params, (*COMMON_PARAMS, *f.extra_params))
         tables = p["tables"]
         model = tables["ablation_model"] if family == "ablate" else model
-        subset = subset if family == "xgen" else tables["train_subset"]
+        subset = subset if family == "xgen" else tables["detector_subset"]
         if model is None or subset is None:
             raise ValueError(f"a {family} run needs {'a model' if model is None else 'a training subset'}: "
                              "set the notebook's parameters (papermill -p model ... -p subset ...)")
@@ -101,7 +101,7 @@ class Config:
         return cls(family, str(model), str(subset), int(seed), str(budget or FULL), {**p["train"], **overrides},
                    dict((tables["model_kwargs"] or {}).get(model, {})), int(p["evaluate"]["batch_size"]),
                    workers_param(p["evaluate"]["num_workers"]), str(p["device"]), dict(p["data"]["debias"] or {}),
-                   str(tables["train_subset"]))
+                   str(tables["detector_subset"]))
 
     @property
     def name(self) -> str:
@@ -121,7 +121,7 @@ def run(params: dict, family: str, seed: int, model: str | None = None, subset: 
     table = pd.read_parquet(paths.DEGRADED)
     keep = table["condition"] == "clean"
     degraded = FAMILIES[cfg.family].degraded
-    if degraded == "always" or (degraded == "train_subset" and cfg.subset == cfg.train_subset):
+    if degraded == "always" or (degraded == "detector_subset" and cfg.subset == cfg.detector_subset):
         keep |= True if cfg.subset == "all" else table["subset"] == cfg.subset
     table = score_table(out / "detector.pt", table[keep], cfg.batch_size, cfg.num_workers, cfg.device)
     classes = set(result["train_classes"])

@@ -35,7 +35,7 @@ class Config:
     seed: int
     seeds: tuple[int, ...]
     subsets: tuple[str, ...]
-    train_subset: str
+    detector_subset: str  # tables.detector_subset: what tables 2-6 train on
     xgen_models: tuple[str, ...]
     detectors: tuple[str, ...]
     ablation_model: str
@@ -48,15 +48,16 @@ class Config:
     def from_params(cls, params: dict) -> Config:
         p = select(params, STAGE.params)
         t = p["tables"]
-        return cls(int(p["seed"]), tuple(t["seeds"]), tuple(t["subsets"]), t["train_subset"], tuple(t["xgen_models"]),
-                   tuple(t["detectors"]), t["ablation_model"], tuple(map(str, t["class_budgets"])),
-                   tuple(t["content_subsets"]), int(t["n_bootstrap"]), tuple(p["probe"]["backbones"] or ()))
+        return cls(int(p["seed"]), tuple(t["seeds"]), tuple(t["subsets"]), t["detector_subset"],
+                   tuple(t["xgen_models"]), tuple(t["detectors"]), t["ablation_model"],
+                   tuple(map(str, t["class_budgets"])), tuple(t["content_subsets"]), int(t["n_bootstrap"]),
+                   tuple(p["probe"]["backbones"] or ()))
 
     def runs(self) -> list[str]:
         """The runs this configuration asks for (only those are read: old folders may linger)."""
         names = [run_name("xgen", m, s, k) for m in self.xgen_models for s in self.subsets for k in self.seeds]
-        names += [run_name("zoo", m, self.train_subset, k) for m in self.detectors for k in self.seeds]
-        names += [run_name("ablate", self.ablation_model, self.train_subset, k, b)
+        names += [run_name("zoo", m, self.detector_subset, k) for m in self.detectors for k in self.seeds]
+        names += [run_name("ablate", self.ablation_model, self.detector_subset, k, b)
                   for b in self.class_budgets for k in self.seeds]
         names += [run_name("probe", b, EACH, self.seed) for b in self.probe_backbones]  # no random start: one seed
         return names
@@ -127,13 +128,13 @@ def run(params: dict) -> Result:
                            plots / "different_generators.png", col_order=order))
 
     # Table 2: every detector trained on the SD V1.4 analogue
-    det = T.detectors_on(generator_scores, cfg.train_subset, **kw)
+    det = T.detectors_on(generator_scores, cfg.detector_subset, **kw)
     add("table2", det, "detectors.csv", T.wide(det, "model", "subset", order=order), "task1_train_sdv14",
-        report.heatmap(det, "model", "subset", "acc", f"Detectors trained on {cfg.train_subset}",
+        report.heatmap(det, "model", "subset", "acc", f"Detectors trained on {cfg.detector_subset}",
                        plots / "detectors.png", col_order=order))
 
     # Table 3: degraded test images, conditions in their natural order (clean, lowres, jpeg, blur)
-    deg = T.degradations(scores, cfg.train_subset, **kw)
+    deg = T.degradations(scores, cfg.detector_subset, **kw)
     conds = natural_order(deg["condition"].unique())
     wide_deg = T.wide(deg[deg.condition != "clean"], "model", "condition", order=conds)
     add("table3", deg, "degradations.csv", wide_deg, "task2_degraded",
@@ -143,13 +144,13 @@ def run(params: dict) -> Result:
     # Tables 4-5: class budgets
     size = subs = pd.DataFrame()
     if cfg.class_budgets:
-        size = T.training_size(scores, cfg.train_subset, order, model=cfg.ablation_model, **kw)
+        size = T.training_size(scores, cfg.detector_subset, order, model=cfg.ablation_model, **kw)
         cols = [c for c in ("class_budget", "train_images", "train_classes", "images_per_class", "acc_identical",
                             "acc_std_identical", "acc_cross", "acc_std_cross", "auc_identical") if c in size]
         add("table4", size, "training_size.csv", size[cols], "training_size",
             report.lines(size, "train_images", ["acc_identical", "acc_cross"], "Accuracy vs training images per label",
                          plots / "training_size.png"))
-        subs = T.class_subsets(scores, cfg.train_subset, model=cfg.ablation_model, **kw)
+        subs = T.class_subsets(scores, cfg.detector_subset, model=cfg.ablation_model, **kw)
         add("table5", subs, "class_subsets.csv",
             subs.pivot_table(index=["class_budget", "train_classes", "train_images"], columns="classes", values="acc",
                              sort=False), "class_subsets",
@@ -161,16 +162,16 @@ def run(params: dict) -> Result:
     # Table 6: content generalisation
     content = pd.DataFrame()
     if cfg.content_subsets:
-        content = T.content_generalisation(scores, cfg.train_subset, list(cfg.content_subsets), **kw)
+        content = T.content_generalisation(scores, cfg.detector_subset, list(cfg.content_subsets), **kw)
         add("table6", content, "content.csv",
-            T.wide(content, "model", "subset", order=[cfg.train_subset, *cfg.content_subsets], average=False),
-            "content", report.heatmap(content, "model", "subset", "acc", f"Trained on {cfg.train_subset}",
+            T.wide(content, "model", "subset", order=[cfg.detector_subset, *cfg.content_subsets], average=False),
+            "content", report.heatmap(content, "model", "subset", "acc", f"Trained on {cfg.detector_subset}",
                                       plots / "content.png"))
     else:
         res.notes.append("tables.content_subsets is empty: no content test sets for this dataset")
 
     # How far each detector carries beyond its training generator, from scratch and pretrained side by side
-    carry = T.transfer(generator_scores, cfg.train_subset, order, **kw)
+    carry = T.transfer(generator_scores, cfg.detector_subset, order, **kw)
     add("transfer", carry, "transfer.csv", carry.set_index("model"), None)
 
     res.notes += T.conclusions(xgen, paper, det, wide_deg, size, subs, content, diff, order)
