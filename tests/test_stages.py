@@ -180,6 +180,11 @@ def test_stage_cli_twin_names_missing_items(tmp_path, monkeypatch, capsys):
     assert "needs a model" in capsys.readouterr().err
     assert json.loads(json.dumps(table.get("xgen@resnet50-ldm-0").entry()["matrix"]))["model"] == \
         "${tables.xgen_models}"
+    # every matrix family is checked by its stage name and item (ImagiNet's runs and the probes too)
+    assert cli.main(["stage", "imaginet_train", "method=nope", "--params", str(ROOT / "params.yaml")]) == 2
+    assert "unknown method 'nope'" in capsys.readouterr().err
+    assert cli.main(["stage", "features", "backbone=nope", "--params", str(ROOT / "params.yaml")]) == 2
+    assert "probe backbone 'nope'" in capsys.readouterr().err
 
 
 def test_a_params_file_with_a_renamed_key_says_what_it_is_called_now(tmp_path):

@@ -267,14 +267,13 @@ def cmd_stage(args: argparse.Namespace) -> int:
             raise UserError(f"{pair!r}: give matrix items as key=value (e.g. seed=0)")
         items[key] = yaml.safe_load(value)
     module = importlib.import_module(stage.module)
-    kwargs = {"family": stage.name, **items} if stage.matrix else items
-    try:  # the cheap checks first: params and items make a valid config
-        module.Config.from_params(params, **kwargs)
+    try:  # the cheap checks first: params and items make a valid config (a matrix stage's by its name)
+        module.Config.from_params(params, *([stage.name] if stage.matrix else []), **items)
     except KeyError as exc:
         raise UserError(f"{args.params}: {exc.args[0]}") from exc
     except (ValueError, TypeError) as exc:
         raise UserError(f"stage {stage.name}: {exc}") from exc
-    result = module.run(params, **kwargs)
+    result = module.run(params, **dict(stage.arguments), **items)  # what its notebook passes
     if int(os.environ.get("RANK", "0")) == 0 and result.metrics:
         print(json.dumps(result.metrics, indent=2, default=str))
     return 0
