@@ -182,7 +182,7 @@ def pretrained_start(spec: bool | str | None, photos: Path | None = None,
     path = prepared_file(source, cache)
     record = (cache or cache_dir()) / f"{source.name}-{file_digest(path)[:12]}.check.json"
     photos = Path(photos or DEFAULT_PHOTOS)
-    found = [p for p in photos.rglob("imagenet_*.jpg") if PHOTO_PATTERN.search(p.name)] if photos.is_dir() else []
+    found = find_labelled_photos(photos)
     if not record.is_file() and len(found) < FOOLBOX_PHOTOS:
         log.warning("%s: not checked (%s holds %d of foolbox's %d labelled ImageNet photos; `make data` puts "
                     "them there)", spec, photos, len(found), FOOLBOX_PHOTOS)
@@ -226,10 +226,17 @@ def imagenet_model(source: str, arch: str | None = None, cache: Path | None = No
     return arch, model.eval()
 
 
+def find_labelled_photos(folder: Path) -> list[tuple[Path, int]]:
+    """foolbox's labelled ImageNet validation photos under ``folder`` with their labels (none: [])."""
+    if not Path(folder).is_dir():
+        return []
+    return sorted((p, int(m.group(2))) for p in Path(folder).rglob("imagenet_*.jpg")
+                  if (m := PHOTO_PATTERN.search(p.name)))
+
+
 def labelled_photos(folder: Path) -> list[tuple[Path, int]]:
-    """foolbox's labelled ImageNet validation photos under ``folder``, with their labels."""
-    found = sorted((p, int(m.group(2))) for p in Path(folder).rglob("imagenet_*.jpg")
-                   if (m := PHOTO_PATTERN.search(p.name)))
+    """:func:`find_labelled_photos`, refusing a folder without any."""
+    found = find_labelled_photos(folder)
     if not found:
         raise PretrainedWeightsError(f"{folder}: no labelled ImageNet photos (foolbox's imagenet_<NN>_<label>.jpg); "
                                      "`make data` puts them in data/embedded/raw/foolbox")
