@@ -171,6 +171,7 @@ def fit_and_score(params: dict, backbone: str) -> Result:
     splits, degraded = read_manifest(Path(paths.SPLITS)), pd.read_parquet(paths.DEGRADED)
     degraded = degraded[scored_tests(degraded, detector_subset)].reset_index(drop=True)
     test_x = _lookup(index, features, degraded, "test")
+    is_clean = (degraded["condition"] == "clean").to_numpy()
     name = run_name("probe", backbone, EACH, seed)
     out = Path(paths.RUNS) / name
     tables, heads, chosen = [], {}, []
@@ -185,9 +186,8 @@ def fit_and_score(params: dict, backbone: str) -> Result:
         head, info = fit_probe(train_x[ok_train], train["label"].to_numpy()[ok_train], val_x[ok_val],
                                val["label"].to_numpy()[ok_val], cs, seed)
         seconds = round(time.perf_counter() - t0, 2)
-        keep = (degraded["condition"] == "clean").to_numpy(copy=True)
-        if subset == detector_subset:
-            keep |= True if detector_subset == "all" else (degraded["subset"] == subset).to_numpy()
+        # the head of tables.detector_subset scores every row kept above (its degraded copies too)
+        keep = np.ones(len(degraded), bool) if subset == detector_subset else is_clean
         scored = degraded[keep].reset_index(drop=True)
         x = test_x[keep]
         ok = np.isfinite(x).all(1)
