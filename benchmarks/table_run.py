@@ -31,7 +31,7 @@ import pandas as pd
 from synthdet.cli import read_yaml
 from synthdet.stages import paths
 from synthdet.training.loop import train_on_manifest
-from synthdet.training.scoring import score_table
+from synthdet.training import scoring
 model, subset, channels_last, workers = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
 train = {**read_yaml(Path("params.yaml"), "params")["train"], "channels_last": channels_last, "num_workers": workers}
 with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +41,7 @@ with tempfile.TemporaryDirectory() as tmp:
     t1 = time.perf_counter()
     table = pd.read_parquet(paths.DEGRADED)
     table = table[(table["condition"] == "clean") | (table["subset"] == subset)]
-    scores = score_table(Path(tmp) / "run/detector.pt", table, 128, workers, "cpu")
+    scores = scoring.score(Path(tmp) / "run/detector.pt", table, batch_size=128, num_workers=workers, device="cpu")
     t2 = time.perf_counter()
 print(json.dumps({"train_s": round(t1 - t0, 1), "score_s": round(t2 - t1, 1), "scored_images": len(scores),
                   "train_images_per_s": [round(h["images_per_s"], 1) for h in result["history"]],

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from synthdet.data.dataset import IMAGENET, IMAGENET_MEAN, IMAGENET_STD, DataConfig, make_transform
-from synthdet.data.imageio import fit_to_input
+from synthdet.data.imageio import centre_crop, fit_to_input
 from synthdet.detectors import create_detector, list_detectors
 from synthdet.detectors.backbones import TimmDetector
 from synthdet.detectors.cnnspot import BlurJpegAugment
 from synthdet.detectors.selfcon import CrossEntropyNet, SelfConDetector
-from synthdet.imaginet.baseline import AugmentedRows, centre_crop
+from synthdet.imaginet.baseline import AugmentedRows
 from synthdet.predict import predict_files
-from synthdet.training.scoring import predict
+from synthdet.training.scoring import score
 from tests.conftest import noise_image
 
 ODD = DataConfig(mean=(0.2, 0.5, 0.7), std=(0.1, 0.3, 0.2), interpolation="nearest")
@@ -44,9 +44,10 @@ def test_every_detector_declares_imagenet_normalisation_and_the_bicubic_resize_i
         assert isinstance(data.train_augment, BlurJpegAugment) if name == "cnnspot" else data.train_augment is None
     assert create_detector("resnet18", img_size=32).data_config == IMAGENET  # any timm name
     # ImagiNet's code: ImageNet's mean and std, bilinear resampling in its crops and zoom condition
+    # and its test view: the central square at the image's own resolution, padded if smaller
     for net in (SelfConDetector(n_models=2, backbone="resnet18"), CrossEntropyNet(backbone="resnet18")):
         assert (net.data_config.mean, net.data_config.std) == (IMAGENET_MEAN, IMAGENET_STD)
-        assert net.data_config.interpolation == "bilinear"
+        assert (net.data_config.interpolation, net.data_config.view) == ("bilinear", "crop")
 
 
 def test_a_detector_without_a_data_config_or_with_a_bad_one_is_refused(monkeypatch):
@@ -59,6 +60,8 @@ def test_a_detector_without_a_data_config_or_with_a_bad_one_is_refused(monkeypat
         DataConfig(interpolation="box")
     with pytest.raises(ValueError, match="std > 0"):
         DataConfig(std=(0.2, 0.0, 0.2))
+    with pytest.raises(ValueError, match="view 'stretch'"):
+        DataConfig(view="stretch")
 
 
 class _Recorder(TimmDetector):
@@ -80,8 +83,15 @@ def test_the_dataset_and_predict_view_images_as_the_detector_declares(tmp_path):
     assert torch.allclose(make_transform(24, train=False, data=ODD)(img), _by_hand(img, 24, ODD), atol=1e-5)
     assert not torch.allclose(_by_hand(img, 24, ODD), _by_hand(img, 24, IMAGENET), atol=1e-2)
     model = _Recorder(ODD)
-    predict(model, pd.DataFrame({"path": [str(path)], "label": [1]}), 24, channels_last=False)
+    score(model, pd.DataFrame({"path": [str(path)], "label": [1]}), input_size=24, channels_last=False)
     assert torch.allclose(model.seen[0][0], _by_hand(img, 24, ODD), atol=1e-5)
+    # the crop view: no resampling, a 41x29 image reflection-padded to 32 high, its centre 32 square
+    cropped = _Recorder(dataclasses.replace(ODD, view="crop"))
+    score(cropped, [path], input_size=32, channels_last=False)
+    padded = np.pad(np.asarray(img), ((1, 2), (0, 0), (0, 0)), mode="reflect")[:, 4:36]
+    by_hand = torch.from_numpy(padded.copy()).permute(2, 0, 1).float() / 255
+    expected = (by_hand - torch.tensor(ODD.mean)[:, None, None]) / torch.tensor(ODD.std)[:, None, None]
+    assert torch.allclose(cropped.seen[0][0], expected, atol=1e-5)
 
 
 def test_synthdet_predict_reads_the_loaded_detectors_data_config(tmp_path, monkeypatch):
@@ -102,7 +112,7 @@ def test_imaginet_baseline_normalises_with_the_networks_data_config(tmp_path):
     img.save(path)
     rows = pd.DataFrame({"path": [str(path)], "label": [0], "m": [""]})
     data = dataclasses.replace(ODD, interpolation="bilinear")
-    x, _, _ = AugmentedRows(rows, {}, centre_crop, 32, 0, "m", data)[0]
-    crop = torch.from_numpy(np.array(centre_crop(img, None, 32)[0])).permute(2, 0, 1).float() / 255
+    x, _, _ = AugmentedRows(rows, {}, lambda im, rng, size: (centre_crop(im, size), []), 32, 0, "m", data)[0]
+    crop = torch.from_numpy(np.array(centre_crop(img, 32))).permute(2, 0, 1).float() / 255
     assert torch.allclose(x, (crop - torch.tensor(data.mean)[:, None, None]) / torch.tensor(data.std)[:, None, None],
                           atol=1e-5)

@@ -7,7 +7,7 @@ from synthdet.fsutil import CheckpointError
 from synthdet.training.checkpoint import load_detector
 from synthdet.training.config import TrainConfig, data_key
 from synthdet.training.loop import accumulate_gradients, train_detector
-from synthdet.training.scoring import predict
+from synthdet.training.scoring import score
 from tests.conftest import noise_image
 
 ZOO = ["resnet50", "deit_s", "swin_t", "resnet50_nodown", "cnnspot", "spec", "f3net", "gramnet", "npr"]
@@ -187,7 +187,7 @@ def test_a_compiled_training_run_saves_plain_detector_weights(tiny_rows, tmp_pat
     saved = torch.load(tmp_path / "c/detector.pt", weights_only=True)
     assert not any("_orig_mod" in k for k in saved["model"])
     model, cfg = load_detector(tmp_path / "c/detector.pt")  # an uncompiled detector takes the weights
-    assert cfg["compile"] == "eager" and pd.notna(predict(model, val, cfg["input_size"])).all()
+    assert cfg["compile"] == "eager" and score(model, val, input_size=cfg["input_size"])["logit"].notna().all()
 
 
 def test_a_file_broken_after_indexing_does_not_stop_training(tiny_rows, tmp_path):
@@ -196,8 +196,10 @@ def test_a_file_broken_after_indexing_does_not_stop_training(tiny_rows, tmp_path
     result = train_detector(rows.iloc[:16], rows.iloc[16:], _cfg(epochs=1), tmp_path / "t")
     assert list(result["failures"]) == [rows.path.iloc[3]]
     model, cfg = load_detector(tmp_path / "t/detector.pt")
-    scores = predict(model, rows, cfg["input_size"])
+    scored = score(model, rows, input_size=cfg["input_size"])
+    scores = scored["fake_probability"]
     assert pd.isna(scores[3]) and pd.notna(scores).sum() == len(rows) - 1
+    assert scored["status"][3] == "empty" and (scored["status"] == "ok").sum() == len(rows) - 1
 
 
 def test_a_rebuilt_dataset_with_the_same_file_names_is_not_resumed(tiny_rows, tmp_path, capsys):

@@ -13,7 +13,7 @@ from synthdet.detectors import probe as P
 from synthdet.detectors import weights as W
 from synthdet.detectors.backbones import PretrainedWeightsError
 from synthdet.stages import probe as stage
-from synthdet.training.scoring import embed
+from synthdet.training.scoring import score
 from tests.test_weights import photos  # noqa: F401 - the labelled ImageNet photos fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,17 +23,23 @@ def _rows(paths: list[Path], label: int) -> pd.DataFrame:
     return pd.DataFrame({"path": [str(p) for p in paths], "label": label})
 
 
+def embed(network: torch.nn.Module, rows: pd.DataFrame, input_size: int, batch_size: int) -> np.ndarray:
+    """The network's outputs per row through the one scoring call (the features stage's way)."""
+    return score(network, rows, input_size=input_size, features=True, batch_size=batch_size, device="cpu")[1]
+
+
 def test_features_are_the_imagenet_networks_pre_logits(photos):  # noqa: F811
     """The probe's features are what the ImageNet head reads: that head on them gives the whole
     network's logits, and its top-1 on the labelled photos (the weights' check) survives."""
     backbone = P.FrozenBackbone(P.BackboneSource.named("efficientnet_lite0"))
     assert backbone.data_config.mean == (0.5, 0.5, 0.5) and backbone.data_config.interpolation == "bicubic"
     items = W.labelled_photos(photos)
-    features = embed(backbone, _rows([p for p, _ in items], 0), 224, batch_size=8, device="cpu")
+    features = embed(backbone, _rows([p for p, _ in items], 0), 224, batch_size=8)
     assert features.shape == (20, 1280) and np.isfinite(features).all()
     _, full = W.imagenet_model("efficientnet_lite0")
     full.data_config = backbone.data_config
-    whole = embed(full, _rows([p for p, _ in items], 0), 224, batch_size=8, device="cpu")
+    full.score_outputs = lambda x: {"features": full(x)}  # all 1000 logits, not a fake logit
+    whole = embed(full, _rows([p for p, _ in items], 0), 224, batch_size=8)
     with torch.no_grad():
         head = full.get_classifier()(torch.from_numpy(features)).numpy()
     np.testing.assert_allclose(head, whole, rtol=1e-3, atol=1e-3)
@@ -60,7 +66,7 @@ def test_a_probe_on_real_features_tells_photos_from_their_smoothed_copies(photos
         fake.append(tmp_path / f"fake{i}.png")
     rows = pd.concat([_rows(real, 0), _rows(fake, 1)], ignore_index=True)
     backbone = P.FrozenBackbone(P.BackboneSource.named("efficientnet_lite0"))
-    x = embed(backbone, rows, 224, batch_size=20, device="cpu")
+    x = embed(backbone, rows, 224, batch_size=20)
     y = rows["label"].to_numpy()
     train = np.r_[0:12, 20:32]
     val = np.r_[12:20, 32:40]

@@ -3,6 +3,7 @@ equation 1, the network's two views, the calibration head and the batch-norm upd
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -197,7 +198,8 @@ def _baseline_rows(root, n=8):
 
 
 def test_the_baseline_trains_in_two_stages_deterministically(tmp_path):
-    from synthdet.imaginet.baseline import BaselineConfig, predict_both, train_baseline
+    from synthdet.imaginet.baseline import BaselineConfig, train_baseline
+    from synthdet.training.scoring import score
 
     rows = _baseline_rows(tmp_path)
     cfg = BaselineConfig(crop=32, calibration_size=32, batch_size=8, epochs=2, warmup_epochs=1, calibration_epochs=2,
@@ -208,8 +210,9 @@ def test_the_baseline_trains_in_two_stages_deterministically(tmp_path):
     assert all(math.isfinite(h["loss"]) and h["loss"] > 0 for h in info["pretraining"])
     assert all(math.isfinite(h["origin_loss"]) and math.isfinite(h["model_loss"]) for h in info["calibration"])
     assert not any(p.requires_grad for p in detector.net.backbone.parameters())  # stage 2 trains the heads only
-    scored = predict_both(detector, rows, size=32)
-    assert len(scored) == 8 and scored["p_synthetic"].between(0, 1).all() and set(scored["model_class"]) <= {0, 1}
+    scored = score(detector, rows, input_size=32, classes=info["model_classes"], device="cpu")
+    assert len(scored) == 8 and scored["fake_probability"].between(0, 1).all()
+    assert set(scored["model_pred"]) <= {"diffusion", "gan"}
+    assert np.allclose(scored[["p_diffusion", "p_gan"]].sum(axis=1), 1)
     again, _ = train_baseline(rows, rows, cfg)
-    assert torch.equal(predict_both(again, rows, size=32)["p_synthetic"].pipe(torch.tensor),
-                       scored["p_synthetic"].pipe(torch.tensor))
+    assert score(again, rows, input_size=32, device="cpu")["fake_probability"].equals(scored["fake_probability"])

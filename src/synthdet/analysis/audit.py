@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
 from synthdet.metrics import binary_metrics
+from synthdet.training import scoring
 from synthdet.training.checkpoint import load_detector
-from synthdet.training.scoring import predict
 from synthdet.transforms.degrade import jpeg  # 4:2:0, as ImageNet's camera files mostly are
 
 LABEL_NAMES = {0: "real", 1: "fake"}
@@ -227,9 +227,10 @@ def counterfactual_scores(detector: Path, test: pd.DataFrame, batch_size: int, d
         scores = np.full(len(test), np.nan)
         for label in (0, 1):
             part = test[test["label"] == label]
-            scores[part.index] = predict(model, part, cfg["input_size"], batch_size, device, num_workers,
-                                         image_transform=transforms.get(label),
-                                         channels_last=cfg.get("channels_last", True))
+            scores[part.index] = scoring.score(
+                model, part, input_size=cfg["input_size"], temperature=cfg["temperature"],
+                image_transform=transforms.get(label), batch_size=batch_size, device=device, num_workers=num_workers,
+                channels_last=cfg.get("channels_last", True), desc=f"{name} {label}")["fake_probability"].to_numpy()
         for subset, g in test.assign(score=scores).dropna(subset=["score"]).groupby("subset", sort=True):
             m = binary_metrics(g["label"].to_numpy(), g["score"].to_numpy(), n_bootstrap=0)
             rows.append({"subset": subset, "condition": name, "acc": m["acc"], "real_acc": m["real_acc"],

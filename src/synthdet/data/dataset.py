@@ -13,11 +13,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from synthdet.data.imageio import INTERPOLATIONS, ImageDecodeError, fit_to_input, load_rgb
+from synthdet.data.imageio import INTERPOLATIONS, STATUS_OK, ImageDecodeError, centre_crop, fit_to_input, load_rgb
 from synthdet.data.pixelcache import PixelCache
 
 log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+VIEWS = ("resize", "crop")
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,12 @@ class DataConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bicubic"  # of the resize to the input size (imageio.INTERPOLATIONS)
     train_augment: Callable[[Image.Image], Image.Image] | None = None  # e.g. CNNSpot's blur + JPEG
+    view: str = "resize"  # "resize": short side to the input size, centre crop (fit_to_input);
+    # "crop": the central input-size square at the image's own resolution (ImagiNet's test view)
 
     def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise ValueError(f"view {self.view!r}: expected one of {list(VIEWS)}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation {self.interpolation!r}: expected one of {sorted(INTERPOLATIONS)}")
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
@@ -44,15 +49,17 @@ IMAGENET = DataConfig()  # what every detector of the registry gets today
 
 def make_transform(input_size: int, train: bool, hflip: bool = True,
                    data: DataConfig = IMAGENET) -> Callable[[Image.Image], torch.Tensor]:
-    """The detector's view (:func:`~synthdet.data.imageio.fit_to_input`: short side to the input
-    size with ``data.interpolation``, centre crop; nothing to do on square images of that size),
-    optional flip, then ``data``'s normalisation.
+    """The detector's view (``data.view``: :func:`~synthdet.data.imageio.fit_to_input`, short side
+    to the input size with ``data.interpolation`` and a centre crop, nothing to do on square images
+    of that size; or :func:`~synthdet.data.imageio.centre_crop` without resampling), optional flip,
+    then ``data``'s normalisation.
 
     No random crop or colour jitter by default: those change the very pixel statistics a detector
     relies on, and GenImage's baselines train without them.
     """
-    return v2.Compose([functools.partial(fit_to_input, size=input_size, interpolation=data.interpolation),
-                       v2.PILToTensor(), view_transform(train, hflip, data)])
+    fit = (functools.partial(centre_crop, size=input_size) if data.view == "crop"
+           else functools.partial(fit_to_input, size=input_size, interpolation=data.interpolation))
+    return v2.Compose([fit, v2.PILToTensor(), view_transform(train, hflip, data)])
 
 
 def view_transform(train: bool, hflip: bool = True,
@@ -109,3 +116,26 @@ class ManifestDataset(Dataset):
                 img = self.image_transform(img)
             return self.transform(img), self.labels[i], i, "\n".join(skipped)
         raise RuntimeError(f"64 consecutive unreadable images from {self.paths[index]}; is the data there?")
+
+
+class ImageFiles(Dataset):
+    """Image files -> (view, index, status, problem), for scoring: every file gets its own row. One
+    that cannot be decoded gives a blank view with its status and reason (:class:`ImageDecodeError`)
+    and the batch goes on; unlike :class:`ManifestDataset`, no neighbour is read in its place."""
+
+    def __init__(self, paths: list[str], transform: Callable[[Image.Image], torch.Tensor], input_size: int,
+                 image_transform: Callable[[Image.Image], Image.Image] | None = None) -> None:
+        self.paths, self.transform, self.image_transform = paths, transform, image_transform
+        self.input_size = input_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str, str]:
+        try:
+            img = load_rgb(self.paths[i])
+        except ImageDecodeError as exc:
+            return torch.zeros(3, self.input_size, self.input_size), i, exc.status, exc.problem
+        if self.image_transform is not None:
+            img = self.image_transform(img)
+        return self.transform(img), i, STATUS_OK, ""

@@ -197,3 +197,23 @@ def fit_to_input(img: Image.Image, size: int, interpolation: str = "bicubic") ->
     left, top = (img.width - size) // 2, (img.height - size) // 2
     return img.crop((left, top, left + size, top + size))
 
+
+
+def pad_if_needed(img: Image.Image, size: int) -> Image.Image:
+    """Reflection padding (both sides) up to ``size`` x ``size``; larger images are left as they are."""
+    w, h = img.size
+    if w >= size and h >= size:
+        return img
+    pad_w, pad_h = max(0, size - w), max(0, size - h)
+    arr = np.asarray(img)
+    mode = "reflect" if min(w, h) > 1 else "symmetric"  # one pixel has nothing to reflect
+    arr = np.pad(arr, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)), mode=mode)
+    return Image.fromarray(arr)
+
+
+def centre_crop(img: Image.Image, size: int) -> Image.Image:
+    """The central ``size`` square at the image's own resolution, reflection-padded if smaller
+    (ImagiNet's test view: no resampling, so a generator's pixel-level traces stay as they are)."""
+    img = pad_if_needed(img, size)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return img.crop((left, top, left + size, top + size))

@@ -95,6 +95,10 @@ class FrozenBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).flatten(1)
 
+    def score_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features only: the probe's head is fitted on them (training.scoring.network_outputs)."""
+        return {"features": self(x)}
+
 
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
               cs: list[float], seed: int = 0) -> tuple[Pipeline, dict]:

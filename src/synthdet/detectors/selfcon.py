@@ -30,7 +30,7 @@ from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
 FEATURES = 2048  # ResNet-50's pooled features
 # ImagiNet's code normalises with ImageNet's mean and std and resamples bilinearly (its random
 # resized crop and its zoom condition, imaginet/augment.py); its test view is a centre crop
-IMAGINET_INPUT = DataConfig(interpolation="bilinear")
+IMAGINET_INPUT = DataConfig(interpolation="bilinear", view="crop")
 
 
 def projection(in_features: int, out_features: int = 128) -> nn.Sequential:
@@ -187,6 +187,12 @@ class SelfConDetector(nn.Module):
         """Model-identification logits (ImagiNet's second track)."""
         return self.model_head(self.net.features(x))
 
+    def score_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Both tracks and the pooled features from one pass of the backbone (training.scoring)."""
+        features = self.net.features(x)
+        origin = self.origin_head(features)
+        return {"logit": origin[:, 1] - origin[:, 0], "model_logits": self.model_head(features), "features": features}
+
 
 class CrossEntropyNet(nn.Module):
     """Table 3's cross-entropy comparison rows (Grag2021, Corvi2022): the same backbone as
@@ -208,3 +214,9 @@ class CrossEntropyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Two-class logits (real, synthetic)."""
         return self.fc(self.backbone(x))
+
+    def score_outputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The fake logit (log p(synthetic) - log p(real)) and the pooled features (training.scoring)."""
+        features = self.backbone(x)
+        logits = self.fc(features)
+        return {"logit": logits[:, 1] - logits[:, 0], "features": features}

@@ -13,12 +13,15 @@ flipped as in training.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
+from synthdet.data.imageio import pad_if_needed
 from synthdet.transforms.degrade import compress
 
 QUALITY = (50, 95)
@@ -29,18 +32,6 @@ NOISE_VARIANCE = (3.0, 10.0)
 def blur_sigma(kernel: int) -> float:
     """OpenCV's sigma for a Gaussian kernel size (the paper's formula)."""
     return 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
-
-
-def pad_if_needed(img: Image.Image, size: int) -> Image.Image:
-    """Reflection padding (both sides) up to ``size`` x ``size``; larger images are left as they are."""
-    w, h = img.size
-    if w >= size and h >= size:
-        return img
-    pad_w, pad_h = max(0, size - w), max(0, size - h)
-    arr = np.asarray(img)
-    mode = "reflect" if min(w, h) > 1 else "symmetric"  # one pixel has nothing to reflect
-    arr = np.pad(arr, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)), mode=mode)
-    return Image.fromarray(arr)
 
 
 def random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
@@ -129,6 +120,11 @@ def apply_condition(img: Image.Image, condition: str, size: int) -> Image.Image:
         left, top = (img.width - side) // 2, (img.height - side) // 2
         return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BILINEAR)
     raise ValueError(f"unknown test condition {condition!r} (clean, jpeg_q<quality>, zoom_r<fraction>)")
+
+
+def condition_transform(condition: str, size: int) -> Callable[[Image.Image], Image.Image]:
+    """:func:`apply_condition` as a test image's transform (before the network's centre crop)."""
+    return functools.partial(apply_condition, condition=condition, size=size)
 
 
 def condition_names(jpeg_quality: list[int], zoom: list[float]) -> list[str]:

@@ -52,7 +52,7 @@ from synthdet.detectors.selfcon import (
     update_bn_statistics,
 )
 from synthdet.fsutil import CheckpointError, atomic_write_bytes, load_torch_file
-from synthdet.imaginet.augment import apply_condition, calibration_augment, crop_augment, pad_if_needed, train_augment
+from synthdet.imaginet.augment import calibration_augment, crop_augment, train_augment
 from synthdet.seeding import rng_for, seed_everything
 
 METHODS = ("selfcon", "grag2021", "corvi2022")  # ImagiNet's baseline, then the cross-entropy rows
@@ -222,55 +222,6 @@ def train_cross_entropy(train_rows: pd.DataFrame, cfg: BaselineConfig, method: s
     history = _sgd_epochs(net, data, cfg, lambda x, origin, _: F.cross_entropy(net(x), origin), method,
                           torch.device(device))
     return net, {"pretraining": history, "seconds": {"training": round(time.perf_counter() - t0, 1)}}
-
-
-def centre_crop(img: Image.Image, rng: np.random.Generator, size: int) -> tuple[Image.Image, list]:  # noqa: ARG001
-    """The test-time view: reflection-padded if smaller, then the central ``size`` square (the
-    augmentations' signature, with nothing random)."""
-    img = pad_if_needed(img, size)
-    left, top = (img.width - size) // 2, (img.height - size) // 2
-    return img.crop((left, top, left + size, top + size)), []
-
-
-def condition_view(condition: str, size: int) -> Callable:
-    """A test condition (``clean``, ``jpeg_q<q>``, ``zoom_r<r>``: :func:`~synthdet.imaginet.augment.apply_condition`),
-    then the centre crop of ``size`` every test image goes through."""
-    def view(img: Image.Image, rng: np.random.Generator, size: int = size) -> tuple[Image.Image, list]:
-        return centre_crop(apply_condition(img, condition, size), rng, size)
-    return view
-
-
-@torch.no_grad()
-def predict_both(detector: SelfConDetector | CrossEntropyNet, rows: pd.DataFrame, size: int, batch_size: int = 64,
-                 condition: str = "clean", classes: list[str] | None = None, features: bool = False,
-                 device: torch.device | str = "cpu") -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
-    """Both tracks for test rows under ``condition`` (no augmentation: a centre crop of ``size``,
-    padded if smaller): p(synthetic), and for a detector with a model head the most likely model
-    class and every class's probability (``p_<class>`` columns, ``classes`` names them). With
-    ``features`` also the backbone's pooled features (Figure 2's input)."""
-    data = AugmentedRows(rows.assign(**{"_m": ""}), {}, condition_view(condition, size), size, 0, "_m",
-                         detector.data_config)
-    detector.eval()
-    probs, models, pooled = [], [], []
-    has_model_head = isinstance(detector, SelfConDetector)
-    for x, _, _ in DataLoader(data, batch_size=batch_size):
-        x = x.to(device)
-        f = detector.net.features(x) if has_model_head else detector.features(x)
-        origin = detector.origin_head(f) if has_model_head else detector.fc(f)
-        probs.append(torch.softmax(origin, dim=1)[:, 1])
-        if has_model_head:
-            models.append(torch.softmax(detector.model_head(f), dim=1))
-        if features:
-            pooled.append(f)
-    out = pd.DataFrame({"path": rows["path"].tolist(), "p_synthetic": torch.cat(probs).cpu().numpy()})
-    if has_model_head:
-        model_probs = torch.cat(models).cpu().numpy()
-        names = classes or [str(k) for k in range(model_probs.shape[1])]
-        out["model_class"] = model_probs.argmax(axis=1)
-        out["model_pred"] = [names[k] for k in out["model_class"]]
-        for k, name in enumerate(names):
-            out[f"p_{name}"] = model_probs[:, k]
-    return (out, torch.cat(pooled).cpu().numpy()) if features else out
 
 
 def save(net: nn.Module, path: Path, method: str, cfg: BaselineConfig, info: dict) -> None:

@@ -21,9 +21,9 @@ from synthdet.fsutil import make_owned_dir, replace_owned_dir, write_json
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.training import scoring
 from synthdet.training.loop import train_on_manifest
 from synthdet.training.runtime import workers_param
-from synthdet.training.scoring import score_table
 
 BIAS_PLOT, COUNTERFACTUAL_PLOT = f"{paths.PLOTS}/audit_bias_scores.png", f"{paths.PLOTS}/audit_counterfactual.png"
 RECOVERY_PLOT = f"{paths.PLOTS}/audit_bias_recovery.png"
@@ -101,8 +101,9 @@ def bias_recovery(cfg: Config, out: Path, datasets: dict[str, pd.DataFrame],
         per_detector[name] = {}
         for test_name in (AS_IS, BIASED):
             test = datasets[test_name][datasets[test_name]["split"] == "test"]
-            scored = score_table(run_dir / "detector.pt", test, cfg.batch_size, cfg.num_workers,
-                                 cfg.device).dropna(subset=["score"])
+            probability = scoring.score(run_dir / "detector.pt", test, batch_size=cfg.batch_size,
+                                        num_workers=cfg.num_workers, device=cfg.device)["fake_probability"]
+            scored = test.reset_index(drop=True).assign(score=probability).dropna(subset=["score"])
             per_detector[name][test_name] = metrics_table(scored, ["subset"], n_bootstrap=0).set_index("subset")
     rows = []
     for name, per_test in per_detector.items():

@@ -12,8 +12,8 @@ from synthdet.fsutil import write_json
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.training import scoring
 from synthdet.training.runtime import workers_param
-from synthdet.training.scoring import score_table
 
 ACC_HEATMAP, AUC_HEATMAP = f"{paths.PLOTS}/accuracy_heatmap.png", f"{paths.PLOTS}/auc_heatmap.png"
 STAGE = Stage(
@@ -43,7 +43,9 @@ class Config:
 def run(params: dict) -> Result:
     cfg = Config.from_params(params)
     degraded = pd.read_parquet(paths.DEGRADED)
-    table = score_table(Path(paths.DETECTOR), degraded, cfg.batch_size, cfg.num_workers, cfg.device)
+    scored = scoring.score(paths.DETECTOR, degraded, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                           device=cfg.device, desc="evaluate")
+    table = degraded.reset_index(drop=True).assign(score=scored["fake_probability"], model=scored["model"])
     out = Path(paths.EVALUATE)
     out.mkdir(parents=True, exist_ok=True)
     table.to_parquet(out / "scores.parquet", index=False)

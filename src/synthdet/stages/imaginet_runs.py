@@ -22,13 +22,13 @@ import pandas as pd
 
 from synthdet.fsutil import make_owned_dir, replace_owned_dir, write_json
 from synthdet.imaginet import baseline
-from synthdet.imaginet.augment import condition_names
+from synthdet.imaginet.augment import condition_names, condition_transform
 from synthdet.stages import imaginet_data, paths
 from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.training import scoring
 from synthdet.training.config import TrainConfig
 from synthdet.training.loop import train_detector
 from synthdet.training.runtime import resolve_device
-from synthdet.training.scoring import score_table
 
 SCORES, FEATURES, NETWORK = "scores.parquet", "features.npy", "network.pt"
 
@@ -133,12 +133,14 @@ def train_method(params: dict, method: str) -> Result:
     for condition in cfg.conditions if method == "selfcon" else ["clean"]:  # Figure 4 is the baseline's
         # the perturbed conditions are Figure 4's, model identification: synthetic images only
         rows_ = test if condition == "clean" else test[test["label"] == 1]
-        scored = baseline.predict_both(net, rows_, cfg.baseline.calibration_size, cfg.batch_size, condition, classes,
-                                       features=condition == "clean", device=device)
+        scored, features = scoring.score(net, rows_, input_size=cfg.baseline.calibration_size, classes=classes,
+                                         image_transform=condition_transform(condition, cfg.baseline.calibration_size),
+                                         features=True, batch_size=cfg.batch_size, device=device,
+                                         desc=f"{method} {condition}")
         if condition == "clean":
-            scored, features = scored
             np.save(out / FEATURES, features.astype(np.float32))
-        frames.append(rows_.reset_index(drop=True).assign(condition=condition).join(scored.drop(columns="path")))
+        frames.append(rows_.reset_index(drop=True).assign(condition=condition).join(
+            scored.drop(columns="path").rename(columns={"fake_probability": "p_synthetic"})))
     scores = pd.concat(frames, ignore_index=True).assign(method=method)
     scores.to_parquet(out / SCORES, index=False)
     history = pd.DataFrame(info["pretraining"])
@@ -184,8 +186,10 @@ def train_loco(params: dict, content: str) -> Result:
     train = loco_rows(rows[rows["split"] == "train"], content, cfg.train_images, cfg.seed, cfg.families)
     tc = TrainConfig(model=cfg.model, seed=cfg.seed, **cfg.train)
     result = train_detector(train, rows[rows["split"] == "calibration"], tc, out, checkpoints, cfg.device)
-    scores = score_table(out / "detector.pt", test, cfg.batch_size, cfg.num_workers, cfg.device)
-    scores = scores.assign(excluded=content, train_images=len(train))
+    scored = scoring.score(out / "detector.pt", test, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                           device=cfg.device, desc=f"without {content}")
+    scores = test.reset_index(drop=True).assign(score=scored["fake_probability"], model=scored["model"],
+                                                excluded=content, train_images=len(train))
     scores.to_parquet(out / SCORES, index=False)
     metrics = {"excluded": content, "train_images": len(train), "best_epoch": result["best_epoch"]}
     write_json(metrics, out / "metrics.json")

@@ -28,6 +28,7 @@ from synthdet.imaginet.relational import embedding_map
 from synthdet.machine import machine_facts
 from synthdet.stages import imaginet_data, imaginet_runs, paths
 from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.training import scoring
 from synthdet.training.runtime import resolve_device
 
 FOLDER = f"{imaginet_data.ROOT}/tables"
@@ -112,9 +113,11 @@ def external_tables(cfg: Config) -> pd.DataFrame:
         table = table.assign(path=[(root / r).as_posix() for r in table["relpath"]])
         for method in cfg.methods:
             net, saved = baseline.load(Path(imaginet_runs.run_dir("train", method)) / imaginet_runs.NETWORK)
-            scored = baseline.predict_both(net, table, cfg.baseline.calibration_size, cfg.batch_size,
-                                           classes=saved["model_classes"] or None)
-            frames.append(table.assign(p_synthetic=scored["p_synthetic"].to_numpy(), method=method, test_set=name))
+            scored = scoring.score(net, table, input_size=cfg.baseline.calibration_size,
+                                   classes=saved["model_classes"] or None, batch_size=cfg.batch_size,
+                                   device=cfg.device, desc=f"{method} on {name}")
+            frames.append(table.assign(p_synthetic=scored["fake_probability"].to_numpy(), method=method,
+                                       test_set=name))
     if not frames:
         return pd.DataFrame()
     return pd.concat([T.origin_table(g).assign(test_set=name) for name, g in pd.concat(frames).groupby("test_set")])

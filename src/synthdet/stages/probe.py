@@ -27,8 +27,8 @@ from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
 from synthdet.stages.paths import EACH, probe_model, run_name
+from synthdet.training import scoring
 from synthdet.training.runtime import workers_param
-from synthdet.training.scoring import embed
 
 NOTEBOOK = "notebooks/12_probe.ipynb"
 FEATURE_PARAMS = ("probe.custom", "probe.input_size", "probe.batch_size", "tables.detector_subset", "device",
@@ -93,8 +93,8 @@ def extract(params: dict, backbone: str) -> Result:
     rows = feature_rows(read_manifest(Path(paths.SPLITS)), pd.read_parquet(paths.DEGRADED), cfg.detector_subset)
     network = FrozenBackbone(cfg.source, cfg.input_size)
     t0 = time.perf_counter()
-    features = embed(network, rows, cfg.input_size, cfg.batch_size, cfg.device, cfg.num_workers,
-                     desc=f"features {backbone}")
+    _, features = scoring.score(network, rows, input_size=cfg.input_size, features=True, batch_size=cfg.batch_size,
+                                device=cfg.device, num_workers=cfg.num_workers, desc=f"features {backbone}")
     seconds = round(time.perf_counter() - t0, 1)
     out = feature_dir(backbone)
     with atomic_output(out / "features.npy") as tmp, open(tmp, "wb") as f:

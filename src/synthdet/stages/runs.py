@@ -23,9 +23,9 @@ from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
 from synthdet.stages.paths import FULL, run_name
+from synthdet.training import scoring
 from synthdet.training.loop import train_on_manifest
 from synthdet.training.runtime import workers_param
-from synthdet.training.scoring import score_table
 
 NOTEBOOK = "notebooks/06_run.ipynb"
 COMMON_PARAMS = ("train", "evaluate", "device", "tables.model_kwargs", "tables.train_overrides", "data.debias")
@@ -123,7 +123,10 @@ def run(params: dict, family: str, seed: int, model: str | None = None, subset: 
     degraded = FAMILIES[cfg.family].degraded
     if degraded == "always" or (degraded == "detector_subset" and cfg.subset == cfg.detector_subset):
         keep |= True if cfg.subset == "all" else table["subset"] == cfg.subset
-    table = score_table(out / "detector.pt", table[keep], cfg.batch_size, cfg.num_workers, cfg.device)
+    table = table[keep].reset_index(drop=True)
+    scored = scoring.score(out / "detector.pt", table, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                           device=cfg.device, desc=cfg.name)
+    table = table.assign(score=scored["fake_probability"], model=scored["model"])
     classes = set(result["train_classes"])
     table = table.assign(family=cfg.family, train_subset=cfg.subset, seed=cfg.seed, train_seconds=result["seconds"],
                          class_budget=cfg.budget, train_classes=len(classes), train_images=result["train_images"],

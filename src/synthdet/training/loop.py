@@ -24,7 +24,7 @@ from synthdet.detectors.weights import pretrained_start
 from synthdet.fsutil import load_torch_file
 from synthdet.metrics import binary_metrics
 from synthdet.seeding import seed_everything, seed_worker
-from synthdet.training import checkpoint
+from synthdet.training import checkpoint, scoring
 from synthdet.training.config import TrainConfig, data_key
 from synthdet.training.runtime import (
     compiled,
@@ -36,7 +36,6 @@ from synthdet.training.runtime import (
     resolve_workers,
     unwrap,
 )
-from synthdet.training.scoring import calibrate, predict
 from synthdet.transforms.debias import DebiasConfig
 from synthdet.transforms.debias import prepare as debias_prepare
 from synthdet.transforms.debias import select_rows as select_debiased
@@ -170,8 +169,9 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
                   "images_per_s": seen * world / (time.perf_counter() - t0), "lr": opt.param_groups[0]["lr"]}
         if rank == 0 and len(val_rows):
-            scores = predict(unwrap(model), val_rows, cfg.input_size, cfg.batch_size * 2, device, workers,
-                             channels_last=cfg.channels_last)
+            scores = scoring.score(unwrap(model), val_rows, input_size=cfg.input_size, batch_size=cfg.batch_size * 2,
+                                   device=device, num_workers=workers, channels_last=cfg.channels_last,
+                                   desc="validate")["fake_probability"].to_numpy()
             val = binary_metrics(val_rows["label"].to_numpy(), scores, n_bootstrap=0)
             record.update(val_acc=val["acc"], val_auc=val["auc"])
         history.append(record)
@@ -192,7 +192,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
         if best_path.exists():
             unwrap(model).load_state_dict(load_torch_file(best_path, "best checkpoint")["model"])
         if len(val_rows):
-            calibration = calibrate(unwrap(model), val_rows, cfg, device, workers)
+            calibration = scoring.calibrate(unwrap(model), val_rows, cfg, device, workers)
         checkpoint.save({"model": unwrap(model).state_dict(), "config": asdict(cfg), **best, **calibration},
                         out_dir / "detector.pt")
     if world > 1:
