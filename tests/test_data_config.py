@@ -17,6 +17,7 @@ from synthdet.detectors.cnnspot import BlurJpegAugment
 from synthdet.detectors.selfcon import CrossEntropyNet, SelfConDetector
 from synthdet.imaginet.baseline import AugmentedRows
 from synthdet.predict import predict_files
+from synthdet.training import checkpoint
 from synthdet.training.scoring import score
 from tests.conftest import noise_image
 
@@ -98,7 +99,7 @@ def test_synthdet_predict_reads_the_loaded_detectors_data_config(tmp_path, monke
     img = noise_image(4, (30, 30))
     img.save(tmp_path / "a.png")
     net = create_detector("resnet18", img_size=24).eval()
-    torch.save({"model": net.state_dict(), "config": {"model": "resnet18", "input_size": 24}}, tmp_path / "d.pt")
+    checkpoint.save({"model": net.state_dict(), "config": {"model": "resnet18", "input_size": 24}}, tmp_path / "d.pt")
     monkeypatch.setattr(TimmDetector, "data_config", ODD)
     out = predict_files([tmp_path / "a.png"], tmp_path / "d.pt", device="cpu", num_workers=0)
     with torch.no_grad():

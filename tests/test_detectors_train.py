@@ -438,3 +438,25 @@ def test_pixel_cache_gives_the_reference_pixels_and_the_same_training(tiny_rows,
     wa, wb = (torch.load(tmp_path / r / "detector.pt", weights_only=True)["model"] for r in ("a", "b"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert len(list((tmp_path / "c2").glob("*.npy"))) == 2 and Image.open(big).size == (300, 200)
+
+
+def test_every_checkpoint_of_a_run_is_the_one_format_and_an_older_detector_says_how_to_regenerate(tiny_rows, tmp_path):
+    from synthdet.training import checkpoint
+
+    train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
+    train_detector(train, val, _cfg(epochs=1), tmp_path / "r")
+    files = [tmp_path / "r/checkpoints/last.pt", tmp_path / "r/checkpoints/best.pt", tmp_path / "r/detector.pt"]
+    saved = [torch.load(f, weights_only=True) for f in files]
+    assert {s["format"] for s in saved} == {checkpoint.FORMAT}
+    assert len({s["fingerprint"] for s in saved}) == 1  # configuration, data, code and weights: one run
+    older = {k: v for k, v in saved[2].items() if k != "format"}  # as synthdet wrote it before the format
+    torch.save(older, tmp_path / "older.pt")
+    with pytest.raises(CheckpointError, match=r"older.pt: a detector of checkpoint format 0, written by an older "
+                                              r"synthdet .*dvc repro -f train"):
+        load_detector(tmp_path / "older.pt")
+
+
+def test_the_loop_refuses_a_network_trained_with_its_own_objective(tiny_rows, tmp_path):
+    cfg = _cfg(model="imaginet_selfcon", model_kwargs={"backbone": "resnet18", "nodown": False, "n_models": 1})
+    with pytest.raises(ValueError, match=r"imaginet_selfcon is trained with its own objective \(selfcon\)"):
+        train_detector(tiny_rows, tiny_rows.iloc[:0], cfg, tmp_path / "s")

@@ -199,18 +199,39 @@ def test_imaginet_stages_on_a_genimage_layout(tmp_path, monkeypatch):
     assert "Table 3 (paper)" in result.tables
 
 
-def test_a_method_network_round_trips_and_a_foreign_file_is_a_clear_error(tmp_path):
+def test_a_method_network_round_trips_through_the_one_loader_and_old_or_foreign_files_are_clear_errors(tmp_path):
     from synthdet.fsutil import CheckpointError
     from synthdet.imaginet import baseline
+    from synthdet.predict import predict_files
+    from synthdet.training.checkpoint import load_detector
 
-    cfg = baseline.BaselineConfig(backbone="resnet18", nodown=False)
+    cfg = baseline.BaselineConfig(backbone="resnet18", nodown=False, calibration_size=48)
     net = baseline.SelfConDetector(n_models=3, backbone="resnet18", nodown=False)
-    baseline.save(net, tmp_path / "net.pt", "selfcon", cfg, {"model_classes": ["a", "b", "c"]})
-    back, saved = baseline.load(tmp_path / "net.pt")
-    assert saved["model_classes"] == ["a", "b", "c"] and saved["config"]["backbone"] == "resnet18"
+    baseline.save_detector(net, tmp_path / "detector.pt", "selfcon", cfg, ["a", "b", "c"], "data")
+    back, saved = load_detector(tmp_path / "detector.pt")
+    assert isinstance(back, baseline.SelfConDetector) and saved["model_classes"] == ["a", "b", "c"]
+    assert saved["input_size"] == 48 and saved["baseline"]["backbone"] == "resnet18" and saved["method"] == "selfcon"
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), back.state_dict().values(), strict=True))
-    torch.save({"model": {}, "config": {"not": "ours"}}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="other.pt: not a network saved by synthdet.imaginet.baseline.save"):
-        baseline.load(tmp_path / "other.pt")
+    noise_image(1, (60, 50)).save(tmp_path / "x.png")  # `synthdet predict` reads it like any detector
+    predicted = predict_files([tmp_path / "x.png"], tmp_path / "detector.pt", device="cpu", num_workers=0)
+    assert predicted["status"].tolist() == ["ok"] and 0 < predicted["fake_probability"].iloc[0] < 1
+    ce = baseline.CrossEntropyNet(backbone="resnet18", nodown=False)
+    baseline.save_detector(ce, tmp_path / "ce.pt", "grag2021", cfg, [], "data")
+    assert isinstance(load_detector(tmp_path / "ce.pt")[0], baseline.CrossEntropyNet)
+    # the fingerprint follows the data
+    baseline.save_detector(ce, tmp_path / "ce2.pt", "grag2021", cfg, [], "other data")
+    fingerprints = [torch.load(tmp_path / f, weights_only=True)["fingerprint"] for f in ("ce.pt", "ce2.pt")]
+    assert fingerprints[0] != fingerprints[1]
+    # the format before the one checkpoint format: named, with the command that regenerates it
+    torch.save({"method": "grag2021", "config": {}, "model_classes": [], "state_dict": ce.state_dict()},
+               tmp_path / "network.pt")
+    with pytest.raises(CheckpointError, match=r"network.pt: an ImagiNet method's network.pt.*"
+                                              r"dvc repro -f 'imaginet_train@grag2021'"):
+        load_detector(tmp_path / "network.pt")
+    for name, content in (("other.pt", {"model": {}, "config": {"not": "ours"}, "format": 1}),
+                          ("foreign.pt", {"weights": {}})):
+        torch.save(content, tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"{name}: not a synthdet detector"):
+            load_detector(tmp_path / name)
     with pytest.raises(ValueError, match=r"imaginet.baseline: unknown keys \['epoch'\]"):
         baseline.BaselineConfig.from_params({"epoch": 3}, seed=0)

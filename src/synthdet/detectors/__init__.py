@@ -9,6 +9,7 @@ from synthdet.detectors import (  # noqa: F401
     mobilenet_v2,
     npr,
     resnet_nodown,
+    selfcon,
     spec,
     timm_backbones,
 )

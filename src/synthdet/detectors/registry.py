@@ -1,4 +1,5 @@
-"""Name -> builder registry. Every detector maps (N, 3, H, W) images to (N,) fake logits."""
+"""Name -> builder registry. Every detector maps (N, 3, H, W) images to (N,) fake logits (a network
+with other outputs, such as ImagiNet's, names them in ``score_outputs``: training.scoring)."""
 
 from __future__ import annotations
 
@@ -12,19 +13,25 @@ from synthdet.detectors.backbones import TimmDetector
 from synthdet.fsutil import load_torch_file
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_UNLISTED: set[str] = set()
 
 
-def register_detector(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_detector(name: str, listed: bool = True) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """``listed=False``: a network that :func:`create_detector` builds (so that one loader reads its
+    checkpoints) but that is no detector of the generic grid (ImagiNet's methods, trained by
+    their own recipe): :func:`list_detectors` leaves it out."""
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"detector {name!r} registered twice")
         _REGISTRY[name] = builder
+        if not listed:
+            _UNLISTED.add(name)
         return builder
     return wrap
 
 
 def list_detectors() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) - _UNLISTED)
 
 
 def create_detector(name: str, img_size: int = 224, weights: str | None = None, pretrained: bool | str | None = False,

@@ -11,9 +11,11 @@ with the single-view SelfCon objective (Bae et al. 2022), then calibrated with a
   normalise, Linear(2048, 1024), ReLU, Linear(1024, n)) classifies the backbone's features, one
   head per track, after :func:`update_bn_statistics` (Schneider et al. 2020) on calibration images.
 - :class:`SelfConDetector`: backbone + origin head with the registry's interface (one fake logit
-  per image). Not in the detector registry on purpose: a registered name is trainable by the
-  generic cross-entropy loop, and this model trained that way would not be ImagiNet's baseline;
-  it is trained in two stages by :mod:`synthdet.imaginet.baseline` (stage ``imaginet_train``).
+  per image). Registered as ``imaginet_selfcon`` (and the cross-entropy rows' network as
+  ``imaginet_ce``) so that the one loader (``training.checkpoint.load_detector``) rebuilds it from
+  its ``detector.pt``, but unlisted: neither is a detector of the generic grid. Each declares its
+  ``objective``; trained with binary cross-entropy by the generic loop it would not be ImagiNet's
+  baseline, so the loop refuses it (:mod:`synthdet.imaginet.baseline` trains it, stage ``imaginet_train``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 
 from synthdet.data.dataset import DataConfig
 from synthdet.detectors.backbones import PretrainedSpec, timm_backbone
+from synthdet.detectors.registry import register_detector
 
 FEATURES = 2048  # ResNet-50's pooled features
 # ImagiNet's code normalises with ImageNet's mean and std and resamples bilinearly (its random
@@ -170,6 +173,7 @@ class SelfConDetector(nn.Module):
     one fake logit (log p(synthetic) - log p(real)); ``model_head`` identifies the generator."""
 
     data_config: DataConfig = IMAGINET_INPUT
+    objective = "selfcon"  # ImagiNet's two stages: SelfCon pre-training, then calibration
 
     def __init__(self, pretrained: PretrainedSpec = False, n_models: int = 4, sub_block: int = 2,
                  backbone: str = "resnet50", nodown: bool = True) -> None:
@@ -200,6 +204,7 @@ class CrossEntropyNet(nn.Module):
     over its pooled features, two classes (real, synthetic)."""
 
     data_config: DataConfig = IMAGINET_INPUT
+    objective = "cross_entropy"  # two-class cross-entropy with ImagiNet's crops and optimiser
 
     def __init__(self, pretrained: PretrainedSpec = False, backbone: str = "resnet50", nodown: bool = True) -> None:
         super().__init__()
@@ -220,3 +225,15 @@ class CrossEntropyNet(nn.Module):
         features = self.backbone(x)
         logits = self.fc(features)
         return {"logit": logits[:, 1] - logits[:, 0], "features": features}
+
+
+@register_detector("imaginet_selfcon", listed=False)
+def imaginet_selfcon(img_size: int = 256, pretrained: PretrainedSpec = False, **kwargs) -> SelfConDetector:  # noqa: ARG001
+    """ImagiNet's baseline (its input: a crop of any size; ``img_size`` is not needed)."""
+    return SelfConDetector(pretrained, **kwargs)
+
+
+@register_detector("imaginet_ce", listed=False)
+def imaginet_ce(img_size: int = 256, pretrained: PretrainedSpec = False, **kwargs) -> CrossEntropyNet:  # noqa: ARG001
+    """Table 3's cross-entropy comparison network."""
+    return CrossEntropyNet(pretrained, **kwargs)

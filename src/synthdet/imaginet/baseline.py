@@ -27,7 +27,6 @@ the papers' models.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -51,9 +50,10 @@ from synthdet.detectors.selfcon import (
     imaginet_pretraining_loss,
     update_bn_statistics,
 )
-from synthdet.fsutil import CheckpointError, atomic_write_bytes, load_torch_file
 from synthdet.imaginet.augment import calibration_augment, crop_augment, train_augment
 from synthdet.seeding import rng_for, seed_everything
+from synthdet.training import checkpoint
+from synthdet.training.config import run_fingerprint
 
 METHODS = ("selfcon", "grag2021", "corvi2022")  # ImagiNet's baseline, then the cross-entropy rows
 CE_AUGMENT = {"grag2021": crop_augment, "corvi2022": train_augment}
@@ -224,26 +224,25 @@ def train_cross_entropy(train_rows: pd.DataFrame, cfg: BaselineConfig, method: s
     return net, {"pretraining": history, "seconds": {"training": round(time.perf_counter() - t0, 1)}}
 
 
-def save(net: nn.Module, path: Path, method: str, cfg: BaselineConfig, info: dict) -> None:
-    """A trained method's weights, configuration and classes (read back by :func:`load`)."""
-    buf = io.BytesIO()
-    torch.save({"method": method, "config": asdict(cfg), "model_classes": info.get("model_classes", []),
-                "state_dict": net.state_dict()}, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
+NETWORKS = {"selfcon": "imaginet_selfcon", "grag2021": "imaginet_ce", "corvi2022": "imaginet_ce"}  # registry names
 
 
-def load(path: Path) -> tuple[SelfConDetector | CrossEntropyNet, dict]:
-    """A network saved by :func:`save` (read with ``weights_only=True``) and its record; anything
-    else is a :class:`~synthdet.fsutil.CheckpointError` naming the file."""
-    saved = load_torch_file(path, "ImagiNet method network")
-    try:
-        cfg = BaselineConfig(**saved["config"])
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a network saved by synthdet.imaginet.baseline.save ({exc!r})") from exc
-    if saved.get("method") == "selfcon":
-        net: nn.Module = SelfConDetector(n_models=len(saved["model_classes"]), sub_block=cfg.sub_block,
-                                         backbone=cfg.backbone, nodown=cfg.nodown)
-    else:
-        net = CrossEntropyNet(backbone=cfg.backbone, nodown=cfg.nodown)
-    net.load_state_dict(saved["state_dict"])
-    return net.eval(), saved
+def detector_config(method: str, cfg: BaselineConfig, classes: list[str]) -> dict:
+    """What :func:`~synthdet.training.checkpoint.load_detector` rebuilds ``method``'s network from:
+    its registered name, its arguments, the test view's size (the calibration size), and how it
+    was trained (the method and ``imaginet.baseline``)."""
+    kwargs: dict = {"backbone": cfg.backbone, "nodown": cfg.nodown}
+    if method == "selfcon":
+        kwargs |= {"n_models": len(classes), "sub_block": cfg.sub_block}
+    return {"model": NETWORKS[method], "input_size": cfg.calibration_size, "model_kwargs": kwargs,
+            "channels_last": True, "method": method, "baseline": asdict(cfg)}
+
+
+def save_detector(net: nn.Module, path: Path, method: str, cfg: BaselineConfig, classes: list[str],
+                  data_key: str) -> None:
+    """``method``'s trained network as a ``detector.pt`` of the one checkpoint format, with its
+    model classes and the fingerprint of its configuration, data and code."""
+    config = detector_config(method, cfg, classes)
+    fingerprint = run_fingerprint(config, data_key, module=__name__)
+    checkpoint.save({"model": net.state_dict(), "config": config, "model_classes": list(classes),
+                     "fingerprint": fingerprint, "temperature": 1.0}, Path(path))

@@ -26,11 +26,12 @@ from synthdet.imaginet.augment import condition_names, condition_transform
 from synthdet.stages import imaginet_data, paths
 from synthdet.stages.base import Out, Result, Stage, select
 from synthdet.training import scoring
-from synthdet.training.config import TrainConfig
+from synthdet.training.checkpoint import load_detector
+from synthdet.training.config import TrainConfig, data_key
 from synthdet.training.loop import train_detector
 from synthdet.training.runtime import resolve_device
 
-SCORES, FEATURES, NETWORK = "scores.parquet", "features.npy", "network.pt"
+SCORES, FEATURES, DETECTOR = "scores.parquet", "features.npy", "detector.pt"
 
 
 def run_dir(family: str, item: str) -> str:
@@ -127,13 +128,14 @@ def train_method(params: dict, method: str) -> Result:
         net, info = baseline.train_baseline(train, calibration, cfg.baseline, device=device)
     else:
         net, info = baseline.train_cross_entropy(train, cfg.baseline, method, device=device)
-    baseline.save(net, out / NETWORK, method, cfg.baseline, info)
-    classes = info.get("model_classes")
+    classes = info.get("model_classes", [])
+    baseline.save_detector(net, out / DETECTOR, method, cfg.baseline, classes, data_key(train, calibration))
+    net, saved = load_detector(out / DETECTOR, device)  # the tables score what was saved
     frames = []
     for condition in cfg.conditions if method == "selfcon" else ["clean"]:  # Figure 4 is the baseline's
         # the perturbed conditions are Figure 4's, model identification: synthetic images only
         rows_ = test if condition == "clean" else test[test["label"] == 1]
-        scored, features = scoring.score(net, rows_, input_size=cfg.baseline.calibration_size, classes=classes,
+        scored, features = scoring.score(net, rows_, input_size=saved["input_size"], classes=saved["model_classes"],
                                          image_transform=condition_transform(condition, cfg.baseline.calibration_size),
                                          features=True, batch_size=cfg.batch_size, device=device,
                                          desc=f"{method} {condition}")
@@ -144,7 +146,7 @@ def train_method(params: dict, method: str) -> Result:
     scores = pd.concat(frames, ignore_index=True).assign(method=method)
     scores.to_parquet(out / SCORES, index=False)
     history = pd.DataFrame(info["pretraining"])
-    metrics = {"method": method, "seconds": info["seconds"], "model_classes": classes or [],
+    metrics = {"method": method, "seconds": info["seconds"], "model_classes": classes,
                "train_images": len(train), "calibration_images": len(calibration), "test_images": len(test),
                "config": asdict(cfg.baseline)}
     write_json(metrics, out / "metrics.json")

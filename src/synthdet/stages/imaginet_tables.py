@@ -29,6 +29,7 @@ from synthdet.machine import machine_facts
 from synthdet.stages import imaginet_data, imaginet_runs, paths
 from synthdet.stages.base import Out, Result, Stage, select
 from synthdet.training import scoring
+from synthdet.training.checkpoint import load_detector
 from synthdet.training.runtime import resolve_device
 
 FOLDER = f"{imaginet_data.ROOT}/tables"
@@ -92,7 +93,7 @@ def timing_table(cfg: Config) -> pd.DataFrame:
         net = create_detector(name, img_size=size)
         rows.append({"network": name, "ms_per_image": T.inference_ms(net, size, batch, repeats, device=device)})
     for method in cfg.methods:
-        net, _ = baseline.load(Path(imaginet_runs.run_dir("train", method)) / imaginet_runs.NETWORK)
+        net, _ = load_detector(Path(imaginet_runs.run_dir("train", method)) / imaginet_runs.DETECTOR)
         rows.append({"network": f"{method} ({cfg.baseline.backbone}{'-nodown' if cfg.baseline.nodown else ''})",
                      "ms_per_image": T.inference_ms(net, size, batch, repeats, device=device)})
     if device.type == "cuda":
@@ -112,10 +113,8 @@ def external_tables(cfg: Config) -> pd.DataFrame:
         root = path.parent.parent if path.parent.name == "annotations" else path.parent
         table = table.assign(path=[(root / r).as_posix() for r in table["relpath"]])
         for method in cfg.methods:
-            net, saved = baseline.load(Path(imaginet_runs.run_dir("train", method)) / imaginet_runs.NETWORK)
-            scored = scoring.score(net, table, input_size=cfg.baseline.calibration_size,
-                                   classes=saved["model_classes"] or None, batch_size=cfg.batch_size,
-                                   device=cfg.device, desc=f"{method} on {name}")
+            scored = scoring.score(Path(imaginet_runs.run_dir("train", method)) / imaginet_runs.DETECTOR, table,
+                                   batch_size=cfg.batch_size, device=cfg.device, desc=f"{method} on {name}")
             frames.append(table.assign(p_synthetic=scored["fake_probability"].to_numpy(), method=method,
                                        test_set=name))
     if not frames:
@@ -142,7 +141,7 @@ def run(params: dict) -> Result:
 
     if "selfcon" in cfg.methods:
         selfcon = scores[scores["method"] == "selfcon"]
-        saved = baseline.load(Path(imaginet_runs.run_dir("train", "selfcon")) / imaginet_runs.NETWORK)[1]
+        saved = load_detector(Path(imaginet_runs.run_dir("train", "selfcon")) / imaginet_runs.DETECTOR)[1]
         classes, truth = saved["model_classes"], cfg.baseline.model_labels
         table7, auc = T.model_id_table(selfcon[selfcon["condition"] == "clean"], classes, truth)
         table7.to_csv(out / "table7_model_id.csv", index=False)

@@ -1,9 +1,13 @@
-"""The run checkpoint format and the one loader of trained detectors.
+"""The one checkpoint format and the one loader of trained detectors.
 
-``checkpoints/last.pt`` (weights, optimiser, scaler, RNG states, epoch, history, fingerprint) is
-written after every epoch and resumed from; ``best.pt`` holds the best epoch's weights; the run's
-``detector.pt`` holds the chosen weights with the configuration and calibration that
-:func:`load_detector` rebuilds the network from.
+Every checkpoint is a dict with ``format`` (:data:`FORMAT`), ``model`` (the weights) and the
+run's ``fingerprint`` (configuration, data, starting weights and code). ``checkpoints/last.pt``
+adds the optimiser, scaler, RNG states, epoch, history and failures: written after every epoch
+and resumed from. ``best.pt`` holds the best epoch's weights. The run's ``detector.pt`` adds its
+``config`` (the registered network's name, input size and arguments, and how it was trained),
+the calibration (``temperature``) and, for a network that identifies generators, its
+``model_classes``: :func:`load_detector` rebuilds the network from it, for every detector of the
+registry and for ImagiNet's methods alike.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from synthdet.detectors import create_detector
 from synthdet.fsutil import CheckpointError, atomic_output, load_torch_file
 from synthdet.training.runtime import resolve_device
 
+FORMAT = 1  # the checkpoint format's version; a file of another is refused, saying how to regenerate it
+
 
 def save(obj: dict, path: Path) -> None:
-    """torch.save, atomically: a crash never leaves half a checkpoint."""
+    """torch.save of ``obj`` with the format's version, atomically: a crash never leaves half a checkpoint."""
     with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save({"format": FORMAT, **obj}, tmp)
 
 
 def read_resume_checkpoint(path: Path) -> dict:
@@ -57,14 +63,27 @@ def adopt_finished_run(candidates: Sequence[Path], checkpoint_dir: Path, fingerp
     return None
 
 
+REGENERATE = ("regenerate it by running the stage that wrote it again (`dvc repro -f train`, `dvc repro -f "
+              "'xgen@<run>'`, `dvc repro -f 'imaginet_train@<method>'`, ...)")
+
+
 def load_detector(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """The network of a run's ``detector.pt`` in eval mode, and its configuration with the
-    calibration temperature."""
+    calibration temperature and the model classes (empty for a detector without a model head)."""
     ckpt = load_torch_file(path, "detector")
-    if not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt):
-        raise CheckpointError(f"{path}: not a synthdet detector (expected the keys 'model' and 'config' that "
-                              "the train stage writes)")
-    cfg = {**ckpt["config"], "temperature": float(ckpt.get("temperature", 1.0))}  # the calibration, with it
+    if isinstance(ckpt, dict) and {"method", "state_dict"} <= set(ckpt):
+        raise CheckpointError(f"{path}: an ImagiNet method's network.pt, a format synthdet no longer reads (its "
+                              f"runs now write detector.pt); {REGENERATE}: `dvc repro -f "
+                              f"'imaginet_train@{ckpt['method']}'`")
+    if (not isinstance(ckpt, dict) or not {"model", "config"} <= set(ckpt) or not isinstance(ckpt["config"], dict)
+            or not {"model", "input_size"} <= set(ckpt["config"])):
+        raise CheckpointError(f"{path}: not a synthdet detector (expected the keys 'model' and 'config', with the "
+                              "network's name and input size, that the train stage writes)")
+    if ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: a detector of checkpoint format {ckpt.get('format', 0)}, written by an "
+                              f"older synthdet (this one reads format {FORMAT}); {REGENERATE}")
+    cfg = {**ckpt["config"], "temperature": float(ckpt.get("temperature", 1.0)),  # the calibration, with it
+           "model_classes": list(ckpt.get("model_classes", []))}
     model = create_detector(cfg["model"], img_size=cfg["input_size"], **cfg.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval(), cfg

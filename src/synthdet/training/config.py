@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,14 +45,21 @@ class TrainConfig:
         weights source resolved to (``pretrained_start``), so its content counts, not only its name."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "pixel_cache")}  # same results
         pretrained = self.pretrained if start is None else start
-        starts = [file_digest(p) for p in (pretrained, self.weights) if isinstance(p, str) and Path(p).is_file()]
-        return hashlib.sha256(json.dumps([keep, data_key, code_hash(), starts], sort_keys=True).encode()
-                              ).hexdigest()[:16]
+        return run_fingerprint(keep, data_key, [pretrained, self.weights])
 
 
-def code_hash() -> str:
-    """The source of everything a training run executes (the import graph of the training loop)."""
-    return hashlib.sha256(b"".join(f.read_bytes() for f in import_closure(LOOP_MODULE))).hexdigest()
+def run_fingerprint(config: dict, data_key: str, starts: Sequence[object] = (), module: str = LOOP_MODULE) -> str:
+    """A run's identity: its ``config`` (only what changes results), its data, the content of its
+    starting weight files (entries of ``starts`` that are files) and the code of ``module``'s import graph."""
+    digests = [file_digest(p) for p in starts if isinstance(p, str) and Path(p).is_file()]
+    return hashlib.sha256(json.dumps([config, data_key, code_hash(module), digests], sort_keys=True).encode()
+                          ).hexdigest()[:16]
+
+
+def code_hash(module: str = LOOP_MODULE) -> str:
+    """The source of everything a training run executes (the import graph of ``module``, by
+    default the training loop's)."""
+    return hashlib.sha256(b"".join(f.read_bytes() for f in import_closure(module))).hexdigest()
 
 
 def data_key(train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> str:

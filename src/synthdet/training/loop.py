@@ -40,6 +40,8 @@ from synthdet.transforms.debias import DebiasConfig
 from synthdet.transforms.debias import prepare as debias_prepare
 from synthdet.transforms.debias import select_rows as select_debiased
 
+BCE = "binary_cross_entropy"  # the objective of every detector of the registry (``model.objective``, if any)
+
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Linear warm-up, then cosine decay to zero."""
@@ -101,6 +103,9 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     fingerprint = cfg.fingerprint(data_key(train_rows, val_rows), start)
     model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, pretrained=start,
                             **cfg.model_kwargs).to(device, memory_format=memory_layout(cfg.channels_last))
+    if (objective := getattr(model, "objective", BCE)) != BCE:
+        raise ValueError(f"{cfg.model} is trained with its own objective ({objective}), by synthdet.imaginet.baseline "
+                         "(stage imaginet_train), not with this loop's binary cross-entropy")
     data = model.data_config  # the input it wants; a recipe's training-only step (CNNSpot's) with it
     augment = data.train_augment
     prepare = debias_prepare(DebiasConfig.from_params(cfg.debias))
@@ -181,7 +186,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             auc = None if auc is None or auc != auc else float(auc)  # NaN: one class in val
             if best["val_auc"] is None or (auc is not None and auc >= best["val_auc"]) or not len(val_rows):
                 best = {"epoch": epoch + 1, "val_auc": auc}
-                checkpoint.save({"model": unwrap(model).state_dict(), **best}, best_path)
+                checkpoint.save({"model": unwrap(model).state_dict(), "fingerprint": fingerprint, **best}, best_path)
             checkpoint.save({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                              "scaler": scaler.state_dict(), "torch_rng": rng_states,
                              "loader_rng": loader.generator.get_state(), "epoch": epoch + 1, "history": history,
@@ -193,8 +198,8 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             unwrap(model).load_state_dict(load_torch_file(best_path, "best checkpoint")["model"])
         if len(val_rows):
             calibration = scoring.calibrate(unwrap(model), val_rows, cfg, device, workers)
-        checkpoint.save({"model": unwrap(model).state_dict(), "config": asdict(cfg), **best, **calibration},
-                        out_dir / "detector.pt")
+        checkpoint.save({"model": unwrap(model).state_dict(), "config": asdict(cfg), "fingerprint": fingerprint,
+                         **best, **calibration}, out_dir / "detector.pt")
     if world > 1:
         torch.distributed.barrier()
     return {"history": history, "failures": failures, "best_epoch": best["epoch"], "best_val_auc": best["val_auc"],
