@@ -113,7 +113,7 @@ def test_imaginet_baseline_normalises_with_the_networks_data_config(tmp_path):
     img.save(path)
     rows = pd.DataFrame({"path": [str(path)], "label": [0], "m": [""]})
     data = dataclasses.replace(ODD, interpolation="bilinear")
-    x, _, _ = AugmentedRows(rows, {}, lambda im, rng, size: (centre_crop(im, size), []), 32, 0, "m", data)[0]
+    x, *_ = AugmentedRows(rows, {}, lambda im, rng, size: (centre_crop(im, size), []), 32, 0, "m", data)[0]
     crop = torch.from_numpy(np.array(centre_crop(img, 32))).permute(2, 0, 1).float() / 255
     assert torch.allclose(x, (crop - torch.tensor(data.mean)[:, None, None]) / torch.tensor(data.std)[:, None, None],
                           atol=1e-5)

@@ -200,28 +200,32 @@ def test_imaginet_stages_on_a_genimage_layout(tmp_path, monkeypatch):
 
 
 def test_a_method_network_round_trips_through_the_one_loader_and_old_or_foreign_files_are_clear_errors(tmp_path):
+    from synthdet.detectors.selfcon import CrossEntropyNet, SelfConDetector
     from synthdet.fsutil import CheckpointError
     from synthdet.imaginet import baseline
     from synthdet.predict import predict_files
     from synthdet.training.checkpoint import load_detector
 
-    cfg = baseline.BaselineConfig(backbone="resnet18", nodown=False, calibration_size=48)
-    net = baseline.SelfConDetector(n_models=3, backbone="resnet18", nodown=False)
-    baseline.save_detector(net, tmp_path / "detector.pt", "selfcon", cfg, ["a", "b", "c"], "data")
-    back, saved = load_detector(tmp_path / "detector.pt")
-    assert isinstance(back, baseline.SelfConDetector) and saved["model_classes"] == ["a", "b", "c"]
-    assert saved["input_size"] == 48 and saved["baseline"]["backbone"] == "resnet18" and saved["method"] == "selfcon"
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), back.state_dict().values(), strict=True))
-    noise_image(1, (60, 50)).save(tmp_path / "x.png")  # `synthdet predict` reads it like any detector
-    predicted = predict_files([tmp_path / "x.png"], tmp_path / "detector.pt", device="cpu", num_workers=0)
+    rows = []
+    for i in range(8):
+        noise_image(200 + i, (44, 40)).save(tmp_path / f"{i}.png")
+        rows.append({"path": str(tmp_path / f"{i}.png"), "label": i % 2,
+                     "family": ("gan", "sd", "vq")[i % 3] if i % 2 else "real"})
+    rows = pd.DataFrame(rows)
+    cfg = baseline.BaselineConfig(backbone="resnet18", nodown=False, crop=32, calibration_size=48, batch_size=4,
+                                  epochs=1, warmup_epochs=1, calibration_epochs=1, calibration_batch_size=4)
+    baseline.train_method("selfcon", rows, rows, cfg, tmp_path / "selfcon", tmp_path / "checkpoints", "cpu")
+    back, saved = load_detector(tmp_path / "selfcon/detector.pt")
+    assert isinstance(back, SelfConDetector) and saved["model_classes"] == ["gan", "sd", "vq"]
+    assert saved["input_size"] == 48 and saved["objective"]["baseline"]["backbone"] == "resnet18"
+    weights = torch.load(tmp_path / "selfcon/detector.pt", weights_only=True)["model"]
+    assert all(torch.equal(weights[k], v) for k, v in back.state_dict().items())
+    # `synthdet predict` reads it like any detector
+    predicted = predict_files([tmp_path / "0.png"], tmp_path / "selfcon/detector.pt", device="cpu", num_workers=0)
     assert predicted["status"].tolist() == ["ok"] and 0 < predicted["fake_probability"].iloc[0] < 1
-    ce = baseline.CrossEntropyNet(backbone="resnet18", nodown=False)
-    baseline.save_detector(ce, tmp_path / "ce.pt", "grag2021", cfg, [], "data")
-    assert isinstance(load_detector(tmp_path / "ce.pt")[0], baseline.CrossEntropyNet)
-    # the fingerprint follows the data
-    baseline.save_detector(ce, tmp_path / "ce2.pt", "grag2021", cfg, [], "other data")
-    fingerprints = [torch.load(tmp_path / f, weights_only=True)["fingerprint"] for f in ("ce.pt", "ce2.pt")]
-    assert fingerprints[0] != fingerprints[1]
+    baseline.train_method("grag2021", rows, rows, cfg, tmp_path / "ce", tmp_path / "ce_checkpoints", "cpu")
+    ce, ce_saved = load_detector(tmp_path / "ce/detector.pt")
+    assert isinstance(ce, CrossEntropyNet) and ce_saved["model_classes"] == []
     # the format before the one checkpoint format: named, with the command that regenerates it
     torch.save({"method": "grag2021", "config": {}, "model_classes": [], "state_dict": ce.state_dict()},
                tmp_path / "network.pt")
@@ -235,3 +239,67 @@ def test_a_method_network_round_trips_through_the_one_loader_and_old_or_foreign_
             load_detector(tmp_path / name)
     with pytest.raises(ValueError, match=r"imaginet.baseline: unknown keys \['epoch'\]"):
         baseline.BaselineConfig.from_params({"epoch": 3}, seed=0)
+
+
+# A rerun of `synthdet stage imaginet_train method=selfcon` (the stage's code, what its notebook
+# calls) whose first run died right after writing the checkpoint of epoch 1, as a killed job would.
+_STAGE = "import sys\nfrom synthdet.cli import main\nsys.exit(main(['stage', 'imaginet_train', 'method=selfcon']))\n"
+_DIES_AFTER_EPOCH_1 = """
+import os
+from synthdet.training import checkpoint
+save = checkpoint.save
+def save_then_die(obj, path):
+    save(obj, path)
+    if path.name == "last.pt" and obj["epoch"] == 1:
+        os._exit(9)
+checkpoint.save = save_then_die
+""" + _STAGE
+
+
+def _selfcon_workspace(folder: Path) -> Path:
+    """params.yaml (the repository's, smoke profile, a 3-epoch ResNet-18 SelfCon) and ImagiNet rows
+    (paths relative to the workspace: two workspaces hold the same data, one fingerprint)."""
+    rows = []
+    for i, split in enumerate(["train"] * 16 + ["calibration"] * 8 + ["test"] * 8):
+        label = i % 2
+        path = folder / "images" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = noise_image(300 + i, (40, 36))
+        (img.filter(ImageFilter.GaussianBlur(1 + i % 4 // 2)) if label else img).save(path)
+        rows.append({"path": f"images/{i}.png", "label": label, "split": split, "content": "photos",  # as in the run
+                     "family": ("gan", "sd")[i % 4 // 2] if label else "real", "generator": "g" if label else "real"})
+    rows_file = folder / "artifacts/imaginet/data/rows.parquet"
+    rows_file.parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(rows_file)
+    params = deep_update(_params(folder), {"device": "cpu", "imaginet": {
+        "conditions": {"jpeg_quality": [50], "zoom": [0.5]},
+        "baseline": {"crop": 32, "calibration_size": 32, "batch_size": 8, "epochs": 3, "warmup_epochs": 1,
+                     "calibration_epochs": 2, "calibration_batch_size": 8, "backbone": "resnet18", "nodown": False}}})
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    return folder
+
+
+def test_a_killed_selfcon_training_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
+    import subprocess
+    import sys
+
+    def run(workspace: Path, code: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], cwd=workspace, capture_output=True, text=True,
+                              timeout=600)
+
+    full, killed = _selfcon_workspace(tmp_path / "full"), _selfcon_workspace(tmp_path / "killed")
+    assert run(full, _STAGE).returncode == 0
+    checkpoints = Path("artifacts/checkpoints/imaginet/train/selfcon")
+    died = run(killed, _DIES_AFTER_EPOCH_1)
+    assert died.returncode == 9 and not (killed / "artifacts/imaginet/train/selfcon/detector.pt").exists()
+    assert torch.load(killed / checkpoints / "last.pt", weights_only=True)["epoch"] == 1
+    again = run(killed, _STAGE)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from" in again.stdout and "at epoch 1" in again.stdout
+    a, b = (torch.load(ws / "artifacts/imaginet/train/selfcon/detector.pt", weights_only=True) for ws in (full, killed))
+    assert a["epoch"] == b["epoch"] == 3 and a["fingerprint"] == b["fingerprint"]
+    assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    history = [torch.load(ws / checkpoints / "last.pt", weights_only=True)["history"] for ws in (full, killed)]
+    assert [h["train_loss"] for h in history[0]] == [h["train_loss"] for h in history[1]]
+    scores = [pd.read_parquet(ws / "artifacts/imaginet/train/selfcon/scores.parquet") for ws in (full, killed)]
+    pd.testing.assert_frame_equal(scores[0], scores[1])

@@ -120,15 +120,15 @@ def test_predict_evaluate_the_audit_and_imaginet_score_through_the_one_call(tmp_
     assert set(spy.callers[2:]) == {"synthdet.analysis.audit"} and len(spy.callers) == 2 + 2 * 2
     assert set(table["condition"]) == {"as_is", "fakes_jpeg_q90"}
 
-    # ImagiNet's tracks: the selfcon run scores every test condition through it (training stubbed)
+    # ImagiNet's tracks: the selfcon run (one tiny epoch) scores every test condition through it
     imaginet_rows = rows.assign(family=["real", "gan"] * 3, generator=["real", "g1"] * 3, content="photos")
     Path(imaginet_data.ROWS).parent.mkdir(parents=True)
-    imaginet_rows.to_parquet(imaginet_data.ROWS)
-    net = SelfConDetector(n_models=1, backbone="resnet18", nodown=False)
-    monkeypatch.setattr(imaginet_runs.baseline, "train_baseline", lambda *a, **k: (net, {
-        "model_classes": ["gan"], "pretraining": [], "calibration": [], "seconds": {}}))
+    pd.concat([imaginet_rows, imaginet_rows.assign(split="train"), imaginet_rows.assign(split="calibration")]
+              ).to_parquet(imaginet_data.ROWS)
     params = {"seed": 0, "device": "cpu", "evaluate": {"batch_size": 4},
-              "imaginet": {"baseline": {"calibration_size": 32, "backbone": "resnet18", "nodown": False},
+              "imaginet": {"baseline": {"crop": 32, "calibration_size": 32, "backbone": "resnet18", "nodown": False,
+                                        "batch_size": 4, "epochs": 1, "calibration_epochs": 1,
+                                        "calibration_batch_size": 4},
                            "conditions": {"jpeg_quality": [50], "zoom": [0.5]}}}
     before = len(spy.callers)
     imaginet_runs.train_method(params, "selfcon")

@@ -197,22 +197,32 @@ def _baseline_rows(root, n=8):
     return pd.DataFrame(rows)
 
 
-def test_the_baseline_trains_in_two_stages_deterministically(tmp_path):
-    from synthdet.imaginet.baseline import BaselineConfig, train_baseline
+def test_the_baseline_trains_in_two_stages_in_the_one_loop_deterministically(tmp_path):
+    from synthdet.imaginet.baseline import BaselineConfig, train_method
     from synthdet.training.scoring import score
 
     rows = _baseline_rows(tmp_path)
     cfg = BaselineConfig(crop=32, calibration_size=32, batch_size=8, epochs=2, warmup_epochs=1, calibration_epochs=2,
                          calibration_batch_size=8)
-    detector, info = train_baseline(rows, rows, cfg)
-    assert info["model_classes"] == ["diffusion", "gan"]
-    assert [h["epoch"] for h in info["pretraining"]] == [1, 2] and len(info["calibration"]) == 2
-    assert all(math.isfinite(h["loss"]) and h["loss"] > 0 for h in info["pretraining"])
-    assert all(math.isfinite(h["origin_loss"]) and math.isfinite(h["model_loss"]) for h in info["calibration"])
-    assert not any(p.requires_grad for p in detector.net.backbone.parameters())  # stage 2 trains the heads only
-    scored = score(detector, rows, input_size=32, classes=info["model_classes"], device="cpu")
+    result = train_method("selfcon", rows, rows, cfg, tmp_path / "a", tmp_path / "a_checkpoints", "cpu")
+    calibration = result["calibration"]
+    assert calibration["model_classes"] == ["diffusion", "gan"]
+    assert [h["epoch"] for h in result["history"]] == [1, 2] and len(calibration["calibration_history"]) == 2
+    assert all(math.isfinite(h["train_loss"]) and h["train_loss"] > 0 for h in result["history"])
+    assert all(math.isfinite(h["origin_loss"]) and math.isfinite(h["model_loss"])
+               for h in calibration["calibration_history"])
+    # stage 2 re-estimates the backbone's batch-norm statistics and trains the heads, nothing else
+    stage1 = torch.load(tmp_path / "a_checkpoints/best.pt", weights_only=True)["model"]
+    saved = torch.load(tmp_path / "a/detector.pt", weights_only=True)
+    assert saved["config"]["objective"]["name"] == "selfcon" and saved["config"]["optimizer"] == "sgd"
+    for key, value in stage1.items():
+        if not key.endswith("num_batches_tracked"):
+            frozen = key.startswith("net.") and not key.endswith(("running_mean", "running_var"))
+            assert torch.equal(value, saved["model"][key]) == frozen, key
+    scored = score(tmp_path / "a/detector.pt", rows, device="cpu")
     assert len(scored) == 8 and scored["fake_probability"].between(0, 1).all()
     assert set(scored["model_pred"]) <= {"diffusion", "gan"}
     assert np.allclose(scored[["p_diffusion", "p_gan"]].sum(axis=1), 1)
-    again, _ = train_baseline(rows, rows, cfg)
-    assert score(again, rows, input_size=32, device="cpu")["fake_probability"].equals(scored["fake_probability"])
+    train_method("selfcon", rows, rows, cfg, tmp_path / "b", tmp_path / "b_checkpoints", "cpu")
+    again = score(tmp_path / "b/detector.pt", rows, device="cpu")
+    assert again["fake_probability"].equals(scored["fake_probability"])

@@ -14,8 +14,9 @@ with the single-view SelfCon objective (Bae et al. 2022), then calibrated with a
   per image). Registered as ``imaginet_selfcon`` (and the cross-entropy rows' network as
   ``imaginet_ce``) so that the one loader (``training.checkpoint.load_detector``) rebuilds it from
   its ``detector.pt``, but unlisted: neither is a detector of the generic grid. Each declares its
-  ``objective``; trained with binary cross-entropy by the generic loop it would not be ImagiNet's
-  baseline, so the loop refuses it (:mod:`synthdet.imaginet.baseline` trains it, stage ``imaginet_train``).
+  ``objective``: the one training loop trains it only with that objective (trained with binary
+  cross-entropy it would not be ImagiNet's baseline), which :mod:`synthdet.imaginet.baseline`
+  brings (stage ``imaginet_train``).
 """
 
 from __future__ import annotations

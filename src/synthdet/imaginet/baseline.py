@@ -18,8 +18,14 @@ Gradient caching (the paper's way to fit batch 200 at full resolution on a GPU) 
 implemented: a batch that does not fit needs a smaller ``batch_size`` (SelfCon's loss is over the
 batch, so that changes the objective; the saved network and the run's metrics record the configuration).
 
+Both stages run in the one training loop (:func:`~synthdet.training.loop.train_detector`), stage 1
+as its epochs under :class:`SelfConObjective` (SGD, the loop's linear warm-up and cosine schedule
+per step, its AMP, DDP, gradient accumulation and per-epoch resume), stage 2 as that objective's
+finishing stage; the run's ``detector.pt`` is the one checkpoint format. With gradient
+accumulation, SelfCon's loss is computed over each micro-batch, which changes the objective.
+
 Table 3's comparison rows trained here, on the same data, crops and backbone, with cross-entropy
-(:func:`train_cross_entropy`): ``grag2021`` (Gragnaniello et al. 2021: random crops and flips)
+(:class:`CrossEntropyObjective`): ``grag2021`` (Gragnaniello et al. 2021: random crops and flips)
 and ``corvi2022`` (Corvi et al. 2022: the same with blur and compression augmentation, here
 ImagiNet's training augmentation). Their published weights are not used, and these rows are not
 the papers' models.
@@ -27,7 +33,6 @@ the papers' models.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -40,20 +45,19 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
-from tqdm.auto import tqdm
 
 from synthdet.data.dataset import DataConfig
 from synthdet.data.imageio import load_rgb
 from synthdet.detectors.selfcon import (
-    CrossEntropyNet,
     SelfConDetector,
     imaginet_pretraining_loss,
     update_bn_statistics,
 )
 from synthdet.imaginet.augment import calibration_augment, crop_augment, train_augment
-from synthdet.seeding import rng_for, seed_everything
-from synthdet.training import checkpoint
-from synthdet.training.config import run_fingerprint
+from synthdet.seeding import rng_for
+from synthdet.training.config import TrainConfig
+from synthdet.training.loop import train_detector
+from synthdet.training.objective import Objective
 
 METHODS = ("selfcon", "grag2021", "corvi2022")  # ImagiNet's baseline, then the cross-entropy rows
 CE_AUGMENT = {"grag2021": crop_augment, "corvi2022": train_augment}
@@ -90,8 +94,9 @@ class BaselineConfig:
 
 
 class AugmentedRows(Dataset):
-    """Manifest rows -> (normalised image tensor, origin label, model label); each image augmented
-    with a generator seeded by (seed, epoch, path), so a rerun sees the same pixels."""
+    """Manifest rows -> (normalised image tensor, [origin label, model label], row index, ""): the
+    loop's item, with no skipped files. Each image is augmented with a generator seeded by (seed,
+    epoch, path), so a rerun, and a run resumed at any epoch, sees the same pixels."""
 
     def __init__(self, rows: pd.DataFrame, model_index: dict[str, int], augment: Callable, size: int, seed: int,
                  model_labels: str, data: DataConfig) -> None:
@@ -103,13 +108,16 @@ class AugmentedRows(Dataset):
         self.to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
                                      v2.Normalize(data.mean, data.std)])
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int, str]:
         img: Image.Image = load_rgb(self.paths[i])
         out, _ = self.augment(img, rng_for(self.seed, "baseline", str(self.epoch), self.paths[i]), self.size)
-        return self.to_tensor(out), self.origin[i], self.model[i]
+        return self.to_tensor(out), torch.tensor([self.origin[i], self.model[i]]), i, ""
 
 
 def model_classes(rows: pd.DataFrame, model_labels: str) -> list[str]:
@@ -117,43 +125,61 @@ def model_classes(rows: pd.DataFrame, model_labels: str) -> list[str]:
     return sorted(rows.loc[rows["label"] == 1, model_labels].astype(str).unique())
 
 
-def _sgd_epochs(net: nn.Module, data: AugmentedRows, cfg: BaselineConfig,
-                loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor], desc: str,
-                device: torch.device) -> list[dict]:
-    """Stage 1's optimisation: SGD with momentum, linear warm-up then cosine annealing, per step."""
-    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size,
-                        generator=torch.Generator().manual_seed(cfg.seed))
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    steps, warmup = cfg.epochs * len(loader), min(cfg.warmup_epochs, cfg.epochs) * len(loader)
-    schedule = torch.optim.lr_scheduler.SequentialLR(opt, [
-        torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / max(1, warmup), total_iters=max(1, warmup)),
-        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps - warmup))], milestones=[max(1, warmup)])
-    history = []
-    net.train()
-    for epoch in range(cfg.epochs):
-        data.epoch = epoch
-        losses = []
-        for x, origin, model in tqdm(loader, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False):
-            loss = loss_fn(x.to(device), origin.to(device), model.to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            schedule.step()
-            losses.append(loss.item())
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"]})
-    net.eval()
-    return history
+class SelfConObjective(Objective):
+    """Stage 1: SelfCon on the origin and model labels (real images left out of the latter) over
+    the sub-network's and the projection head's views of single-view ``crop`` px crops; the
+    finishing stage is stage 2, :func:`calibrate` on the calibration rows (the loop's ``val_rows``)."""
+
+    name = "selfcon"
+    validates = False  # the calibration rows are stage 2's, not a validation split: the last epoch is kept
+
+    def __init__(self, cfg: BaselineConfig, classes: list[str]) -> None:
+        self.cfg, self.classes = cfg, list(classes)
+
+    def config(self) -> dict:
+        return {"method": "selfcon", "baseline": asdict(self.cfg), "model_classes": self.classes}
+
+    def trained(self, model: SelfConDetector) -> nn.Module:
+        return model.net  # backbone, sub-network and projection head; the calibration heads wait for stage 2
+
+    def dataset(self, rows: pd.DataFrame, model: nn.Module, cfg: TrainConfig) -> Dataset:  # noqa: ARG002
+        return AugmentedRows(rows, {c: k for k, c in enumerate(self.classes)}, train_augment, self.cfg.crop,
+                             self.cfg.seed, self.cfg.model_labels, model.data_config)
+
+    def loss(self, views: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return imaginet_pretraining_loss(views, target[:, 0], target[:, 1], self.cfg.temperature)
+
+    def finish(self, model: nn.Module, val_rows: pd.DataFrame, cfg: TrainConfig, device: torch.device,
+               workers: int) -> dict:  # noqa: ARG002
+        history = calibrate(model, val_rows, self.cfg, self.classes, device)
+        return {"temperature": 1.0, "model_classes": self.classes, "calibration_history": history}
 
 
-def pretrain(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig,
-             classes: list[str], device: torch.device | str = "cpu") -> list[dict]:
-    """Stage 1 on the training rows; the SelfCon loss per epoch."""
-    seed_everything(cfg.seed)
-    data = AugmentedRows(rows, {c: k for k, c in enumerate(classes)}, train_augment, cfg.crop, cfg.seed,
-                         cfg.model_labels, detector.data_config)
-    net = detector.net
-    return _sgd_epochs(net, data, cfg, lambda x, origin, model: imaginet_pretraining_loss(
-        net(x), origin, model, cfg.temperature), "selfcon", torch.device(device))
+class CrossEntropyObjective(Objective):
+    """A comparison row of Table 3: two-class cross-entropy on the origin labels with ``method``'s
+    augmentation (:data:`CE_AUGMENT`), the same crops, optimiser and schedule as stage 1; no calibration."""
+
+    name = "cross_entropy"
+    validates = False
+
+    def __init__(self, cfg: BaselineConfig, method: str) -> None:
+        if method not in CE_AUGMENT:
+            raise ValueError(f"no cross-entropy method {method!r} (known: {sorted(CE_AUGMENT)})")
+        self.cfg, self.method = cfg, method
+
+    def config(self) -> dict:
+        return {"method": self.method, "baseline": asdict(self.cfg)}
+
+    def dataset(self, rows: pd.DataFrame, model: nn.Module, cfg: TrainConfig) -> Dataset:  # noqa: ARG002
+        return AugmentedRows(rows, {}, CE_AUGMENT[self.method], self.cfg.crop, self.cfg.seed, "label",
+                             model.data_config)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target[:, 0])
+
+    def finish(self, model: nn.Module, val_rows: pd.DataFrame, cfg: TrainConfig, device: torch.device,
+               workers: int) -> dict:  # noqa: ARG002
+        return {"temperature": 1.0}
 
 
 def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig, classes: list[str],
@@ -161,11 +187,11 @@ def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig
     """Stage 2 on the calibration rows: BN statistics, then the origin and model heads."""
     index = {c: k for k, c in enumerate(classes)}
     data = AugmentedRows(rows, index, calibration_augment, cfg.calibration_size, cfg.seed + 1, cfg.model_labels,
-                        detector.data_config)
+                         detector.data_config)
     loader = DataLoader(data, batch_size=cfg.calibration_batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(cfg.seed))
     backbone = detector.net.backbone
-    update_bn_statistics(backbone, (x.to(device) for x, _, _ in loader))
+    update_bn_statistics(backbone, (x.to(device) for x, *_ in loader))
     for p in backbone.parameters():
         p.requires_grad_(False)
     heads = nn.ModuleList([detector.origin_head, detector.model_head])
@@ -173,10 +199,10 @@ def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig
                             betas=(0.9, 0.99))
     history = []
     for epoch in range(cfg.calibration_epochs):
-        data.epoch = epoch
+        data.set_epoch(epoch)
         totals = {"origin_loss": [], "model_loss": []}
-        for x, origin, model in loader:
-            x, origin, model = x.to(device), origin.to(device), model.to(device)
+        for x, target, _, _ in loader:
+            x, origin, model = x.to(device), target[:, 0].to(device), target[:, 1].to(device)
             with torch.no_grad():
                 features = backbone(x)
             loss = F.cross_entropy(detector.origin_head(features), origin)
@@ -194,55 +220,30 @@ def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig
     return history
 
 
-def train_baseline(train_rows: pd.DataFrame, calibration_rows: pd.DataFrame, cfg: BaselineConfig,
-                   pretrained: bool | str = False, device: torch.device | str = "cpu") -> tuple[SelfConDetector, dict]:
-    """Both stages; the calibrated detector and what happened (losses, classes)."""
-    classes = model_classes(pd.concat([train_rows, calibration_rows]), cfg.model_labels)
-    seed_everything(cfg.seed)
-    detector = SelfConDetector(pretrained=pretrained, n_models=len(classes), sub_block=cfg.sub_block,
-                               backbone=cfg.backbone, nodown=cfg.nodown).to(device)
-    t0 = time.perf_counter()
-    stage1 = pretrain(detector, train_rows, cfg, classes, device)
-    t1 = time.perf_counter()
-    stage2 = calibrate(detector, calibration_rows, cfg, classes, device)
-    return detector, {"model_classes": classes, "pretraining": stage1, "calibration": stage2,
-                      "seconds": {"pretraining": round(t1 - t0, 1), "calibration": round(time.perf_counter() - t1, 1)}}
-
-
-def train_cross_entropy(train_rows: pd.DataFrame, cfg: BaselineConfig, method: str, pretrained: bool | str = False,
-                        device: torch.device | str = "cpu") -> tuple[CrossEntropyNet, dict]:
-    """A comparison row of Table 3: the same backbone, crops, optimiser and schedule as stage 1,
-    trained with cross-entropy on the origin labels, with ``method``'s augmentation (``CE_AUGMENT``)."""
-    if method not in CE_AUGMENT:
-        raise ValueError(f"no cross-entropy method {method!r} (known: {sorted(CE_AUGMENT)})")
-    seed_everything(cfg.seed)
-    net = CrossEntropyNet(pretrained, backbone=cfg.backbone, nodown=cfg.nodown).to(device)
-    data = AugmentedRows(train_rows, {}, CE_AUGMENT[method], cfg.crop, cfg.seed, "label", net.data_config)
-    t0 = time.perf_counter()
-    history = _sgd_epochs(net, data, cfg, lambda x, origin, _: F.cross_entropy(net(x), origin), method,
-                          torch.device(device))
-    return net, {"pretraining": history, "seconds": {"training": round(time.perf_counter() - t0, 1)}}
-
-
 NETWORKS = {"selfcon": "imaginet_selfcon", "grag2021": "imaginet_ce", "corvi2022": "imaginet_ce"}  # registry names
 
 
-def detector_config(method: str, cfg: BaselineConfig, classes: list[str]) -> dict:
-    """What :func:`~synthdet.training.checkpoint.load_detector` rebuilds ``method``'s network from:
-    its registered name, its arguments, the test view's size (the calibration size), and how it
-    was trained (the method and ``imaginet.baseline``)."""
+def train_config(method: str, cfg: BaselineConfig, classes: list[str], num_workers: int | str = "auto") -> TrainConfig:
+    """The loop's configuration of ``method``'s run: its registered network and arguments, scored
+    at the calibration size (the test view), SGD with momentum, stage 1's schedule (warm-up of at
+    most the run's epochs)."""
     kwargs: dict = {"backbone": cfg.backbone, "nodown": cfg.nodown}
     if method == "selfcon":
         kwargs |= {"n_models": len(classes), "sub_block": cfg.sub_block}
-    return {"model": NETWORKS[method], "input_size": cfg.calibration_size, "model_kwargs": kwargs,
-            "channels_last": True, "method": method, "baseline": asdict(cfg)}
+    return TrainConfig(model=NETWORKS[method], input_size=cfg.calibration_size, epochs=cfg.epochs,
+                       batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer="sgd",
+                       momentum=cfg.momentum, warmup_epochs=min(cfg.warmup_epochs, cfg.epochs), hflip=False,
+                       num_workers=num_workers, seed=cfg.seed, model_kwargs=kwargs)
 
 
-def save_detector(net: nn.Module, path: Path, method: str, cfg: BaselineConfig, classes: list[str],
-                  data_key: str) -> None:
-    """``method``'s trained network as a ``detector.pt`` of the one checkpoint format, with its
-    model classes and the fingerprint of its configuration, data and code."""
-    config = detector_config(method, cfg, classes)
-    fingerprint = run_fingerprint(config, data_key, module=__name__)
-    checkpoint.save({"model": net.state_dict(), "config": config, "model_classes": list(classes),
-                     "fingerprint": fingerprint, "temperature": 1.0}, Path(path))
+def train_method(method: str, train_rows: pd.DataFrame, calibration_rows: pd.DataFrame, cfg: BaselineConfig,
+                 out_dir: Path, checkpoint_dir: Path, device: torch.device | str = "cpu",
+                 num_workers: int | str = "auto") -> dict:
+    """``method``'s run in the one loop: ``out_dir/detector.pt``, resumable per epoch from
+    ``checkpoint_dir``; what the loop returns (history, calibration with the model classes)."""
+    if method not in NETWORKS:
+        raise ValueError(f"imaginet.methods: unknown method {method!r} (known: {list(NETWORKS)})")
+    classes = model_classes(pd.concat([train_rows, calibration_rows]), cfg.model_labels) if method == "selfcon" else []
+    objective = SelfConObjective(cfg, classes) if method == "selfcon" else CrossEntropyObjective(cfg, method)
+    return train_detector(train_rows, calibration_rows, train_config(method, cfg, classes, num_workers), out_dir,
+                          checkpoint_dir, device, objective=objective)

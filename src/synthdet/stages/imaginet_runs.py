@@ -3,9 +3,10 @@
 - ``imaginet_train@<method>``: ImagiNet's baseline (``selfcon``: SelfCon pre-training, then
   calibration of the origin and model-identification heads) or a cross-entropy comparison row of
   Table 3 (``grag2021``, ``corvi2022``), on the same rows, crops and backbone
-  (:mod:`synthdet.imaginet.baseline`); then scored on the test set: the baseline's two tracks under every
-  condition of Figure 4 (and its backbone's features of the clean test set, for Figure 2), the
-  comparison rows on the clean test set (Table 3).
+  (:mod:`synthdet.imaginet.baseline`), in the one training loop: its checkpoints persist, so a
+  rerun after a kill continues from the last finished epoch; then scored on the test set: the
+  baseline's two tracks under every condition of Figure 4 (and its backbone's features of the
+  clean test set, for Figure 2), the comparison rows on the clean test set (Table 3).
 - ``imaginet_loco@<content>``: Figure 3, a ResNet-18 from scratch trained without one content
   type, every model on the same number of images; scored on the clean test set.
 
@@ -14,6 +15,7 @@ A run's folder is ``artifacts/imaginet/<family>/<item>`` (:func:`run_dir`).
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from synthdet.stages import imaginet_data, paths
 from synthdet.stages.base import Out, Result, Stage, select
 from synthdet.training import scoring
 from synthdet.training.checkpoint import load_detector
-from synthdet.training.config import TrainConfig, data_key
+from synthdet.training.config import TrainConfig
 from synthdet.training.loop import train_detector
 from synthdet.training.runtime import resolve_device
 
@@ -47,7 +49,9 @@ TRAIN_PARAMS = ("seed", "imaginet.baseline", "imaginet.conditions", "evaluate.ba
 LOCO_PARAMS = ("seed", "imaginet.loco", "train", "evaluate.batch_size", "evaluate.num_workers", "device")
 STAGES = (
     Stage(name="imaginet_train", notebook="notebooks/10_imaginet_run.ipynb", module=__name__, params=TRAIN_PARAMS,
-          deps=(imaginet_data.ROWS,), outs=(Out(run_dir("train", "${item.method}")),),
+          deps=(imaginet_data.ROWS,),
+          outs=(Out(run_dir("train", "${item.method}")),
+                Out(_checkpoints("train", "${item.method}"), cache=False, persist=True)),
           matrix=(("method", "imaginet.methods"),), arguments=(("family", "train"),),
           report="reports/imaginet/train/${item.method}.ipynb"),
     Stage(name="imaginet_loco", notebook="notebooks/10_imaginet_run.ipynb", module=__name__, params=LOCO_PARAMS,
@@ -123,13 +127,13 @@ def train_method(params: dict, method: str) -> Result:
     out = replace_owned_dir(Path(run_dir("train", method)))
     rows = read_rows()
     train, calibration, test = (rows[rows["split"] == s] for s in ("train", "calibration", "test"))
+    checkpoints = Path(_checkpoints("train", method))
+    if not checkpoints.exists():
+        make_owned_dir(checkpoints)
     device = resolve_device(cfg.device)
-    if method == "selfcon":
-        net, info = baseline.train_baseline(train, calibration, cfg.baseline, device=device)
-    else:
-        net, info = baseline.train_cross_entropy(train, cfg.baseline, method, device=device)
-    classes = info.get("model_classes", [])
-    baseline.save_detector(net, out / DETECTOR, method, cfg.baseline, classes, data_key(train, calibration))
+    t0 = time.perf_counter()
+    result = baseline.train_method(method, train, calibration, cfg.baseline, out, checkpoints, device)
+    seconds = round(time.perf_counter() - t0, 1)
     net, saved = load_detector(out / DETECTOR, device)  # the tables score what was saved
     frames = []
     for condition in cfg.conditions if method == "selfcon" else ["clean"]:  # Figure 4 is the baseline's
@@ -145,13 +149,14 @@ def train_method(params: dict, method: str) -> Result:
             scored.drop(columns="path").rename(columns={"fake_probability": "p_synthetic"})))
     scores = pd.concat(frames, ignore_index=True).assign(method=method)
     scores.to_parquet(out / SCORES, index=False)
-    history = pd.DataFrame(info["pretraining"])
-    metrics = {"method": method, "seconds": info["seconds"], "model_classes": classes,
+    history = pd.DataFrame(result["history"])
+    calibration_history = result["calibration"].get("calibration_history")
+    metrics = {"method": method, "seconds": seconds, "model_classes": saved["model_classes"],
                "train_images": len(train), "calibration_images": len(calibration), "test_images": len(test),
                "config": asdict(cfg.baseline)}
     write_json(metrics, out / "metrics.json")
-    return Result(tables={"training": history, **({"calibration": pd.DataFrame(info["calibration"])}
-                                                   if "calibration" in info else {})}, metrics=metrics)
+    return Result(tables={"training": history, **({"calibration": pd.DataFrame(calibration_history)}
+                                                   if calibration_history else {})}, metrics=metrics)
 
 
 def loco_rows(train: pd.DataFrame, content: str, n: int, seed: int,

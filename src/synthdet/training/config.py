@@ -15,6 +15,7 @@ from synthdet.codegraph import import_closure
 from synthdet.fsutil import file_digest
 
 LOOP_MODULE = "synthdet.training.loop"  # its import graph is everything a training run executes
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -25,6 +26,8 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
+    optimizer: str = "adamw"  # adamw | sgd (with ``momentum``): the loop's optimiser (OPTIMIZERS)
+    momentum: float = 0.9  # sgd only
     warmup_epochs: float = 0.5
     num_workers: int | str = "auto"  # DataLoader workers per process; "auto": runtime.resolve_workers
     amp: bool = True  # bf16 autocast on CUDA (fp16 with a scaler where bf16 is missing); ignored on CPU
@@ -39,13 +42,24 @@ class TrainConfig:
     weights: str | None = None  # a whole detector checkpoint to start from
     debias: dict | None = None  # data.debias: the debiased protocol's per-image step (transforms/debias.py)
 
-    def fingerprint(self, data_key: str, start: bool | str | None = None) -> str:
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer {self.optimizer!r}: expected one of {list(OPTIMIZERS)}")
+
+    def fingerprint(self, data_key: str, start: bool | str | None = None, objective: dict | None = None,
+                    objective_module: str | None = None) -> str:
         """Identifies a run: a checkpoint from another configuration, other data, other starting
         weights or other model and training code is never resumed. ``start``: the file a named
-        weights source resolved to (``pretrained_start``), so its content counts, not only its name."""
+        weights source resolved to (``pretrained_start``), so its content counts, not only its name.
+        ``objective``: a loop objective's name and configuration, whose code (``objective_module``)
+        counts with the loop's; none for the loop's own binary cross-entropy."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "pixel_cache")}  # same results
         pretrained = self.pretrained if start is None else start
-        return run_fingerprint(keep, data_key, [pretrained, self.weights])
+        if objective is None:
+            return run_fingerprint(keep, data_key, [pretrained, self.weights])
+        code = code_hash(objective_module or LOOP_MODULE)
+        return run_fingerprint({**keep, "objective": objective, "objective_code": code}, data_key,
+                               [pretrained, self.weights])
 
 
 def run_fingerprint(config: dict, data_key: str, starts: Sequence[object] = (), module: str = LOOP_MODULE) -> str:

@@ -26,6 +26,7 @@ from synthdet.metrics import binary_metrics
 from synthdet.seeding import seed_everything, seed_worker
 from synthdet.training import checkpoint, scoring
 from synthdet.training.config import TrainConfig, data_key
+from synthdet.training.objective import BCE, Objective
 from synthdet.training.runtime import (
     compiled,
     device_autocast,
@@ -34,13 +35,10 @@ from synthdet.training.runtime import (
     memory_layout,
     resolve_device,
     resolve_workers,
-    unwrap,
 )
 from synthdet.transforms.debias import DebiasConfig
 from synthdet.transforms.debias import prepare as debias_prepare
 from synthdet.transforms.debias import select_rows as select_debiased
-
-BCE = "binary_cross_entropy"  # the objective of every detector of the registry (``model.objective``, if any)
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -83,9 +81,14 @@ def accumulate_gradients(forward: nn.Module, model: nn.Module, loss_fn: nn.Modul
 
 def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainConfig, out_dir: Path,
                    checkpoint_dir: Path | None = None, device: str | torch.device = "auto",
-                   reuse: Sequence[Path] = ()) -> dict:
+                   reuse: Sequence[Path] = (), objective: Objective | None = None) -> dict:
     """Train ``cfg.model`` on ``train_rows``; ``out_dir/detector.pt`` gets the epoch with the best
-    validation AUC (ties: the later epoch; the last epoch without validation rows).
+    validation AUC (ties: the later epoch; the last epoch without validation rows, or with an
+    objective that does not validate), after the objective's finishing stage.
+
+    ``objective``: what is minimised on which batches, and the stage after the last epoch
+    (:mod:`synthdet.training.objective`; default: binary cross-entropy on the fake logit, then
+    temperature calibration on ``val_rows``). Its name, configuration and code enter the fingerprint.
 
     ``checkpoint_dir`` holds ``last.pt`` (written after every epoch; a rerun with the same
     configuration, data and code resumes from it) and ``best.pt``. ``reuse``: other runs'
@@ -100,19 +103,17 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     checkpoint_dir = checkpoint_dir or out_dir / "checkpoints"
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     start = pretrained_start(cfg.pretrained)  # a packaged source's name -> its checked file
-    fingerprint = cfg.fingerprint(data_key(train_rows, val_rows), start)
+    objective = objective or Objective()
+    run_objective = None if objective.name == BCE else {"name": objective.name, **objective.config()}
+    fingerprint = cfg.fingerprint(data_key(train_rows, val_rows), start, run_objective, type(objective).__module__)
     model = create_detector(cfg.model, img_size=cfg.input_size, weights=cfg.weights, pretrained=start,
                             **cfg.model_kwargs).to(device, memory_format=memory_layout(cfg.channels_last))
-    if (objective := getattr(model, "objective", BCE)) != BCE:
-        raise ValueError(f"{cfg.model} is trained with its own objective ({objective}), by synthdet.imaginet.baseline "
-                         "(stage imaginet_train), not with this loop's binary cross-entropy")
-    data = model.data_config  # the input it wants; a recipe's training-only step (CNNSpot's) with it
-    augment = data.train_augment
-    prepare = debias_prepare(DebiasConfig.from_params(cfg.debias))
-    cache = _pixel_cache(train_rows, cfg, augment or prepare, data.interpolation, workers, world, rank)
-    transform = (view_transform(train=True, hflip=cfg.hflip, data=data) if cache
-                 else make_transform(cfg.input_size, train=True, hflip=cfg.hflip, data=data))
-    train_ds = ManifestDataset(train_rows, transform, image_transform=augment, cache=cache, prepare=prepare)
+    if (wants := getattr(model, "objective", BCE)) != objective.name:
+        raise ValueError(f"{cfg.model} is trained with its own objective ({wants}), not {objective.name}: "
+                         f"ImagiNet's methods train through synthdet.imaginet.baseline (stage imaginet_train)")
+    train_ds = objective.dataset(train_rows, model, cfg)
+    if train_ds is None:
+        train_ds = _manifest_dataset(train_rows, model, cfg, workers, world, rank)
     sampler = DistributedSampler(train_ds, seed=cfg.seed, shuffle=True) if world > 1 else None
     loader = DataLoader(
         train_ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -120,7 +121,10 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
         generator=torch.Generator().manual_seed(cfg.seed), persistent_workers=False,
         pin_memory=device.type == "cuda",
     )
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    trained = objective.trained(model)  # what the optimiser, DDP and the loss's forward see
+    opt = (torch.optim.SGD(trained.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+           if cfg.optimizer == "sgd" else torch.optim.AdamW(trained.parameters(), lr=cfg.lr,
+                                                            weight_decay=cfg.weight_decay))
     use_scaler = cfg.amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     total = cfg.epochs * len(loader)
@@ -145,14 +149,16 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             if rank == 0:
                 print(f"resuming from {last_path} at epoch {start_epoch}")
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None)
-    forward = compiled(model, cfg.compile)  # checkpoints still come from ``model``: no _orig_mod. keys
+        trained = nn.parallel.DistributedDataParallel(trained, device_ids=[local] if device.type == "cuda" else None)
+    forward = compiled(trained, cfg.compile)  # checkpoints still come from ``model``: no _orig_mod. keys
 
-    loss_fn = nn.BCEWithLogitsLoss()
+    validate = objective.validates and len(val_rows) > 0
     step = start_epoch * len(loader)
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        if hasattr(train_ds, "set_epoch"):  # a dataset whose augmentation is seeded per epoch
+            train_ds.set_epoch(epoch)
         model.train()
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=rank != 0)
@@ -161,9 +167,9 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, warmup, cfg.lr)
             x = x.to(device, non_blocking=True, memory_format=memory_layout(cfg.channels_last))
-            y = y.float().to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            loss = accumulate_gradients(forward, model, loss_fn, x, y, cfg.accumulate, scaler,
+            loss = accumulate_gradients(forward, trained, objective.loss, x, y, cfg.accumulate, scaler,
                                         lambda: device_autocast(device, cfg.amp))
             scaler.step(opt)
             scaler.update()
@@ -173,8 +179,8 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
         record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, seen),
                   "images_per_s": seen * world / (time.perf_counter() - t0), "lr": opt.param_groups[0]["lr"]}
-        if rank == 0 and len(val_rows):
-            scores = scoring.score(unwrap(model), val_rows, input_size=cfg.input_size, batch_size=cfg.batch_size * 2,
+        if rank == 0 and validate:
+            scores = scoring.score(model, val_rows, input_size=cfg.input_size, batch_size=cfg.batch_size * 2,
                                    device=device, num_workers=workers, channels_last=cfg.channels_last,
                                    desc="validate")["fake_probability"].to_numpy()
             val = binary_metrics(val_rows["label"].to_numpy(), scores, n_bootstrap=0)
@@ -184,26 +190,38 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
         if rank == 0:
             auc = record.get("val_auc")
             auc = None if auc is None or auc != auc else float(auc)  # NaN: one class in val
-            if best["val_auc"] is None or (auc is not None and auc >= best["val_auc"]) or not len(val_rows):
+            if best["val_auc"] is None or (auc is not None and auc >= best["val_auc"]) or not validate:
                 best = {"epoch": epoch + 1, "val_auc": auc}
-                checkpoint.save({"model": unwrap(model).state_dict(), "fingerprint": fingerprint, **best}, best_path)
-            checkpoint.save({"model": unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                checkpoint.save({"model": model.state_dict(), "fingerprint": fingerprint, **best}, best_path)
+            checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                              "scaler": scaler.state_dict(), "torch_rng": rng_states,
                              "loader_rng": loader.generator.get_state(), "epoch": epoch + 1, "history": history,
                              "fingerprint": fingerprint, "best": best, "failures": failures}, last_path)
-    calibration: dict = {"temperature": 1.0, "ece_before": None, "ece_after": None, "ece_scaled": None,
-                         "calibration_images": 0}
+    calibration: dict = {}
     if rank == 0:
         if best_path.exists():
-            unwrap(model).load_state_dict(load_torch_file(best_path, "best checkpoint")["model"])
-        if len(val_rows):
-            calibration = scoring.calibrate(unwrap(model), val_rows, cfg, device, workers)
-        checkpoint.save({"model": unwrap(model).state_dict(), "config": asdict(cfg), "fingerprint": fingerprint,
+            model.load_state_dict(load_torch_file(best_path, "best checkpoint")["model"])
+        calibration = objective.finish(model, val_rows, cfg, device, workers)  # a kill here reruns only this
+        config = {**asdict(cfg), **({"objective": run_objective} if run_objective else {})}
+        checkpoint.save({"model": model.state_dict(), "config": config, "fingerprint": fingerprint,
                          **best, **calibration}, out_dir / "detector.pt")
     if world > 1:
         torch.distributed.barrier()
     return {"history": history, "failures": failures, "best_epoch": best["epoch"], "best_val_auc": best["val_auc"],
             "calibration": calibration}
+
+
+def _manifest_dataset(rows: pd.DataFrame, model: nn.Module, cfg: TrainConfig, workers: int, world: int,
+                      rank: int) -> ManifestDataset:
+    """The registry detectors' training items: each image as the detector's ``data_config`` views
+    it, with its recipe's training-only step (CNNSpot's), the debiased protocol's and the pixel cache."""
+    data = model.data_config
+    augment = data.train_augment
+    prepare = debias_prepare(DebiasConfig.from_params(cfg.debias))
+    cache = _pixel_cache(rows, cfg, augment or prepare, data.interpolation, workers, world, rank)
+    transform = (view_transform(train=True, hflip=cfg.hflip, data=data) if cache
+                 else make_transform(cfg.input_size, train=True, hflip=cfg.hflip, data=data))
+    return ManifestDataset(rows, transform, image_transform=augment, cache=cache, prepare=prepare)
 
 
 def _pixel_cache(rows: pd.DataFrame, cfg: TrainConfig, augment: object, interpolation: str, workers: int,
