@@ -197,6 +197,20 @@ def test_imaginet_stages_on_a_genimage_layout(tmp_path, monkeypatch):
                  "figure4_model_id_perturbed.png"):
         assert (Path(imaginet_tables.PLOTS) / name).stat().st_size > 0
     assert "Table 3 (paper)" in result.tables
+    # the README's ImagiNet tables are printed from these outputs, and a change's moves beside an earlier run's
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({**metrics, "table7": {**metrics["table7"], "macro_auc": 0.123}}))
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/readme_imaginet.py"), "--before", str(earlier)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    selfcon_mean = metrics["table3"]["selfcon"]["Mean"]["acc"]
+    assert any(line.startswith("| selfcon") and "Mean" in line and f"{selfcon_mean:.3f}" in line
+               for line in out.stdout.splitlines())
+    moved = next(line for line in out.stdout.splitlines() if "table7/macro_auc" in line).split("|")
+    assert [cell.strip() for cell in moved[2:4]] == ["0.123", f"{metrics['table7']['macro_auc']:.3f}"]
 
 
 def test_a_method_network_round_trips_through_the_one_loader_and_old_or_foreign_files_are_clear_errors(tmp_path):
