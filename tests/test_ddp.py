@@ -99,7 +99,7 @@ def test_two_process_ddp_trains_disjoint_shards_writes_once_and_resumes(tmp_path
     metrics = json.loads((full / "metrics/train.json").read_text())
     assert metrics["epoch"] == EPOCHS and metrics["unreadable_images"] == 0
     assert sorted(p.name for p in (full / "artifacts/train").iterdir()) == ["checkpoints", "detector.pt"]
-    assert sorted(p.name for p in (full / "artifacts/train/checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert not any((full / "artifacts/train/checkpoints").iterdir())  # finished: no resume state left
     assert len(pd.read_csv(full / "plots/train_history.csv")) == EPOCHS
 
     # killed after epoch 1, then started again: resumes at epoch 1 and ends with the same weights

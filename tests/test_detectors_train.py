@@ -117,22 +117,29 @@ def test_training_is_deterministic_and_resumes(tiny_rows, tmp_path):
     full = train_detector(train, val, _cfg(), tmp_path / "a")
     again = train_detector(train, val, _cfg(), tmp_path / "b")
     assert [h["train_loss"] for h in full["history"]] == [h["train_loss"] for h in again["history"]]
+    # the same run saves the same bytes (no timing is stored with the weights): one DVC hash
+    assert (tmp_path / "a/detector.pt").read_bytes() == (tmp_path / "b/detector.pt").read_bytes()
     train_detector(train, val, _cfg(epochs=1), tmp_path / "c")
-    ckpt = torch.load(tmp_path / "c/checkpoints/last.pt", weights_only=True)
-    assert ckpt["epoch"] == 1
-    # a different configuration never resumes from this checkpoint: had it resumed, it would have
-    # nothing left to do and would return the old history unchanged
+    ckpt = torch.load(tmp_path / "c/detector.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and len(ckpt["result"]["history"]) == 1
+    assert not any((tmp_path / "c/checkpoints").iterdir())  # finished: no resume state
+    # a different configuration never reuses this run: had it, it would have nothing left to do
+    # and would return the old history unchanged
     other = train_detector(train, val, _cfg(epochs=1, lr=5e-4), tmp_path / "c")
-    assert other["history"][0]["train_loss"] != ckpt["history"][0]["train_loss"]
+    assert other["history"][0]["train_loss"] != ckpt["result"]["history"][0]["train_loss"]
 
 
-def test_resume_continues_where_it_stopped(tiny_rows, tmp_path, capsys):
+def test_resume_continues_where_it_stopped(tiny_rows, tmp_path, capsys, monkeypatch):
+    from synthdet.training import checkpoint
+
     train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
     full = train_detector(train, val, _cfg(), tmp_path / "full")
     cfg = _cfg()
     cfg_one = _cfg(epochs=1)
     # simulate an interruption: write the 1-epoch checkpoint under the 2-epoch fingerprint
-    train_detector(train, val, cfg_one, tmp_path / "part")
+    with monkeypatch.context() as m:
+        m.setattr(checkpoint, "release_resume_state", lambda folder: None)  # keep the 1-epoch resume state
+        train_detector(train, val, cfg_one, tmp_path / "part")
     ckpt = torch.load(tmp_path / "part/checkpoints/last.pt", weights_only=True)
     ckpt["fingerprint"] = cfg.fingerprint(data_key(train, val))
     torch.save(ckpt, tmp_path / "part/checkpoints/last.pt")
@@ -140,16 +147,19 @@ def test_resume_continues_where_it_stopped(tiny_rows, tmp_path, capsys):
     assert "resuming" in capsys.readouterr().out
     assert len(resumed["history"]) == 2
     assert resumed["history"][0]["train_loss"] == full["history"][0]["train_loss"]
+    assert not any((tmp_path / "part/checkpoints").iterdir())
 
 
 def test_a_finished_identical_run_is_reused_not_trained_again(tiny_rows, tmp_path, capsys):
     train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
     first = train_detector(train, val, _cfg(), tmp_path / "first")
     capsys.readouterr()
-    done = [tmp_path / "missing", tmp_path / "first/checkpoints"]
+    done = [tmp_path / "missing/detector.pt", tmp_path / "first/detector.pt"]
     reused = train_detector(train, val, _cfg(), tmp_path / "second", reuse=done)
-    assert "checkpoints are reused" in capsys.readouterr().out
-    assert reused["history"] == first["history"]  # the same epochs, timings included: none ran again
+    assert "its weights are reused" in capsys.readouterr().out
+    # one file on disk for both runs' weights where the file system links (it does under pytest's tmp)
+    assert (tmp_path / "second/detector.pt").samefile(tmp_path / "first/detector.pt")
+    assert reused["history"] == [{k: v for k, v in h.items() if k != "images_per_s"} for h in first["history"]]
     weights = [torch.load(tmp_path / f"{run}/detector.pt", weights_only=True) for run in ("first", "second")]
     assert weights[0]["epoch"] == weights[1]["epoch"]
     assert all(torch.equal(weights[0]["model"][k], weights[1]["model"][k]) for k in weights[0]["model"])
@@ -253,9 +263,20 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tiny_r
     a = torch.load(tmp_path / "full/detector.pt", weights_only=True)
     b = torch.load(run / "detector.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    # finished: the resume state (optimiser and all) is gone, the weights are kept once
+    assert not any((run / "checkpoints").iterdir())
+    # run again: the finished run is returned, nothing trains
+    again = train_detector(train, val, cfg, run, device="cpu")
+    assert "has finished: its weights are reused" in capsys.readouterr().out
+    untimed = [{k: v for k, v in h.items() if k != "images_per_s"} for h in resumed["history"]]
+    assert again["history"] == untimed and again["best_epoch"] == resumed["best_epoch"]
+    assert torch.load(run / "detector.pt", weights_only=True)["fingerprint"] == b["fingerprint"]
 
 
-def test_detector_pt_is_the_best_validation_epoch(tiny_rows, tmp_path):
+def test_detector_pt_is_the_best_validation_epoch(tiny_rows, tmp_path, monkeypatch):
+    from synthdet.training import checkpoint
+
+    monkeypatch.setattr(checkpoint, "release_resume_state", lambda folder: None)  # keep best.pt to compare
     train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
     result = train_detector(train, val, _cfg(epochs=4), tmp_path / "r")
     aucs = [h["val_auc"] for h in result["history"]]
@@ -440,9 +461,11 @@ def test_pixel_cache_gives_the_reference_pixels_and_the_same_training(tiny_rows,
     assert len(list((tmp_path / "c2").glob("*.npy"))) == 2 and Image.open(big).size == (300, 200)
 
 
-def test_every_checkpoint_of_a_run_is_the_one_format_and_an_older_detector_says_how_to_regenerate(tiny_rows, tmp_path):
+def test_every_checkpoint_of_a_run_is_the_one_format_and_an_older_detector_says_how_to_regenerate(tiny_rows, tmp_path,
+                                                                                                 monkeypatch):
     from synthdet.training import checkpoint
 
+    monkeypatch.setattr(checkpoint, "release_resume_state", lambda folder: None)  # the resume state, as mid-run
     train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
     train_detector(train, val, _cfg(epochs=1), tmp_path / "r")
     files = [tmp_path / "r/checkpoints/last.pt", tmp_path / "r/checkpoints/best.pt", tmp_path / "r/detector.pt"]

@@ -313,7 +313,8 @@ def test_a_killed_selfcon_training_resumes_to_the_same_weights_as_an_uninterrupt
     a, b = (torch.load(ws / "artifacts/imaginet/train/selfcon/detector.pt", weights_only=True) for ws in (full, killed))
     assert a["epoch"] == b["epoch"] == 3 and a["fingerprint"] == b["fingerprint"]
     assert a["model"].keys() == b["model"].keys() and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    history = [torch.load(ws / checkpoints / "last.pt", weights_only=True)["history"] for ws in (full, killed)]
+    assert not list((killed / checkpoints).glob("*.pt"))  # finished: the resume state is gone
+    history = [a["result"]["history"], b["result"]["history"]]
     assert [h["train_loss"] for h in history[0]] == [h["train_loss"] for h in history[1]]
     scores = [pd.read_parquet(ws / "artifacts/imaginet/train/selfcon/scores.parquet") for ws in (full, killed)]
     pd.testing.assert_frame_equal(scores[0], scores[1])

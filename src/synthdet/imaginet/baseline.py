@@ -238,12 +238,13 @@ def train_config(method: str, cfg: BaselineConfig, classes: list[str], num_worke
 
 def train_method(method: str, train_rows: pd.DataFrame, calibration_rows: pd.DataFrame, cfg: BaselineConfig,
                  out_dir: Path, checkpoint_dir: Path, device: torch.device | str = "cpu",
-                 num_workers: int | str = "auto") -> dict:
+                 num_workers: int | str = "auto", release: bool = True) -> dict:
     """``method``'s run in the one loop: ``out_dir/detector.pt``, resumable per epoch from
-    ``checkpoint_dir``; what the loop returns (history, calibration with the model classes)."""
+    ``checkpoint_dir``; what the loop returns (history, calibration with the model classes).
+    ``release``: see :func:`~synthdet.training.loop.train_detector`."""
     if method not in NETWORKS:
         raise ValueError(f"imaginet.methods: unknown method {method!r} (known: {list(NETWORKS)})")
     classes = model_classes(pd.concat([train_rows, calibration_rows]), cfg.model_labels) if method == "selfcon" else []
     objective = SelfConObjective(cfg, classes) if method == "selfcon" else CrossEntropyObjective(cfg, method)
     return train_detector(train_rows, calibration_rows, train_config(method, cfg, classes, num_workers), out_dir,
-                          checkpoint_dir, device, objective=objective)
+                          checkpoint_dir, device, objective=objective, release=release)

@@ -21,7 +21,7 @@ from synthdet.fsutil import make_owned_dir, replace_owned_dir, write_json
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.training import scoring
+from synthdet.training import checkpoint, scoring
 from synthdet.training.loop import train_on_manifest
 from synthdet.training.runtime import workers_param
 
@@ -97,7 +97,8 @@ def bias_recovery(cfg: Config, out: Path, datasets: dict[str, pd.DataFrame],
     for name, debias in (("biased", None), ("debiased", cfg.variant_debias)):
         run_dir = out / "variant_runs" / name
         train_on_manifest(out / VARIANT_MANIFEST, run_dir, Path(VARIANT_CHECKPOINTS) / name, cfg.model,
-                          cfg.train_subset, cfg.train, cfg.seed, cfg.model_kwargs, device=cfg.device, debias=debias)
+                          cfg.train_subset, cfg.train, cfg.seed, cfg.model_kwargs, device=cfg.device, debias=debias,
+                          release=False)  # released when the audit is complete
         per_detector[name] = {}
         for test_name in (AS_IS, BIASED):
             test = datasets[test_name][datasets[test_name]["split"] == "test"]
@@ -156,6 +157,8 @@ def run(params: dict) -> Result:
         metrics["bias_recovery"] = {r["trained_on"]: {k: round(r[k], 4) for k in RECOVERY_METRICS}
                                     for r in recovery[recovery["subset"] == "mean"].to_dict("records")}
     write_json(metrics, Path(paths.metrics_file("audit")))
+    for name in ("biased", "debiased"):  # the audit is complete: its variant runs' resume state goes
+        checkpoint.release_resume_state(Path(VARIANT_CHECKPOINTS) / name)
     long = probes_t.melt(id_vars=["dataset", "subset"], value_vars=list(audit.PROBES), var_name="probe",
                          value_name="AUC")
     figures = {"bias scores (cross-validated AUC; 0.5 = nothing to learn)": report.bars(

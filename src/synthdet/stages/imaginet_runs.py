@@ -27,7 +27,7 @@ from synthdet.imaginet import baseline
 from synthdet.imaginet.augment import condition_names, condition_transform
 from synthdet.stages import imaginet_data, paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.training import scoring
+from synthdet.training import checkpoint, scoring
 from synthdet.training.checkpoint import load_detector
 from synthdet.training.config import TrainConfig
 from synthdet.training.loop import train_detector
@@ -132,7 +132,7 @@ def train_method(params: dict, method: str) -> Result:
         make_owned_dir(checkpoints)
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
-    result = baseline.train_method(method, train, calibration, cfg.baseline, out, checkpoints, device)
+    result = baseline.train_method(method, train, calibration, cfg.baseline, out, checkpoints, device, release=False)
     seconds = round(time.perf_counter() - t0, 1)
     net, saved = load_detector(out / DETECTOR, device)  # the tables score what was saved
     frames = []
@@ -155,6 +155,7 @@ def train_method(params: dict, method: str) -> Result:
                "train_images": len(train), "calibration_images": len(calibration), "test_images": len(test),
                "config": asdict(cfg.baseline)}
     write_json(metrics, out / "metrics.json")
+    checkpoint.release_resume_state(checkpoints)  # the outputs are complete: a crash before kept the training
     return Result(tables={"training": history, **({"calibration": pd.DataFrame(calibration_history)}
                                                    if calibration_history else {})}, metrics=metrics)
 
@@ -192,7 +193,8 @@ def train_loco(params: dict, content: str) -> Result:
         return Result(metrics={"skipped": reason}, notes=[f"not trained: {reason}"])
     train = loco_rows(rows[rows["split"] == "train"], content, cfg.train_images, cfg.seed, cfg.families)
     tc = TrainConfig(model=cfg.model, seed=cfg.seed, **cfg.train)
-    result = train_detector(train, rows[rows["split"] == "calibration"], tc, out, checkpoints, cfg.device)
+    result = train_detector(train, rows[rows["split"] == "calibration"], tc, out, checkpoints, cfg.device,
+                            release=False)
     scored = scoring.score(out / "detector.pt", test, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                            device=cfg.device, desc=f"without {content}")
     scores = test.reset_index(drop=True).assign(score=scored["fake_probability"], model=scored["model"],
@@ -200,6 +202,7 @@ def train_loco(params: dict, content: str) -> Result:
     scores.to_parquet(out / SCORES, index=False)
     metrics = {"excluded": content, "train_images": len(train), "best_epoch": result["best_epoch"]}
     write_json(metrics, out / "metrics.json")
+    checkpoint.release_resume_state(checkpoints)
     return Result(tables={"training history": pd.DataFrame(result["history"])}, metrics=metrics)
 
 

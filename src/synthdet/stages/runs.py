@@ -23,7 +23,7 @@ from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
 from synthdet.stages.paths import FULL, run_name
-from synthdet.training import scoring
+from synthdet.training import checkpoint, scoring
 from synthdet.training.loop import train_on_manifest
 from synthdet.training.runtime import workers_param
 
@@ -117,7 +117,7 @@ def run(params: dict, family: str, seed: int, model: str | None = None, subset: 
     # the run that repeats the train stage's (by default xgen@<model>-<train_subset>-<seed>) reuses it
     result = train_on_manifest(Path(paths.SPLITS), out, checkpoints, cfg.model, cfg.subset, cfg.train, cfg.seed,
                                cfg.model_kwargs, class_budget, cfg.device, cfg.debias,
-                               reuse=(Path(paths.TRAIN_CHECKPOINTS),))
+                               reuse=(Path(paths.DETECTOR),), release=False)
     table = pd.read_parquet(paths.DEGRADED)
     keep = table["condition"] == "clean"
     degraded = FAMILIES[cfg.family].degraded
@@ -132,6 +132,7 @@ def run(params: dict, family: str, seed: int, model: str | None = None, subset: 
                          class_budget=cfg.budget, train_classes=len(classes), train_images=result["train_images"],
                          seen_class=table["class"].isin(classes), best_epoch=result["best_epoch"])
     table.to_parquet(out / "scores.parquet", index=False)
+    checkpoint.release_resume_state(checkpoints)  # the outputs are complete: a crash before kept the training
     clean = metrics_table(table[table["condition"] == "clean"].dropna(subset=["score"]), ["subset"], n_bootstrap=0)
     return Result(tables={f"{cfg.name}: clean test images": clean.round(3),
                           "training history": pd.DataFrame(result["history"])},

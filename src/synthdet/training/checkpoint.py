@@ -1,17 +1,23 @@
 """The one checkpoint format and the one loader of trained detectors.
 
 Every checkpoint is a dict with ``format`` (:data:`FORMAT`), ``model`` (the weights) and the
-run's ``fingerprint`` (configuration, data, starting weights and code). ``checkpoints/last.pt``
-adds the optimiser, scaler, RNG states, epoch, history and failures: written after every epoch
-and resumed from. ``best.pt`` holds the best epoch's weights. The run's ``detector.pt`` adds its
-``config`` (the registered network's name, input size and arguments, and how it was trained),
-the calibration (``temperature``) and, for a network that identifies generators, its
-``model_classes``: :func:`load_detector` rebuilds the network from it, for every detector of the
+run's ``fingerprint`` (configuration, data, starting weights and code). While a run is
+unfinished its checkpoint folder holds ``last.pt`` (adds the optimiser, scaler, RNG states,
+epoch, history and failures: written after every epoch and resumed from) and ``best.pt`` (the
+best epoch's weights). A finished run keeps its weights once, in the run's ``detector.pt``: it
+adds the ``config`` (the registered network's name, input size and arguments, and how it was
+trained), the calibration (``temperature``), the run's ``result`` (history, failures, best epoch)
+and, for a network that identifies generators, its ``model_classes``. The resume state is then
+deleted (:func:`release_resume_state`; the fingerprint reproduces it).
+:func:`load_detector` rebuilds the network from ``detector.pt``, for every detector of the
 registry and for ImagiNet's methods alike.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,12 +30,18 @@ from synthdet.fsutil import CheckpointError, atomic_output, load_torch_file
 from synthdet.training.runtime import resolve_device
 
 FORMAT = 1  # the checkpoint format's version; a file of another is refused, saying how to regenerate it
+RESUME_STATE = ("last.pt", "best.pt")  # an unfinished run's files, deleted when it finishes
 
 
 def save(obj: dict, path: Path) -> None:
-    """torch.save of ``obj`` with the format's version, atomically: a crash never leaves half a checkpoint."""
+    """torch.save of ``obj`` with the format's version, atomically: a crash never leaves half a
+    checkpoint. Serialised in memory first: torch names the archive's folder after the file it
+    writes, so saving to the temporary file directly would give every save other bytes (and DVC
+    another hash) for the same weights."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **obj}, buffer)
     with atomic_output(path) as tmp:
-        torch.save({"format": FORMAT, **obj}, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def read_resume_checkpoint(path: Path) -> dict:
@@ -40,27 +52,51 @@ def read_resume_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{exc}. Delete it to train this run from the start.") from exc
 
 
-def adopt_finished_run(candidates: Sequence[Path], checkpoint_dir: Path, fingerprint: str, epochs: int) -> Path | None:
-    """The first of ``candidates`` (checkpoint folders of other runs) holding a finished run with
-    ``fingerprint`` (the same configuration, data, starting weights and code): its ``last.pt`` and
-    ``best.pt`` are copied into ``checkpoint_dir``, which then resumes at the end. Such a run gives
-    the same weights (training is seeded and deterministic on the CPU), so reusing it changes no
-    number; a missing, foreign, unreadable or unfinished candidate is passed over."""
-    for folder in map(Path, candidates):
-        last, best = folder / "last.pt", folder / "best.pt"
-        if not (last.is_file() and best.is_file()) or folder.resolve() == checkpoint_dir.resolve():
-            continue
+def link_or_copy(source: Path, target: Path) -> None:
+    """``target`` becomes the same file as ``source``: a hard link (no second copy on disk) where
+    the file system allows one, else a copy; atomically, replacing what was there."""
+    with atomic_output(target) as tmp:
+        tmp.unlink()
         try:
-            ckpt = load_torch_file(last, "finished run")
-        except CheckpointError:
+            os.link(source, tmp)
+        except OSError:  # another file system, or links not supported
+            shutil.copyfile(source, tmp)
+
+
+def finished_run(detector: Path, fingerprint: str) -> dict | None:
+    """The finished run saved in ``detector`` (a run's ``detector.pt``) when it has
+    ``fingerprint``; None when there is none, it is of another run or an older synthdet, or it
+    cannot be read (the run is then trained, and the file replaced)."""
+    if not Path(detector).is_file():
+        return None
+    try:
+        ckpt = load_torch_file(detector, "finished run")
+    except CheckpointError:
+        return None
+    if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fingerprint or "result" not in ckpt:
+        return None
+    return ckpt
+
+
+def adopt_finished_run(candidates: Sequence[Path], detector: Path, fingerprint: str) -> Path | None:
+    """The first of ``candidates`` (other runs' ``detector.pt``) that finished this very run (the
+    same ``fingerprint``: configuration, data, starting weights and code) becomes ``detector``
+    too (linked, else copied). Such a run gives the same weights (training is seeded and
+    deterministic on the CPU), so reusing it changes no number; a missing, foreign, unreadable or
+    other run is passed over."""
+    for source in map(Path, candidates):
+        if source.resolve() == Path(detector).resolve() or finished_run(source, fingerprint) is None:
             continue
-        if not isinstance(ckpt, dict) or ckpt.get("fingerprint") != fingerprint or ckpt.get("epoch") != epochs:
-            continue
-        for source in (best, last):  # last.pt last: a copy cut short leaves nothing to resume from
-            with atomic_output(checkpoint_dir / source.name) as tmp:
-                shutil.copyfile(source, tmp)
-        return folder
+        link_or_copy(source, detector)
+        return source
     return None
+
+
+def release_resume_state(checkpoint_dir: Path) -> None:
+    """Delete a finished run's ``last.pt`` and ``best.pt``: its weights are in its ``detector.pt``."""
+    for name in RESUME_STATE:
+        with contextlib.suppress(FileNotFoundError):
+            (Path(checkpoint_dir) / name).unlink()
 
 
 REGENERATE = ("regenerate it by running the stage that wrote it again (`dvc repro -f train`, `dvc repro -f "

@@ -81,7 +81,7 @@ def accumulate_gradients(forward: nn.Module, model: nn.Module, loss_fn: nn.Modul
 
 def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainConfig, out_dir: Path,
                    checkpoint_dir: Path | None = None, device: str | torch.device = "auto",
-                   reuse: Sequence[Path] = (), objective: Objective | None = None) -> dict:
+                   reuse: Sequence[Path] = (), objective: Objective | None = None, release: bool = True) -> dict:
     """Train ``cfg.model`` on ``train_rows``; ``out_dir/detector.pt`` gets the epoch with the best
     validation AUC (ties: the later epoch; the last epoch without validation rows, or with an
     objective that does not validate), after the objective's finishing stage.
@@ -91,9 +91,13 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     temperature calibration on ``val_rows``). Its name, configuration and code enter the fingerprint.
 
     ``checkpoint_dir`` holds ``last.pt`` (written after every epoch; a rerun with the same
-    configuration, data and code resumes from it) and ``best.pt``. ``reuse``: other runs'
-    checkpoint folders; one that finished this very run (same fingerprint) is copied here and
-    resumed at its end instead of trained again (:func:`~synthdet.training.checkpoint.adopt_finished_run`).
+    configuration, data and code resumes from it) and ``best.pt`` while the run is unfinished.
+    ``release``: delete them once ``detector.pt`` is written (a stage that scores after training
+    passes False and releases them when its outputs are complete, so a crash while scoring
+    never costs the training). A ``detector.pt`` of this very run (same fingerprint) already in
+    ``out_dir`` is returned without training. ``reuse``: other runs' ``detector.pt``; one that
+    finished this very run is linked here instead of training again
+    (:func:`~synthdet.training.checkpoint.adopt_finished_run`).
     """
     world, rank, local = dist_info()
     device = resolve_device(device, local)
@@ -133,9 +137,20 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     start_epoch, history, failures = 0, [], {}
     best = {"epoch": 0, "val_auc": None}
     last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
-    if not last_path.exists() and world == 1 and (
-            source := checkpoint.adopt_finished_run(reuse, checkpoint_dir, fingerprint, cfg.epochs)):
-        print(f"the same run (configuration, data and code) finished in {source}: its checkpoints are reused")
+    detector = out_dir / "detector.pt"
+    done = checkpoint.finished_run(detector, fingerprint)
+    if (done is None and world == 1 and not last_path.exists()
+            and (source := checkpoint.adopt_finished_run(reuse, detector, fingerprint))):
+        print(f"the same run (configuration, data and code) finished in {source}: its weights are reused")
+        done = checkpoint.finished_run(detector, fingerprint)
+    elif done is not None and rank == 0:
+        print(f"{detector}: this run (configuration, data and code) has finished: its weights are reused")
+    if done is not None:  # nothing to train
+        if release and rank == 0:
+            checkpoint.release_resume_state(checkpoint_dir)
+        if world > 1:
+            torch.distributed.barrier()
+        return done["result"]
     if last_path.exists():
         ckpt = checkpoint.read_resume_checkpoint(last_path)
         if ckpt.get("fingerprint") == fingerprint:
@@ -202,13 +217,19 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
         if best_path.exists():
             model.load_state_dict(load_torch_file(best_path, "best checkpoint")["model"])
         calibration = objective.finish(model, val_rows, cfg, device, workers)  # a kill here reruns only this
+    result = {"history": history, "failures": failures, "best_epoch": best["epoch"], "best_val_auc": best["val_auc"],
+              "calibration": calibration}
+    if rank == 0:
         config = {**asdict(cfg), **({"objective": run_objective} if run_objective else {})}
+        # the result without the epochs' timings: the same run gives the same bytes (and DVC hash)
+        kept = {**result, "history": [{k: v for k, v in h.items() if k != "images_per_s"} for h in history]}
         checkpoint.save({"model": model.state_dict(), "config": config, "fingerprint": fingerprint,
-                         **best, **calibration}, out_dir / "detector.pt")
+                         **best, **calibration, "result": kept}, detector)
+        if release:
+            checkpoint.release_resume_state(checkpoint_dir)
     if world > 1:
         torch.distributed.barrier()
-    return {"history": history, "failures": failures, "best_epoch": best["epoch"], "best_val_auc": best["val_auc"],
-            "calibration": calibration}
+    return result
 
 
 def _manifest_dataset(rows: pd.DataFrame, model: nn.Module, cfg: TrainConfig, workers: int, world: int,
@@ -248,11 +269,13 @@ def _pixel_cache(rows: pd.DataFrame, cfg: TrainConfig, augment: object, interpol
 
 def train_on_manifest(splits_path: Path, out_dir: Path, checkpoint_dir: Path, model: str, train_subset: str,
                       cfg: dict, seed: int, model_kwargs: dict | None = None, class_budget: str | None = None,
-                      device: str = "auto", debias: dict | None = None, reuse: Sequence[Path] = ()) -> dict:
+                      device: str = "auto", debias: dict | None = None, reuse: Sequence[Path] = (),
+                      release: bool = True) -> dict:
     """Train on the train split of ``train_subset`` (or "all"); ``class_budget`` ("8x20") keeps
     that many classes and images per class and label (tables 4 and 5), validating on those classes;
     ``debias`` (``data.debias``): the debiased protocol selects the train and val images and
-    prepares the training images (:mod:`synthdet.transforms.debias`); ``reuse``: see :func:`train_detector`."""
+    prepares the training images (:mod:`synthdet.transforms.debias`); ``reuse``, ``release``: see
+    :func:`train_detector`."""
     df = read_manifest(splits_path)
     if train_subset != "all" and train_subset not in set(df["subset"]):
         raise ValueError(f"train_subset {train_subset!r} not in the manifest ({sorted(set(df['subset']))})")
@@ -267,7 +290,7 @@ def train_on_manifest(splits_path: Path, out_dir: Path, checkpoint_dir: Path, mo
     if len(val_rows):
         val_rows = select_debiased(val_rows, protocol, seed, f"{train_subset} validation split", allow_empty=True)
     t0 = time.perf_counter()
-    result = train_detector(train_rows, val_rows, tc, out_dir, checkpoint_dir, device, reuse)
+    result = train_detector(train_rows, val_rows, tc, out_dir, checkpoint_dir, device, reuse, release=release)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["train_classes"] = sorted(set(train_rows["class"].dropna()))
     result["train_images"] = int((train_rows["label"] == 1).sum())  # per label; reals are as many
