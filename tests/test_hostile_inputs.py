@@ -412,3 +412,25 @@ def test_stored_entries_that_lie_about_their_size(tmp_path):
     _declare_size(z, 10)
     with SplitZip([z]) as archive, pytest.raises(DataSourceError, match="compressed size 1000 != size 10"):
         extract(archive, tmp_path / "out")
+
+
+def test_atomic_writes_give_files_the_mode_the_umask_gives(tmp_path):
+    """Every derived file is written through a temporary file (mkstemp: mode 0600); the result must
+    have the mode an ordinary write gives under the user's umask (0644 under 022), not 0600."""
+    import os
+    import stat
+
+    from synthdet.fsutil import atomic_write_bytes
+    from synthdet.training import checkpoint
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        checkpoint.save({"model": {}}, tmp_path / "b.pt")
+        (tmp_path / "plain.bin").write_bytes(b"x")
+        os.umask(0o077)
+        atomic_write_bytes(tmp_path / "private.bin", b"x")
+    finally:
+        os.umask(old)
+    mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert mode == {"a.bin": 0o644, "b.pt": 0o644, "plain.bin": 0o644, "private.bin": 0o600}
