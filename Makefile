@@ -1,5 +1,6 @@
 # make repro : set up .venv, restore data/ (verified against data.dvc), run the whole DVC pipeline
 # make test  : set up .venv, lint, run the test suite
+# make test-fast : the same without the end-to-end runs through DVC (the inner loop; CI runs make test)
 # make smoke : the whole pipeline on a tiny profile, in a scratch copy (.smoke/)
 # make paper : every table over three seeds (profiles/paper.yaml), as a DVC experiment
 # make genimage SOURCE=/path/to/GenImage : the pipeline on the real GenImage archives
@@ -12,7 +13,7 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup data repro test smoke paper genimage imaginet lab clean
+.PHONY: setup data repro test test-fast smoke paper genimage imaginet lab clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
@@ -35,7 +36,11 @@ repro: data
 
 test: setup
 	$(BIN)/ruff check src tests
-	$(BIN)/pytest -q -n 2 --dist worksteal --durations=10
+	$(BIN)/pytest -q -rs -n 2 --dist worksteal --durations=10
+
+test-fast: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/pytest -q -rs -n 2 --dist worksteal -m "not slow"
 
 smoke: data
 	$(BIN)/synthdet smoke

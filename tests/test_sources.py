@@ -29,9 +29,11 @@ def test_rcc_reader_walks_nested_dirs_and_decompresses():
 def test_rcc_reader_rejects_non_rcc_and_truncation():
     with pytest.raises(RccError, match="magic"):
         list(iter_rcc(b"PK\x03\x04" + b"\x00" * 40, name="x.rcc"))
-    blob = rcc_bytes({"d/a.bin": b"B" * 100})
-    with pytest.raises((RccError, Exception)):
-        list(iter_rcc(blob[:40], name="cut.rcc"))
+    blob = rcc_bytes({"d/a.bin": b"B" * 100, "d/e/f.txt": b"text"})
+    for cut in range(1, len(blob)):  # an archive cut anywhere: one clear error naming the file
+        with pytest.raises(RccError, match=r"^cut\.rcc: "):
+            list(iter_rcc(blob[:cut], name="cut.rcc"))
+    assert {e.path for e in iter_rcc(blob, name="whole.rcc")} == {"d/a.bin", "d/e/f.txt"}
 
 
 def _deb(tmp_path, members: dict[str, bytes]):

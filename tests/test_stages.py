@@ -67,8 +67,16 @@ def test_every_stage_config_reads_only_the_params_it_declares():
 
 
 def test_every_profile_gives_valid_stage_configs():
-    for profile in sorted((ROOT / "profiles").glob("*.yaml")):
-        _configs(cli.deep_update(PARAMS, yaml.safe_load(profile.read_text()) or {}))
+    profiles = sorted((ROOT / "profiles").glob("*.yaml"))
+    assert {p.stem for p in profiles} >= {"smoke", "paper", "genimage", "imaginet"}
+    for profile in profiles:
+        overrides = yaml.safe_load(profile.read_text()) or {}
+        configs = _configs(cli.deep_update(PARAMS, overrides))  # a bad value raises here
+        assert len(configs) == len(table.all_stages()), profile.name
+        # what the profile sets reaches the stage that reads it (train.epochs: the train stage's config)
+        if "epochs" in overrides.get("train", {}):
+            train = next(c for c in configs if type(c).__module__.endswith(".train"))
+            assert train.train["epochs"] == overrides["train"]["epochs"], profile.name
 
 
 # Imported once before the fork, so that each stage module's own import costs milliseconds; none

@@ -54,7 +54,10 @@ def iter_rcc(source: Path | bytes, name: str = "<bytes>") -> Iterator[RccEntry]:
     def node_name(index: int) -> str:
         off = names + _u32(buf, tree + index * node_size)
         length = _u16(buf, off)
-        return buf[off + 6 : off + 6 + 2 * length].decode("utf-16-be")
+        raw = buf[off + 6 : off + 6 + 2 * length]
+        if len(raw) != 2 * length:
+            raise RccError(f"{name}: the name of tree node {index} is cut short (truncated archive)")
+        return raw.decode("utf-16-be")
 
     def walk(index: int, prefix: str, depth: int) -> Iterator[RccEntry]:
         if depth > 64:
@@ -79,4 +82,8 @@ def iter_rcc(source: Path | bytes, name: str = "<bytes>") -> Iterator[RccEntry]:
             raise RccError(f"{name}: entry {prefix[:-1]} is zstd-compressed, which is not supported")
         yield RccEntry(prefix[:-1], payload)
 
-    yield from walk(0, "", 0)
+    try:
+        yield from walk(0, "", 0)
+    except (struct.error, UnicodeDecodeError, zlib.error) as exc:  # an offset or name past the end
+        raise RccError(f"{name}: truncated or corrupt Qt resource archive ({type(exc).__name__}: "
+                       f"{str(exc)[:120]})") from exc
