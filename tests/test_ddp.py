@@ -38,6 +38,9 @@ def logged(self, i):
     return getitem(self, i)
 ManifestDataset.__getitem__ = logged
 
+if os.environ.get("RANK_FOLDERS"):  # each rank in its own copy of the workspace: what it writes is its own
+    os.chdir(f"rank{rank}")
+    log = open(f"seen_rank{rank}.txt", "a")
 kill_after = int(os.environ.get("KILL_AFTER_EPOCH", "0"))
 save = checkpoint.save
 def save_then_die(obj, path):
@@ -99,7 +102,8 @@ def test_two_process_ddp_trains_disjoint_shards_writes_once_and_resumes(tmp_path
     metrics = json.loads((full / "metrics/train.json").read_text())
     assert metrics["epoch"] == EPOCHS and metrics["unreadable_images"] == 0
     assert sorted(p.name for p in (full / "artifacts/train").iterdir()) == ["checkpoints", "detector.pt"]
-    assert not any((full / "artifacts/train/checkpoints").iterdir())  # finished: no resume state left
+    # finished: no resume state left; the checkpoint folder links the detector (one file on disk)
+    assert [p.name for p in (full / "artifacts/train/checkpoints").iterdir()] == ["detector.pt"]
     assert len(pd.read_csv(full / "plots/train_history.csv")) == EPOCHS
 
     # killed after epoch 1, then started again: resumes at epoch 1 and ends with the same weights
@@ -116,6 +120,29 @@ def test_two_process_ddp_trains_disjoint_shards_writes_once_and_resumes(tmp_path
     assert a["epoch"] == b["epoch"]
     different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
     assert not different, f"resumed DDP run ends with other weights: {different[:5]}"
+
+
+def test_under_ddp_rank_0_alone_writes_outputs(tmp_path):
+    """Each rank runs in its own copy of the workspace (params and manifest; the images are shared
+    by absolute path), so a file written by rank 1 cannot hide among rank 0's."""
+    import shutil
+
+    ws = _workspace(tmp_path / "ws")
+    for rank in (0, 1):
+        for name in ("params.yaml", "artifacts/split/splits.parquet"):
+            (ws / f"rank{rank}" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ws / name, ws / f"rank{rank}" / name)
+    done = _torchrun(ws, RANK_FOLDERS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def written(rank: int) -> set[str]:
+        folder = ws / f"rank{rank}"
+        inputs = {"params.yaml", "artifacts/split/splits.parquet", f"seen_rank{rank}.txt"}
+        return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - inputs
+
+    assert written(1) == set(), f"rank 1 wrote {sorted(written(1))}"
+    assert {"artifacts/train/detector.pt", "metrics/train.json", "plots/train_history.csv"} <= written(0)
+    assert (ws / "rank1/seen_rank1.txt").read_text()  # rank 1 did train: it loaded its share of the images
 
 
 def _accumulating_rank(rank: int, init_file: str, out: str) -> None:

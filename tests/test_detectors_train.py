@@ -107,6 +107,13 @@ def tiny_rows(tmp_path):
     return pd.DataFrame(rows)
 
 
+def _finished_keeps_only_its_weights(run):
+    """A finished run: no resume state (last.pt, best.pt), and its checkpoint folder's detector.pt
+    is the output's own file (a hard link: one copy on disk)."""
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["detector.pt"]
+    assert (run / "checkpoints/detector.pt").samefile(run / "detector.pt")
+
+
 def _cfg(**kw):
     base = dict(model="resnet18", input_size=32, epochs=2, batch_size=8, lr=1e-3, num_workers=0, seed=0)
     return TrainConfig(**{**base, **kw})
@@ -122,7 +129,7 @@ def test_training_is_deterministic_and_resumes(tiny_rows, tmp_path):
     train_detector(train, val, _cfg(epochs=1), tmp_path / "c")
     ckpt = torch.load(tmp_path / "c/detector.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and len(ckpt["result"]["history"]) == 1
-    assert not any((tmp_path / "c/checkpoints").iterdir())  # finished: no resume state
+    _finished_keeps_only_its_weights(tmp_path / "c")
     # a different configuration never reuses this run: had it, it would have nothing left to do
     # and would return the old history unchanged
     other = train_detector(train, val, _cfg(epochs=1, lr=5e-4), tmp_path / "c")
@@ -147,7 +154,7 @@ def test_resume_continues_where_it_stopped(tiny_rows, tmp_path, capsys, monkeypa
     assert "resuming" in capsys.readouterr().out
     assert len(resumed["history"]) == 2
     assert resumed["history"][0]["train_loss"] == full["history"][0]["train_loss"]
-    assert not any((tmp_path / "part/checkpoints").iterdir())
+    _finished_keeps_only_its_weights(tmp_path / "part")
 
 
 def test_a_finished_identical_run_is_reused_not_trained_again(tiny_rows, tmp_path, capsys):
@@ -263,11 +270,13 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tiny_r
     a = torch.load(tmp_path / "full/detector.pt", weights_only=True)
     b = torch.load(run / "detector.pt", weights_only=True)
     assert a["epoch"] == b["epoch"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    # finished: the resume state (optimiser and all) is gone, the weights are kept once
-    assert not any((run / "checkpoints").iterdir())
-    # run again: the finished run is returned, nothing trains
+    _finished_keeps_only_its_weights(run)
+    # run again with the output deleted (as DVC does before a rerun): the checkpoint folder's link
+    # gives the finished run back, nothing trains
+    (run / "detector.pt").unlink()
     again = train_detector(train, val, cfg, run, device="cpu")
-    assert "has finished: its weights are reused" in capsys.readouterr().out
+    assert "checkpoints/detector.pt: this run (configuration, data and code) has finished" in capsys.readouterr().out
+    _finished_keeps_only_its_weights(run)
     untimed = [{k: v for k, v in h.items() if k != "images_per_s"} for h in resumed["history"]]
     assert again["history"] == untimed and again["best_epoch"] == resumed["best_epoch"]
     assert torch.load(run / "detector.pt", weights_only=True)["fingerprint"] == b["fingerprint"]
@@ -483,3 +492,21 @@ def test_the_loop_refuses_a_network_trained_with_its_own_objective(tiny_rows, tm
     cfg = _cfg(model="imaginet_selfcon", model_kwargs={"backbone": "resnet18", "nodown": False, "n_models": 1})
     with pytest.raises(ValueError, match=r"imaginet_selfcon is trained with its own objective \(selfcon\)"):
         train_detector(tiny_rows, tiny_rows.iloc[:0], cfg, tmp_path / "s")
+
+
+def test_an_edit_to_one_detector_changes_only_its_own_runs_fingerprints(monkeypatch):
+    """A run's code fingerprint holds the loop's code and its own detector's, not every registered
+    detector's: after an edit to F3Net's file the ResNet-50 and NPR runs keep their fingerprints
+    (a rerun takes their finished weights), F3Net's runs train again; an edit to the loop moves all."""
+    from pathlib import Path
+
+    def fingerprints() -> dict[str, str]:
+        return {m: TrainConfig(model=m, input_size=32).fingerprint("k") for m in ("resnet50", "f3net", "npr")}
+
+    before = fingerprints()
+    read = Path.read_bytes
+    for edited, moved in (("f3net.py", {"f3net"}), ("loop.py", set(before))):
+        monkeypatch.setattr(Path, "read_bytes", lambda self, edited=edited: read(self) + b"#"
+                            if self.name == edited else read(self))
+        after = fingerprints()
+        assert {m for m in before if after[m] != before[m]} == moved, edited

@@ -81,6 +81,25 @@ def test_a_pickled_object_in_a_checkpoint_is_refused_and_never_runs(tmp_path, na
     assert not proof.exists()
 
 
+def test_a_pickled_object_is_refused_through_every_weights_path_and_never_runs(tmp_path):
+    """Not a grep: a hostile file through each path a user or a package hands weights in."""
+    from synthdet.datasets.embedded.generators.pretrained import load_gan_face, load_omniart_eyes
+    from synthdet.detectors import create_detector
+
+    proof = tmp_path / "proof.txt"
+    hostile = tmp_path / "weights.pt"
+    torch.save({"model": {"fc.weight": torch.zeros(1, 2)}, "netG_state_dict": _RunsCode(proof)}, hostile)
+    loads = {"train.weights (a whole detector)": lambda: create_detector("resnet18", img_size=32, weights=str(hostile)),
+             "train.pretrained (a local backbone file)": lambda: create_detector("resnet18", img_size=32,
+                                                                                 pretrained=str(hostile)),
+             "gan_face generator": lambda: load_gan_face(str(hostile)),
+             "omniart_eyes generator": lambda: load_omniart_eyes(str(hostile))}
+    for what, load in loads.items():
+        with pytest.raises(CheckpointError, match=r"weights.pt: refused to load this .*could run code"):
+            load()
+        assert not proof.exists(), what
+
+
 def test_no_weights_only_false_anywhere_in_the_package():
     src = Path(__file__).resolve().parents[1] / "src"
     unsafe = "weights_only=" + "False"  # spelled in two parts so that `git grep` finds it nowhere

@@ -201,6 +201,16 @@ def _every_finished_run_keeps_its_weights_once(ws: Path) -> None:
     assert len(detectors) >= 8 and all(p.stat().st_nlink >= 2 for p in detectors)  # linked, not copied
     assert (ws / "artifacts/runs/xgen/resnet50__ldm__s0/detector.pt").samefile(ws / "artifacts/train/detector.pt")
     assert (ws / "artifacts/train/detector.pt").stat().st_mode & 0o222 == 0  # DVC protects a linked output
+    # the checkpoint folder keeps the finished run as a link to the same file: a forced rerun (DVC
+    # deletes the output folder first) takes it instead of training, and scores the same
+    run = "zoo/npr__ldm__s0"
+    assert (ws / "artifacts/checkpoints" / run / "detector.pt").samefile(ws / "artifacts/runs" / run / "detector.pt")
+    before = pd.read_parquet(ws / "artifacts/runs" / run / "scores.parquet")
+    _dvc(ws, "repro", "-f", "-s", "zoo@npr-0")
+    report = (ws / "reports/runs" / f"{run}.ipynb").read_text()
+    assert "checkpoints/zoo/npr__ldm__s0/detector.pt: this run (configuration, data and code) has finished" in report
+    after = pd.read_parquet(ws / "artifacts/runs" / run / "scores.parquet")
+    pd.testing.assert_frame_equal(after.drop(columns="train_seconds"), before.drop(columns="train_seconds"))
 
 
 def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:

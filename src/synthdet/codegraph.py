@@ -54,9 +54,11 @@ def direct_imports(path: Path, module: str) -> set[str]:
 
 
 @functools.cache
-def import_closure(module: str) -> tuple[Path, ...]:
+def import_closure(module: str, opaque: tuple[str, ...] = ()) -> tuple[Path, ...]:
     """Files of every synthdet module ``module`` imports, transitively, with the ``__init__.py``
-    of each package on the way (Python runs them on import)."""
+    of each package on the way (Python runs them on import). ``opaque``: packages whose
+    ``__init__.py`` counts as a file of its own but whose imports are not followed (the detector
+    registry's package imports every detector to register it; a run executes only its own)."""
     seen: dict[str, Path] = {}
     pending = [module]
     while pending:
@@ -68,7 +70,8 @@ def import_closure(module: str) -> tuple[Path, ...]:
             if path is None or parent in seen:
                 continue
             seen[parent] = path
-            pending.extend(direct_imports(path, parent))
+            if parent not in opaque:
+                pending.extend(direct_imports(path, parent))
     return tuple(sorted(set(seen.values())))
 
 

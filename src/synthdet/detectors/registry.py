@@ -30,6 +30,12 @@ def register_detector(name: str, listed: bool = True) -> Callable[[Callable[...,
     return wrap
 
 
+def builder_module(name: str) -> str:
+    """The module whose code builds ``name``: its registered builder's, or the timm wrapper's for
+    any other timm name (what a run's code fingerprint hashes besides the loop)."""
+    return _REGISTRY[name].__module__ if name in _REGISTRY else TimmDetector.__module__
+
+
 def list_detectors() -> list[str]:
     return sorted(set(_REGISTRY) - _UNLISTED)
 

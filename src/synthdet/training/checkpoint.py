@@ -8,7 +8,9 @@ best epoch's weights). A finished run keeps its weights once, in the run's ``det
 adds the ``config`` (the registered network's name, input size and arguments, and how it was
 trained), the calibration (``temperature``), the run's ``result`` (history, failures, best epoch)
 and, for a network that identifies generators, its ``model_classes``. The resume state is then
-deleted (:func:`release_resume_state`; the fingerprint reproduces it).
+deleted (:func:`release_resume_state`; the fingerprint reproduces it), and the checkpoint folder
+keeps a hard link to ``detector.pt`` (:func:`keep_finished`: the same file, no second copy), from
+which a rerun of the same run takes its weights instead of training.
 :func:`load_detector` rebuilds the network from ``detector.pt``, for every detector of the
 registry and for ImagiNet's methods alike.
 """
@@ -92,8 +94,28 @@ def adopt_finished_run(candidates: Sequence[Path], detector: Path, fingerprint: 
     return None
 
 
+def keep_finished(detector: Path, checkpoint_dir: Path) -> bool:
+    """Hard-link a finished run's ``detector`` into its (persisted) checkpoint folder, so that a
+    rerun finds it after DVC has deleted the output folder (a forced rerun, an edited dependency,
+    a crash while scoring) and trains nothing. A link only, never a copy: where the file system
+    cannot link, nothing is kept (no second copy on disk) and False is returned."""
+    kept = Path(checkpoint_dir) / "detector.pt"
+    if kept.exists() and kept.samefile(detector):
+        return True
+    with contextlib.suppress(FileNotFoundError):
+        kept.unlink()  # another run's (another fingerprint): replaced by this one
+    try:
+        with atomic_output(kept) as tmp:
+            tmp.unlink()
+            os.link(detector, tmp)
+    except OSError:
+        return False
+    return True
+
+
 def release_resume_state(checkpoint_dir: Path) -> None:
-    """Delete a finished run's ``last.pt`` and ``best.pt``: its weights are in its ``detector.pt``."""
+    """Delete a finished run's ``last.pt`` and ``best.pt``: its weights are in its ``detector.pt``
+    (linked into the checkpoint folder by :func:`keep_finished`)."""
     for name in RESUME_STATE:
         with contextlib.suppress(FileNotFoundError):
             (Path(checkpoint_dir) / name).unlink()

@@ -14,7 +14,8 @@ import pandas as pd
 from synthdet.codegraph import import_closure
 from synthdet.fsutil import file_digest
 
-LOOP_MODULE = "synthdet.training.loop"  # its import graph is everything a training run executes
+LOOP_MODULE = "synthdet.training.loop"  # its import graph, with the run's detector's, is what a run executes
+DETECTORS = "synthdet.detectors"  # the registry's package: imports every detector, a run uses one
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -55,25 +56,33 @@ class TrainConfig:
         counts with the loop's; none for the loop's own binary cross-entropy."""
         keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "pixel_cache")}  # same results
         pretrained = self.pretrained if start is None else start
-        if objective is None:
-            return run_fingerprint(keep, data_key, [pretrained, self.weights])
-        code = code_hash(objective_module or LOOP_MODULE)
-        return run_fingerprint({**keep, "objective": objective, "objective_code": code}, data_key,
+        config = keep if objective is None else {**keep, "objective": objective}
+        return run_fingerprint(config, data_key, training_code(self.model, objective_module),
                                [pretrained, self.weights])
 
 
-def run_fingerprint(config: dict, data_key: str, starts: Sequence[object] = (), module: str = LOOP_MODULE) -> str:
-    """A run's identity: its ``config`` (only what changes results), its data, the content of its
-    starting weight files (entries of ``starts`` that are files) and the code of ``module``'s import graph."""
+def run_fingerprint(config: dict, data_key: str, code: str, starts: Sequence[object] = ()) -> str:
+    """A run's identity: its ``config`` (only what changes results), its data, the hash of the
+    code it executes (:func:`training_code`) and the content of its starting weight files (entries
+    of ``starts`` that are files)."""
     digests = [file_digest(p) for p in starts if isinstance(p, str) and Path(p).is_file()]
-    return hashlib.sha256(json.dumps([config, data_key, code_hash(module), digests], sort_keys=True).encode()
+    return hashlib.sha256(json.dumps([config, data_key, code, digests], sort_keys=True).encode()
                           ).hexdigest()[:16]
 
 
-def code_hash(module: str = LOOP_MODULE) -> str:
-    """The source of everything a training run executes (the import graph of ``module``, by
-    default the training loop's)."""
-    return hashlib.sha256(b"".join(f.read_bytes() for f in import_closure(module))).hexdigest()
+def training_code(model: str, objective_module: str | None = None) -> str:
+    """sha256 of the source a run of ``model`` executes: the import graphs of the training loop,
+    of the objective's module (ImagiNet's methods) and of the module that builds ``model``, with
+    the detector registry's package counted as its own file only. Another detector's file is not
+    in it: an edit to F3Net's code leaves the ResNet-50 runs' fingerprints, and their finished
+    weights, as they are."""
+    from synthdet.detectors.registry import builder_module
+
+    files: set[Path] = set()
+    for module in (LOOP_MODULE, objective_module, builder_module(model)):
+        if module:
+            files |= set(import_closure(module, opaque=(DETECTORS,)))
+    return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(files))).hexdigest()
 
 
 def data_key(train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> str:

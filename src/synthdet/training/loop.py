@@ -93,9 +93,9 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     ``checkpoint_dir`` holds ``last.pt`` (written after every epoch; a rerun with the same
     configuration, data and code resumes from it) and ``best.pt`` while the run is unfinished.
     ``release``: delete them once ``detector.pt`` is written (a stage that scores after training
-    passes False and releases them when its outputs are complete, so a crash while scoring
-    never costs the training). A ``detector.pt`` of this very run (same fingerprint) already in
-    ``out_dir`` is returned without training. ``reuse``: other runs' ``detector.pt``; one that
+    passes False and releases them when its outputs are complete). The checkpoint folder then
+    keeps a hard link to ``detector.pt``; a ``detector.pt`` of this very run (same fingerprint)
+    in ``out_dir`` or there is returned without training. ``reuse``: other runs' ``detector.pt``; one that
     finished this very run is linked here instead of training again
     (:func:`~synthdet.training.checkpoint.adopt_finished_run`).
     """
@@ -137,17 +137,24 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     start_epoch, history, failures = 0, [], {}
     best = {"epoch": 0, "val_auc": None}
     last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
-    detector = out_dir / "detector.pt"
+    detector, kept = out_dir / "detector.pt", checkpoint_dir / "detector.pt"
     done = checkpoint.finished_run(detector, fingerprint)
-    if (done is None and world == 1 and not last_path.exists()
+    if done is not None:
+        if rank == 0:
+            print(f"{detector}: this run (configuration, data and code) has finished: its weights are reused")
+    elif (done := checkpoint.finished_run(kept, fingerprint)) is not None:  # the output was deleted, not the run
+        if rank == 0:
+            print(f"{kept}: this run (configuration, data and code) has finished: its weights are reused")
+            checkpoint.link_or_copy(kept, detector)
+    elif (world == 1 and not last_path.exists()
             and (source := checkpoint.adopt_finished_run(reuse, detector, fingerprint))):
         print(f"the same run (configuration, data and code) finished in {source}: its weights are reused")
         done = checkpoint.finished_run(detector, fingerprint)
-    elif done is not None and rank == 0:
-        print(f"{detector}: this run (configuration, data and code) has finished: its weights are reused")
     if done is not None:  # nothing to train
-        if release and rank == 0:
-            checkpoint.release_resume_state(checkpoint_dir)
+        if rank == 0:
+            checkpoint.keep_finished(detector, checkpoint_dir)
+            if release:
+                checkpoint.release_resume_state(checkpoint_dir)
         if world > 1:
             torch.distributed.barrier()
         return done["result"]
@@ -222,9 +229,10 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     if rank == 0:
         config = {**asdict(cfg), **({"objective": run_objective} if run_objective else {})}
         # the result without the epochs' timings: the same run gives the same bytes (and DVC hash)
-        kept = {**result, "history": [{k: v for k, v in h.items() if k != "images_per_s"} for h in history]}
+        untimed = {**result, "history": [{k: v for k, v in h.items() if k != "images_per_s"} for h in history]}
         checkpoint.save({"model": model.state_dict(), "config": config, "fingerprint": fingerprint,
-                         **best, **calibration, "result": kept}, detector)
+                         **best, **calibration, "result": untimed}, detector)
+        checkpoint.keep_finished(detector, checkpoint_dir)
         if release:
             checkpoint.release_resume_state(checkpoint_dir)
     if world > 1:
