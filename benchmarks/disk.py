@@ -17,7 +17,7 @@ import os
 import subprocess
 from pathlib import Path
 
-PARTS = (".venv", ".dvc/cache", "artifacts", "data", "reports", ".git")  # then "other": the rest
+PARTS = (".venv", "artifacts", "data", "reports", ".dvc/cache", ".git")  # then "other": the rest
 
 
 def _files(root: Path):  # noqa: ANN202
@@ -31,36 +31,47 @@ def _files(root: Path):  # noqa: ANN202
             yield path, st
 
 
+def _part(rel: str) -> str:
+    return next((p for p in PARTS if rel == p or rel.startswith(p + "/")), "other")
+
+
 def measure(clone: Path) -> dict:
+    """``alone``: each part as ``du -s <part>`` counts it (a file linked into DVC's cache counts in
+    both); ``once``: each file counted once, in the first part of PARTS holding it (outputs before
+    the cache), so that these add up to what the clone takes on disk."""
     seen: set[tuple[int, int]] = set()
-    sizes = {part: 0 for part in (*PARTS, "other")}
+    seen_in: dict[str, set[tuple[int, int]]] = {part: set() for part in (*PARTS, "other")}
+    alone = dict.fromkeys(seen_in, 0)
+    once = dict.fromkeys(seen_in, 0)
     weights = {"files": 0, "bytes": 0, "resume_state_files": 0, "linked_files": 0}
-    checkpoints = 0
-    for path, st in _files(clone):
-        key = (st.st_dev, st.st_ino)
+    weight_inodes: set[tuple[int, int]] = set()
+    order = {part: i for i, part in enumerate((*PARTS, "other"))}
+    files = sorted(_files(clone), key=lambda f: order[_part(f[0].relative_to(clone).as_posix())])
+    for path, st in files:  # in the order of PARTS: a linked output counts as an output, not as cache
+        key, size = (st.st_dev, st.st_ino), st.st_blocks * 512  # what the file takes on disk, as du counts it
         rel = path.relative_to(clone).as_posix()
-        if path.suffix == ".pt" and rel.startswith("artifacts/"):
+        part = _part(rel)
+        if key not in seen_in[part]:
+            seen_in[part].add(key)
+            alone[part] += size
+        if key not in seen:
+            seen.add(key)
+            once[part] += size
+        if path.suffix == ".pt" and part == "artifacts":
             weights["files"] += 1
             weights["resume_state_files"] += path.name in ("last.pt", "best.pt")
             weights["linked_files"] += st.st_nlink > 1
-            if key not in seen:
-                weights["bytes"] += st.st_blocks * 512
-        if key in seen:
-            continue
-        seen.add(key)
-        part = next((p for p in PARTS if rel == p or rel.startswith(p + "/")), "other")
-        sizes[part] += st.st_blocks * 512  # what the file takes on disk, as du counts it
-        if rel.startswith("artifacts/") and "/checkpoints/" in f"/{rel}":
-            checkpoints += st.st_blocks * 512
-    gib = {part: round(b / 2**30, 2) for part, b in sizes.items()}
+            if key not in weight_inodes:
+                weight_inodes.add(key)
+                weights["bytes"] += size
     commit = subprocess.run(["git", "-C", str(clone), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     config = configparser.ConfigParser()
     config.read(clone / ".dvc/config")
     cache_type = config.get("cache", "type", fallback="").strip('"')
+    gib = lambda sizes: {part: round(b / 2**30, 2) for part, b in sizes.items()}  # noqa: E731
     return {"date": datetime.date.today().isoformat(), "commit": commit, "dvc_cache_type": cache_type or "copy",
-            "gib": gib, "total_gib": round(sum(sizes.values()) / 2**30, 2),
-            "checkpoint_folders_gib": round(checkpoints / 2**30, 2),
+            "gib_alone": gib(alone), "gib_once": gib(once), "total_gib": round(sum(once.values()) / 2**30, 2),
             "weight_files_in_artifacts": {**weights, "gib": round(weights["bytes"] / 2**30, 2)}}
 
 

@@ -80,17 +80,24 @@ def finished_run(detector: Path, fingerprint: str) -> dict | None:
     return ckpt
 
 
-def adopt_finished_run(candidates: Sequence[Path], detector: Path, fingerprint: str) -> Path | None:
-    """The first of ``candidates`` (other runs' ``detector.pt``) that finished this very run (the
-    same ``fingerprint``: configuration, data, starting weights and code) becomes ``detector``
-    too (linked, else copied). Such a run gives the same weights (training is seeded and
-    deterministic on the CPU), so reusing it changes no number; a missing, foreign, unreadable or
-    other run is passed over."""
-    for source in map(Path, candidates):
-        if source.resolve() == Path(detector).resolve() or finished_run(source, fingerprint) is None:
+def reuse_finished(detector: Path, checkpoint_dir: Path, candidates: Sequence[Path], fingerprint: str,
+                   main: bool = True) -> dict | None:
+    """This very run, finished (the same ``fingerprint``: configuration, data, starting weights and
+    code): its ``detector``, else its checkpoint folder's link to it (the output was deleted, as DVC
+    does before a rerun), else one of ``candidates`` (other runs' ``detector.pt``); the one found
+    is linked to ``detector`` (by the ``main`` process). Such a run gives the same weights
+    (training is seeded and deterministic on the CPU), so reusing it changes no number. None: the
+    run trains. A missing, foreign, unreadable or other run's file is passed over."""
+    sources = [Path(detector), Path(checkpoint_dir) / "detector.pt",
+               *(c for c in map(Path, candidates) if c.resolve() != Path(detector).resolve())]
+    for source in sources:
+        if (done := finished_run(source, fingerprint)) is None:
             continue
-        link_or_copy(source, detector)
-        return source
+        if main:
+            print(f"{source}: this run (configuration, data and code) has finished: its weights are reused")
+            if source != Path(detector):
+                link_or_copy(source, detector)
+        return done
     return None
 
 

@@ -97,7 +97,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     keeps a hard link to ``detector.pt``; a ``detector.pt`` of this very run (same fingerprint)
     in ``out_dir`` or there is returned without training. ``reuse``: other runs' ``detector.pt``; one that
     finished this very run is linked here instead of training again
-    (:func:`~synthdet.training.checkpoint.adopt_finished_run`).
+    (:func:`~synthdet.training.checkpoint.reuse_finished`).
     """
     world, rank, local = dist_info()
     device = resolve_device(device, local)
@@ -137,19 +137,9 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     start_epoch, history, failures = 0, [], {}
     best = {"epoch": 0, "val_auc": None}
     last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
-    detector, kept = out_dir / "detector.pt", checkpoint_dir / "detector.pt"
-    done = checkpoint.finished_run(detector, fingerprint)
-    if done is not None:
-        if rank == 0:
-            print(f"{detector}: this run (configuration, data and code) has finished: its weights are reused")
-    elif (done := checkpoint.finished_run(kept, fingerprint)) is not None:  # the output was deleted, not the run
-        if rank == 0:
-            print(f"{kept}: this run (configuration, data and code) has finished: its weights are reused")
-            checkpoint.link_or_copy(kept, detector)
-    elif (world == 1 and not last_path.exists()
-            and (source := checkpoint.adopt_finished_run(reuse, detector, fingerprint))):
-        print(f"the same run (configuration, data and code) finished in {source}: its weights are reused")
-        done = checkpoint.finished_run(detector, fingerprint)
+    detector = out_dir / "detector.pt"
+    done = checkpoint.reuse_finished(detector, checkpoint_dir, reuse if world == 1 and not last_path.exists() else (),
+                                     fingerprint, rank == 0)
     if done is not None:  # nothing to train
         if rank == 0:
             checkpoint.keep_finished(detector, checkpoint_dir)
