@@ -287,7 +287,7 @@ def test_detector_pt_is_the_best_validation_epoch(tiny_rows, tmp_path, monkeypat
 
     monkeypatch.setattr(checkpoint, "release_resume_state", lambda folder: None)  # keep best.pt to compare
     train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
-    result = train_detector(train, val, _cfg(epochs=4), tmp_path / "r")
+    result = train_detector(train, val, _cfg(epochs=4, weights_dtype="float32"), tmp_path / "r")
     aucs = [h["val_auc"] for h in result["history"]]
     best = max(i for i, a in enumerate(aucs) if a == max(aucs)) + 1  # ties: the later epoch
     saved = torch.load(tmp_path / "r/detector.pt", weights_only=True)
@@ -295,6 +295,37 @@ def test_detector_pt_is_the_best_validation_epoch(tiny_rows, tmp_path, monkeypat
     model, cfg = load_detector(tmp_path / "r/detector.pt")
     best_state = torch.load(tmp_path / "r/checkpoints/best.pt", weights_only=True)["model"]
     assert all(torch.equal(v, best_state[k]) for k, v in model.state_dict().items())
+
+
+def test_detector_pt_stores_half_precision_weights_and_is_calibrated_as_stored(tiny_rows, tmp_path, monkeypatch):
+    """train.weights_dtype float16 (the default): the parameters are stored as float16 (half the
+    file), BatchNorm's statistics as float32; the loaded network is the best epoch rounded to
+    float16, and the calibration in detector.pt is what that network gives, not the float32 one."""
+    from synthdet.training import checkpoint, scoring
+
+    monkeypatch.setattr(checkpoint, "release_resume_state", lambda folder: None)  # keep best.pt to compare
+    train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
+    cfg = _cfg(epochs=2)
+    assert cfg.weights_dtype == "float16"
+    train_detector(train, val, cfg, tmp_path / "half")
+    train_detector(train, val, _cfg(epochs=2, weights_dtype="float32"), tmp_path / "full")
+    saved = torch.load(tmp_path / "half/detector.pt", weights_only=True)
+    model, _ = load_detector(tmp_path / "half/detector.pt")
+    params = {name for name, _ in model.named_parameters()}
+    assert {saved["model"][k].dtype for k in params} == {torch.float16}
+    assert {v.dtype for k, v in saved["model"].items() if k not in params and v.is_floating_point()} == {torch.float32}
+    best = torch.load(tmp_path / "half/checkpoints/best.pt", weights_only=True)["model"]
+    assert any(not torch.equal(best[k], best[k].half().float()) for k in params)  # the rounding is real
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, best[k].half().float() if k in params else best[k]), k
+    calibration = scoring.calibrate(model, val, cfg, torch.device("cpu"), 0)
+    assert {k: saved[k] for k in calibration} == calibration
+    full = torch.load(tmp_path / "full/detector.pt", weights_only=True)
+    assert saved["fingerprint"] != full["fingerprint"]  # another run: never reused for the other
+    size = {k: (tmp_path / k / "detector.pt").stat().st_size for k in ("half", "full")}
+    assert size["half"] < 0.55 * size["full"]
+    with pytest.raises(ValueError, match="weights_dtype 'bfloat16'"):
+        _cfg(weights_dtype="bfloat16")
 
 
 def test_unreadable_images_are_counted_across_dataloader_workers(tiny_rows, tmp_path):
@@ -313,7 +344,8 @@ def test_train_weights_are_the_starting_point(tiny_rows, tmp_path):
     assert all(torch.equal(a, b) for a, b in pairs)
     # through training: with a zero learning rate the trained weights are the checkpoint's
     train_detector(tiny_rows.iloc[:16], tiny_rows.iloc[16:], _cfg(epochs=1, lr=0.0, weight_decay=0.0,
-                                                                  weights=str(tmp_path / "start.pt")), tmp_path / "t")
+                                                                  weights=str(tmp_path / "start.pt"),
+                                                                  weights_dtype="float32"), tmp_path / "t")
     trained, _ = load_detector(tmp_path / "t/detector.pt")
     assert all(torch.equal(p, q) for p, q in zip(donor.parameters(), trained.parameters(), strict=True))
     scratch = create_detector("resnet18", img_size=32)
@@ -383,7 +415,7 @@ def test_pretrained_weights_are_where_training_starts(tiny_rows, tmp_path):
 
     state = _distinct(timm.create_model("resnet18"))
     torch.save(state, tmp_path / "resnet18.pth")
-    cfg = _cfg(epochs=1, lr=0.0, weight_decay=0.0, pretrained=str(tmp_path / "resnet18.pth"))
+    cfg = _cfg(epochs=1, lr=0.0, weight_decay=0.0, pretrained=str(tmp_path / "resnet18.pth"), weights_dtype="float32")
     train_detector(tiny_rows.iloc[:16], tiny_rows.iloc[16:], cfg, tmp_path / "t")
     trained, saved_cfg = load_detector(tmp_path / "t/detector.pt")
     assert saved_cfg["pretrained"] == str(tmp_path / "resnet18.pth")

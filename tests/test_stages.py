@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from synthdet import cli
-from synthdet.codegraph import import_closure
+from synthdet.codegraph import DETECTORS, import_closure
 from synthdet.data.dataset import IMAGENET_MEAN, IMAGENET_STD, make_transform
 from synthdet.data.imageio import fit_to_input
 from synthdet.genimage.tables import over_seeds, wide
@@ -117,11 +117,69 @@ def test_each_stage_depends_on_every_file_it_imports_at_run_time():
     for stage in table.all_stages():
         loaded = loaded_by[stage.module]
         assert loaded, f"importing {stage.module} failed in its forked process:\n{child.stderr[-3000:]}"
-        declared = {str(p) for p in import_closure(stage.module)}
+        declared = {str(p) for p in import_closure(stage.module, () if stage.detectors is None else (DETECTORS,))}
+        if stage.detectors is not None:  # what only the registry's package imports: the detector_code files
+            declared |= {str(p) for p in import_closure(DETECTORS)}
         missing = sorted(set(loaded) - declared)
         assert not missing, f"{stage.name} imports {missing} but does not depend on them"
         deps = set(stage.entry()["deps"])
         assert {f for f in stage.source_files()} <= deps and (stage.notebook in deps or stage.cli)
+
+
+def test_an_edit_to_one_detector_reruns_only_the_stages_that_build_it(tmp_path, monkeypatch):
+    """NPR's file is a dependency of no stage but detector_code (and imaginet_tables, which times
+    every detector); an edit to it changes only NPR's detector_code file, which only the runs that
+    build NPR depend on. An edit to the code every timm network shares moves each such file."""
+    from synthdet.stages import detector_code
+
+    stages = {s.name: s.entry() for s in table.all_stages()}
+    assert {n for n, e in stages.items() if "src/synthdet/detectors/npr.py" in e["deps"]} == {
+        "detector_code", "imaginet_tables"}
+    assert "artifacts/detector_code/${item.model}" in stages["zoo"]["deps"]
+    assert "artifacts/detector_code/${model}" in stages["train"]["deps"]
+    cfg = detector_code.Config.from_params(PARAMS)
+    assert {"npr", "resnet50", "imaginet_selfcon", *PARAMS["tables"]["detectors"]} <= set(cfg.names)
+
+    def code() -> dict[str, dict]:
+        return {name: detector_code.builder_code(name) for name in cfg.names}
+
+    before = code()
+    read = Path.read_bytes
+    for edited, moved in (("npr.py", {"npr"}), ("timm_backbones.py", {"resnet50", "deit_s", "swin_t"})):
+        monkeypatch.setattr(Path, "read_bytes", lambda self, edited=edited: read(self) + b"#"
+                            if self.name == edited else read(self))
+        after = code()
+        assert {n for n in before if after[n] != before[n]} == moved, edited
+    monkeypatch.undo()
+    # the stage writes one file per name, inside its own folder
+    monkeypatch.chdir(tmp_path)
+    detector_code.run(PARAMS)
+    written = json.loads((tmp_path / paths.detector_code("npr")).read_text())
+    assert written == before["npr"] and "src/synthdet/detectors/npr.py" in written["files"]
+
+
+def test_dvc_reruns_only_the_stage_whose_file_in_a_folder_output_changed(tmp_path):
+    """What detector_code relies on, with the DVC installed: a stage that depends on one file of
+    another stage's folder output reruns when that file changes, not when a sibling does."""
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([*dvc, "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "params.yaml").write_text("names: [a, b]\n")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "code": {"cmd": "mkdir -p code && cp src_a code/a && cp src_b code/b", "deps": ["src_a", "src_b"],
+                 "outs": ["code"]},
+        "use": {"matrix": {"name": "${names}"}, "cmd": "cp code/${item.name} out_${item.name}",
+                "deps": ["code/${item.name}"], "outs": ["out_${item.name}"]}}}))
+    for name in "ab":
+        (tmp_path / f"src_{name}").write_text("1")
+
+    def repro() -> set[str]:
+        out = subprocess.run([*dvc, "repro"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+    assert repro() == {"code", "use@a", "use@b"}
+    (tmp_path / "src_a").write_text("2")
+    assert repro() == {"code", "use@a"}
 
 
 def test_run_names_are_spelled_once_and_never_collide():

@@ -10,6 +10,9 @@ import importlib.util
 from pathlib import Path
 
 PACKAGE = "synthdet"
+# the detector registry's package: its __init__ imports every detector so that each registers itself,
+# while a run builds one; closures that follow a single detector name it ``opaque``
+DETECTORS = "synthdet.detectors"
 
 
 @functools.cache

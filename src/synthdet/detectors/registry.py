@@ -36,6 +36,11 @@ def builder_module(name: str) -> str:
     return _REGISTRY[name].__module__ if name in _REGISTRY else TimmDetector.__module__
 
 
+def registered_names() -> list[str]:
+    """Every registered name, ImagiNet's networks (unlisted) too."""
+    return sorted(_REGISTRY)
+
+
 def list_detectors() -> list[str]:
     return sorted(set(_REGISTRY) - _UNLISTED)
 

@@ -34,7 +34,7 @@ STAGE = Stage(
             "evaluate.batch_size", "evaluate.num_workers", "device"),
     deps=(paths.SPLITS, paths.DETECTOR), outs=(Out(paths.AUDIT), Out(VARIANT_CHECKPOINTS, cache=False, persist=True)),
     metrics=(paths.metrics_file("audit"),),
-    plots=(BIAS_PLOT, COUNTERFACTUAL_PLOT, RECOVERY_PLOT),
+    plots=(BIAS_PLOT, COUNTERFACTUAL_PLOT, RECOVERY_PLOT), detectors=("${model}",),
 )
 RECOVERY_METRICS = ("clean_acc", "clean_real_acc", "clean_fake_acc", "clean_auc", "biased_acc", "biased_auc")
 VARIANT_MANIFEST = "biased_variant_manifest.parquet"

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from synthdet.codegraph import import_closure, repo_relative
+from synthdet.codegraph import DETECTORS, import_closure, repo_relative
+from synthdet.stages import paths
 
 PARAMS_FILE = "params.yaml"
 # params keys that were renamed: an old params file says so instead of failing on a missing key
@@ -64,6 +65,10 @@ class Stage:
     arguments: tuple[tuple[str, str], ...] = ()  # constant notebook parameters (``-p name value``)
     cli: str = ""  # a ``synthdet`` command instead of a notebook (a check with nothing to show)
     always_changed: bool = False  # DVC runs it on every ``dvc repro`` (then only a changed output reruns the rest)
+    # the detectors it builds by name (``${...}`` allowed): its dependencies are then its imports without the
+    # registry's package's (which imports every detector) plus each one's detector_code file, so an edit to one
+    # detector reruns only the stages that build it. None: every file it imports (a stage using every detector)
+    detectors: tuple[str, ...] | None = None
 
     @property
     def report_path(self) -> str:
@@ -80,14 +85,16 @@ class Stage:
     def source_files(self) -> list[str]:
         """Every file of the package that ``module`` imports, directly or not (lazy imports
         inside functions included), as paths relative to the repository root."""
-        return sorted(repo_relative(f) for f in import_closure(self.module))
+        opaque = () if self.detectors is None else (DETECTORS,)
+        return sorted(repo_relative(f) for f in import_closure(self.module, opaque))
 
     def entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {}
         if self.matrix:
             entry["matrix"] = {k: f"${{{key}}}" for k, key in self.matrix}
         entry["cmd"] = self.command()
-        entry["deps"] = [*self.deps, *([self.notebook] if self.notebook else []), *self.source_files()]
+        code = [paths.detector_code(name) for name in self.detectors or ()]
+        entry["deps"] = [*self.deps, *code, *([self.notebook] if self.notebook else []), *self.source_files()]
         entry["params"] = list(self.params)
         entry["outs"] = [o.entry() for o in self.outs] + ([self.report_path] if self.notebook else [])
         if self.metrics:

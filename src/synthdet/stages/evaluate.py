@@ -20,6 +20,7 @@ STAGE = Stage(
     name="evaluate", notebook="notebooks/05_evaluate.ipynb", module=__name__,
     params=("seed", "evaluate", "device"), deps=(paths.DETECTOR, paths.DEGRADE),
     outs=(Out(paths.EVALUATE),), metrics=(paths.metrics_file("evaluate"),), plots=(ACC_HEATMAP, AUC_HEATMAP),
+    detectors=("${model}",),  # the train stage's network, rebuilt from its detector.pt
 )
 SUMMARY_METRICS = ("acc", "real_acc", "fake_acc", "auc", "ap", "acc_ci_low", "acc_ci_high")
 

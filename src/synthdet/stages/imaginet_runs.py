@@ -53,13 +53,14 @@ STAGES = (
           outs=(Out(run_dir("train", "${item.method}")),
                 Out(_checkpoints("train", "${item.method}"), cache=False, persist=True)),
           matrix=(("method", "imaginet.methods"),), arguments=(("family", "train"),),
-          report="reports/imaginet/train/${item.method}.ipynb"),
+          report="reports/imaginet/train/${item.method}.ipynb",
+          detectors=()),  # ImagiNet's networks: selfcon.py, which baseline.py imports itself
     Stage(name="imaginet_loco", notebook="notebooks/10_imaginet_run.ipynb", module=__name__, params=LOCO_PARAMS,
           deps=(imaginet_data.ROWS,),
           outs=(Out(run_dir("loco", "${item.content}")),
                 Out(_checkpoints("loco", "${item.content}"), cache=False, persist=True)),
           matrix=(("content", "imaginet.loco.contents"),), arguments=(("family", "loco"),),
-          report="reports/imaginet/loco/${item.content}.ipynb"),
+          report="reports/imaginet/loco/${item.content}.ipynb", detectors=("${imaginet.loco.model}",)),
 )
 
 

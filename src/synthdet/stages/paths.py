@@ -17,6 +17,7 @@ EVALUATE = "artifacts/evaluate"
 AUDIT = "artifacts/audit"
 RUNS = "artifacts/runs"
 RUN_CHECKPOINTS = "artifacts/checkpoints"
+DETECTOR_CODE = "artifacts/detector_code"  # a file per detector name: the hashes of the code that builds it
 FEATURES = "artifacts/features"  # the probes' frozen-backbone features, a folder per backbone
 TABLES = "artifacts/tables"
 PAPER = "paper"
@@ -26,6 +27,12 @@ PLOTS = "plots"
 
 def metrics_file(stage: str) -> str:
     return f"{METRICS}/{stage}.json"
+
+
+def detector_code(name: str) -> str:
+    """What a stage that builds detector ``name`` depends on instead of every detector's source
+    (stages/detector_code.py; also with DVC's ``${...}`` as the name)."""
+    return f"{DETECTOR_CODE}/{name}"
 
 
 FULL = "full"  # the budget of a table run on the whole training subset

@@ -44,11 +44,12 @@ def feature_dir(backbone: str) -> Path:
 STAGES = (
     Stage(name="features", notebook=NOTEBOOK, module=__name__, params=FEATURE_PARAMS,
           deps=(paths.SPLITS, paths.DEGRADED), outs=(Out(f"{paths.FEATURES}/${{item.backbone}}"),), matrix=MATRIX,
-          arguments=(("family", "features"),), report="reports/features/${item.backbone}.ipynb"),
+          arguments=(("family", "features"),), report="reports/features/${item.backbone}.ipynb",
+          detectors=()),  # frozen backbones (detectors/probe.py, imported itself), not the registry's
     Stage(name="probe", notebook=NOTEBOOK, module=__name__, params=PROBE_PARAMS,
           deps=(paths.SPLITS, paths.DEGRADED, f"{paths.FEATURES}/${{item.backbone}}"),
           outs=(Out(f"{paths.RUNS}/{run_name('probe', '${item.backbone}', EACH, '${seed}')}"),), matrix=MATRIX,
-          arguments=(("family", "probe"),), report="reports/probe/${item.backbone}.ipynb"),
+          arguments=(("family", "probe"),), report="reports/probe/${item.backbone}.ipynb", detectors=()),
 )
 
 

@@ -59,7 +59,8 @@ def _stage(f: Family) -> Stage:
     return Stage(name=f.name, notebook=NOTEBOOK, module=__name__, params=(*COMMON_PARAMS, *f.extra_params),
                  deps=(paths.SPLITS, paths.DEGRADED),
                  outs=(Out(f"{paths.RUNS}/{name}"), Out(f"{paths.RUN_CHECKPOINTS}/{name}", cache=False, persist=True)),
-                 matrix=f.matrix, arguments=(("family", f.name),), report=f"reports/runs/{name}.ipynb")
+                 matrix=f.matrix, arguments=(("family", f.name),), report=f"reports/runs/{name}.ipynb",
+                 detectors=(f.model,))
 
 
 STAGES = tuple(_stage(f) for f in FAMILIES.values())

@@ -24,7 +24,7 @@ STAGE = Stage(
     params=("seed", "model", "model_kwargs", "train_subset", "train", "device", "data.debias"),
     deps=(paths.SPLITS,),
     outs=(Out(paths.DETECTOR), Out(paths.TRAIN_CHECKPOINTS, cache=False, persist=True)),
-    metrics=(paths.metrics_file("train"),), plots=(HISTORY,),
+    metrics=(paths.metrics_file("train"),), plots=(HISTORY,), detectors=("${model}",),
 )
 
 

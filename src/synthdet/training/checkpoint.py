@@ -29,6 +29,7 @@ from torch import nn
 
 from synthdet.detectors import create_detector
 from synthdet.fsutil import CheckpointError, atomic_output, load_torch_file
+from synthdet.training.config import WEIGHTS_DTYPES
 from synthdet.training.runtime import resolve_device
 
 FORMAT = 1  # the checkpoint format's version; a file of another is refused, saying how to regenerate it
@@ -44,6 +45,26 @@ def save(obj: dict, path: Path) -> None:
     torch.save({"format": FORMAT, **obj}, buffer)
     with atomic_output(path) as tmp:
         tmp.write_bytes(buffer.getbuffer())
+
+
+def stored_weights(model: nn.Module, dtype: str) -> dict:
+    """``model``'s state as ``detector.pt`` stores it: its float32 parameters as ``dtype``, and the
+    model rounded in place to exactly those values, so that what is calibrated and scored after
+    training is what every later load gives. Buffers (BatchNorm's statistics) stay float32, and so
+    does a parameter that ``dtype`` cannot hold (a value beyond float16's range)."""
+    if dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"train.weights_dtype {dtype!r}: expected one of {list(WEIGHTS_DTYPES)}")
+    target = getattr(torch, dtype)
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dtype != torch.float32 or target == torch.float32:
+                continue
+            stored = param.detach().to(target)
+            if bool(torch.isfinite(stored).all()) or not bool(torch.isfinite(param).all()):
+                param.copy_(stored)
+                state[name] = stored
+    return state
 
 
 def read_resume_checkpoint(path: Path) -> dict:

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthdet.codegraph import import_closure
+from synthdet.codegraph import DETECTORS, import_closure
 from synthdet.fsutil import file_digest
 
 LOOP_MODULE = "synthdet.training.loop"  # its import graph, with the run's detector's, is what a run executes
-DETECTORS = "synthdet.detectors"  # the registry's package: imports every detector, a run uses one
 OPTIMIZERS = ("adamw", "sgd")
+WEIGHTS_DTYPES = ("float16", "float32")  # what detector.pt may store its parameters as (checkpoint.stored_weights)
 
 
 @dataclass
@@ -41,11 +41,14 @@ class TrainConfig:
     pixel_cache: str | None = None  # a folder: decode each training image once (data/pixelcache.py)
     pretrained: bool | str = False  # the backbone's start: False, True (timm's weights), a local file
     weights: str | None = None  # a whole detector checkpoint to start from
+    weights_dtype: str = "float16"  # detector.pt's parameters: float16 (half the disk) or float32 (checkpoint.py)
     debias: dict | None = None  # data.debias: the debiased protocol's per-image step (transforms/debias.py)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer {self.optimizer!r}: expected one of {list(OPTIMIZERS)}")
+        if self.weights_dtype not in WEIGHTS_DTYPES:
+            raise ValueError(f"train.weights_dtype {self.weights_dtype!r}: expected one of {list(WEIGHTS_DTYPES)}")
 
     def fingerprint(self, data_key: str, start: bool | str | None = None, objective: dict | None = None,
                     objective_module: str | None = None) -> str:

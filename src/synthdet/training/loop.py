@@ -213,6 +213,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     if rank == 0:
         if best_path.exists():
             model.load_state_dict(load_torch_file(best_path, "best checkpoint")["model"])
+        checkpoint.stored_weights(model, cfg.weights_dtype)  # calibrated and scored as stored
         calibration = objective.finish(model, val_rows, cfg, device, workers)  # a kill here reruns only this
     result = {"history": history, "failures": failures, "best_epoch": best["epoch"], "best_val_auc": best["val_auc"],
               "calibration": calibration}
@@ -220,8 +221,9 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
         config = {**asdict(cfg), **({"objective": run_objective} if run_objective else {})}
         # the result without the epochs' timings: the same run gives the same bytes (and DVC hash)
         untimed = {**result, "history": [{k: v for k, v in h.items() if k != "images_per_s"} for h in history]}
-        checkpoint.save({"model": model.state_dict(), "config": config, "fingerprint": fingerprint,
-                         **best, **calibration, "result": untimed}, detector)
+        weights = checkpoint.stored_weights(model, cfg.weights_dtype)
+        checkpoint.save({"model": weights, "config": config, "fingerprint": fingerprint, **best, **calibration,
+                         "result": untimed}, detector)
         checkpoint.keep_finished(detector, checkpoint_dir)
         if release:
             checkpoint.release_resume_state(checkpoint_dir)
