@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from synthdet import cli
@@ -453,3 +454,108 @@ def test_atomic_writes_give_files_the_mode_the_umask_gives(tmp_path):
         os.umask(old)
     mode = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert mode == {"a.bin": 0o644, "b.pt": 0o644, "plain.bin": 0o644, "private.bin": 0o600}
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("epochs", "five", r"train.epochs 'five': expected a whole number of at least 1"),
+    ("epochs", -1, r"train.epochs -1: expected a whole number of at least 1"),
+    ("batch_size", 0, r"train.batch_size 0: expected a whole number of at least 1"),
+    ("lr", "fast", r"train.lr 'fast': expected a number, 0 or more"),
+    ("input_size", 0, r"train.input_size 0: expected a whole number of at least 8"),
+    ("amp", "no", r"train.amp 'no': expected true or false"),
+    ("num_workers", -2, r"train.num_workers -2: expected auto or a whole number"),
+    ("epoch", 3, r"train: unknown key 'epoch'"),
+])
+def test_bad_train_settings_are_refused_before_a_stage_reads_an_image(tmp_path, monkeypatch, capsys, key, value, says):
+    """Every stage that trains builds its config from the checked settings: a wrong type or range
+    stops it at once with the key and what it expects (``amp: "no"`` is not taken as true), and
+    ``synthdet stage`` says so in one line, exit 2."""
+    from synthdet.stages import audit as audit_stage
+    from synthdet.stages import imaginet_runs, runs, train
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["train"][key] = value
+    builds = [lambda: train.Config.from_params(params), lambda: audit_stage.Config.from_params(params),
+              lambda: runs.Config.from_params(params, "xgen", model="resnet50", subset="ldm", seed=0)]
+    if key != "epochs":  # ImagiNet's leave-one-out runs take theirs from imaginet.loco.epochs
+        builds.append(lambda: imaginet_runs.LocoConfig.from_params(params, "faces"))
+    else:
+        loco = {**params, "train": {**params["train"], key: 4}, "imaginet": {**params["imaginet"], "loco": {
+            **params["imaginet"]["loco"], "epochs": value}}}
+        builds.append(lambda: imaginet_runs.LocoConfig.from_params(loco, "faces"))
+    for build in builds:
+        with pytest.raises(ValueError, match=says):
+            build()
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    code, err = _cli(tmp_path, monkeypatch, capsys, "stage", "train", "--params", "params.yaml")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and re.search(says, err), err
+
+
+def _detector_file(path: Path, **changes) -> Path:
+    """A detector.pt in the one format (a small ResNet-18 at 32 px), with ``changes`` to its keys
+    (``config_<key>`` changes a key of its configuration)."""
+    from synthdet.detectors import create_detector
+    from synthdet.training.checkpoint import FORMAT
+
+    config = {"model": "resnet18", "input_size": 32}
+    ckpt = {"format": FORMAT, "model": create_detector("resnet18", img_size=32).state_dict(), "config": config,
+            "temperature": 1.0}
+    for key, value in changes.items():
+        if key.startswith("config_"):
+            config[key[len("config_"):]] = value
+        else:
+            ckpt[key] = value
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"model": "resnet50 weights"}, r"its weights do not fit resnet18 \(Error\(s\) in loading state_dict"),
+    ({"model": {}}, r"its weights are not a non-empty mapping of tensors"),
+    ({"config_model": "no_such_network"}, r"its network 'no_such_network' cannot be built here"),
+    ({"config": "resnet18"}, r"not a synthdet detector"),
+    ({"config_input_size": -5}, r"input size -5 is not a whole number of 8-8192 pixels"),
+    ({"temperature": 0.0}, r"calibration temperature 0.0 is not a positive number"),
+])
+def test_a_broken_detector_is_one_clear_error_in_predict(tmp_path, monkeypatch, capsys, changes, says):
+    """Wrong shapes, no weights, an unknown network, a configuration that is no mapping, a negative
+    input size, a temperature of 0 (which would call every image fake): `synthdet predict` names
+    the file and the problem in one line, exit 2, and writes no CSV."""
+    from synthdet.detectors import create_detector
+
+    if changes.get("model") == "resnet50 weights":
+        changes = {"model": create_detector("resnet50", img_size=32).state_dict()}
+    _detector_file(tmp_path / "detector.pt", **changes)
+    noise_image(0, (32, 32)).save(tmp_path / "x.png")
+    code, err = _cli(tmp_path, monkeypatch, capsys, "predict", "x.png", "--detector", "detector.pt")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "detector.pt: " in err and re.search(says, err), err
+    assert not (tmp_path / "predictions.csv").exists()
+    load_detector(_detector_file(tmp_path / "fine.pt"))  # the unchanged file loads
+
+
+def test_a_broken_resume_checkpoint_of_this_run_is_one_clear_error(tmp_path):
+    """last.pt as a list, without its optimiser, at an epoch past the run's last, or with weights of
+    another shape (its fingerprint still this run's): each a CheckpointError naming the file and
+    how to start afresh, never a crash mid-way or a resume "at epoch 1000000000"."""
+    from synthdet.detectors import create_detector
+
+    img = tmp_path / "x.png"
+    noise_image(0, (32, 32)).save(img)
+    rows = pd.DataFrame({"path": [str(img)] * 4, "label": [0, 1, 0, 1], "sha256": ["a"] * 4})
+    cfg = TrainConfig(model="resnet18", input_size=32, epochs=1, batch_size=2, num_workers=0)
+    run = tmp_path / "run"
+    train_detector(rows, rows.iloc[:0], cfg, run, release=False)
+    last = run / "checkpoints/last.pt"
+    good = torch.load(last, weights_only=True)
+    cases = [([good], r"a list, not a resume checkpoint"),
+             ({k: v for k, v in good.items() if k != "optimizer"}, r"not a resume checkpoint \(no optimizer\)"),
+             ({**good, "epoch": 10**9}, r"epoch 1000000000 is not one of this run's 0-1"),
+             ({**good, "model": create_detector("resnet50", img_size=32).state_dict()},
+              r"does not fit this run's network or optimiser")]
+    for broken, says in cases:
+        for finished in (run / "detector.pt", run / "checkpoints/detector.pt"):
+            finished.unlink(missing_ok=True)  # else the finished run is taken and last.pt never read
+        torch.save(broken, last)
+        with pytest.raises(CheckpointError, match=f"last.pt: .*{says}.*Delete it to train this run from the start"):
+            train_detector(rows, rows.iloc[:0], cfg, run, release=False)

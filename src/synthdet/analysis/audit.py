@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from torch import nn
 from tqdm.auto import tqdm
 
+from synthdet.analysis import sharpness
 from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
 from synthdet.metrics import binary_metrics
 from synthdet.training import scoring
@@ -84,16 +86,11 @@ def image_statistics(img: Image.Image) -> np.ndarray:
     colour histogram, sharpness (variance of the Laplacian) and the share of spectral energy in
     the upper half of the frequencies."""
     rgb = np.asarray(img, dtype=np.float64) / 255.0
-    grey = rgb @ np.array([0.299, 0.587, 0.114])
+    g = sharpness.grey(img)
     saturation = rgb.max(axis=2) - rgb.min(axis=2)
-    laplacian = (-4 * grey[1:-1, 1:-1] + grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:])
-    power = np.abs(np.fft.fftshift(np.fft.fft2(grey - grey.mean()))) ** 2
-    h, w = grey.shape
-    fy, fx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-    high = np.hypot(fx, fy) > 0.5
-    histogram = [np.histogram(rgb[..., c], bins=HISTOGRAM_BINS, range=(0, 1))[0] / grey.size for c in range(3)]
-    return np.concatenate([[grey.mean(), grey.std(), saturation.mean(), laplacian.var(),
-                            power[high].sum() / max(power.sum(), 1e-12)], *histogram])
+    histogram = [np.histogram(rgb[..., c], bins=HISTOGRAM_BINS, range=(0, 1))[0] / g.size for c in range(3)]
+    return np.concatenate([[g.mean(), g.std(), saturation.mean(), sharpness.laplacian_variance(g),
+                            sharpness.high_frequency_share(g)], *histogram])
 
 
 STATISTIC_NAMES = ["brightness", "contrast", "saturation", "laplacian_var", "high_freq_share",
@@ -214,23 +211,37 @@ def counterfactuals(test: pd.DataFrame) -> tuple[dict[str, dict[int, Callable]],
     return conditions, notes
 
 
-def counterfactual_scores(detector: Path, test: pd.DataFrame, batch_size: int, device: str,
-                          num_workers: int | str = 0) -> tuple[pd.DataFrame, list[str]]:
-    """Accuracy of ``detector`` per test subset as the files are and under each counterfactual,
-    with the change; the notes say which counterfactuals did not apply."""
-    model, cfg = load_detector(detector, device)
+def counterfactual_scores(detector: Path | nn.Module, test: pd.DataFrame, batch_size: int, device: str,
+                          num_workers: int | str = 0, more: dict[str, dict] | None = None,
+                          input_size: int | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Accuracy of ``detector`` (a ``detector.pt``, or a network viewing ``input_size`` px) per test
+    subset as the files are and under each counterfactual, with the change; the notes say which
+    counterfactuals did not apply. ``more``: other counterfactuals, condition -> {label or (subset,
+    label): change} (the sharpness one). Images a condition leaves as they are keep their scores."""
+    if isinstance(detector, nn.Module):
+        model, cfg = detector, {"input_size": input_size, "temperature": 1.0}
+    else:
+        model, cfg = load_detector(detector, device)
     conditions, notes = counterfactuals(test)
+    conditions |= more or {}
     test = test.reset_index(drop=True)
-    runs = {AS_IS_CONDITION: {}} | conditions
+
+    def scored(rows: pd.DataFrame, change: Callable | None, name: str) -> np.ndarray:
+        return scoring.score(model, rows, input_size=cfg["input_size"], temperature=cfg["temperature"],
+                             image_transform=change, batch_size=batch_size, device=device, num_workers=num_workers,
+                             channels_last=cfg.get("channels_last", True), desc=name)["fake_probability"].to_numpy()
+
+    as_is = np.full(len(test), np.nan)
+    for label in (0, 1):
+        part = test[test["label"] == label]
+        as_is[part.index] = scored(part, None, f"{AS_IS_CONDITION} {label}")
     rows = []
-    for name, transforms in runs.items():
-        scores = np.full(len(test), np.nan)
-        for label in (0, 1):
-            part = test[test["label"] == label]
-            scores[part.index] = scoring.score(
-                model, part, input_size=cfg["input_size"], temperature=cfg["temperature"],
-                image_transform=transforms.get(label), batch_size=batch_size, device=device, num_workers=num_workers,
-                channels_last=cfg.get("channels_last", True), desc=f"{name} {label}")["fake_probability"].to_numpy()
+    for name, changes in ({AS_IS_CONDITION: {}} | conditions).items():
+        scores = as_is.copy()
+        for key, change in changes.items():
+            subset, label = key if isinstance(key, tuple) else (None, key)
+            part = test[(test["label"] == label) & ((test["subset"] == subset) if subset is not None else True)]
+            scores[part.index] = scored(part, change, f"{name} {key}")
         for subset, g in test.assign(score=scores).dropna(subset=["score"]).groupby("subset", sort=True):
             m = binary_metrics(g["label"].to_numpy(), g["score"].to_numpy(), n_bootstrap=0)
             rows.append({"subset": subset, "condition": name, "acc": m["acc"], "real_acc": m["real_acc"],

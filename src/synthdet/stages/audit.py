@@ -15,18 +15,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from synthdet.analysis import audit, report
+from synthdet.analysis import audit, report, sharpness
 from synthdet.data.manifest import read_manifest, usable
 from synthdet.fsutil import make_owned_dir, replace_owned_dir, write_json
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
 from synthdet.training import checkpoint, scoring
+from synthdet.training.config import checked_train_settings
 from synthdet.training.loop import train_on_manifest
 from synthdet.training.runtime import workers_param
 
 BIAS_PLOT, COUNTERFACTUAL_PLOT = f"{paths.PLOTS}/audit_bias_scores.png", f"{paths.PLOTS}/audit_counterfactual.png"
 RECOVERY_PLOT = f"{paths.PLOTS}/audit_bias_recovery.png"
+SHARPNESS_PLOT = f"{paths.PLOTS}/audit_sharpness.png"
 VARIANT_CHECKPOINTS = f"{paths.RUN_CHECKPOINTS}/audit"  # persisted, uncached: an interrupted audit resumes
 STAGE = Stage(
     name="audit", notebook="notebooks/08_audit.ipynb", module=__name__,
@@ -34,7 +36,7 @@ STAGE = Stage(
             "evaluate.batch_size", "evaluate.num_workers", "device"),
     deps=(paths.SPLITS, paths.DETECTOR), outs=(Out(paths.AUDIT), Out(VARIANT_CHECKPOINTS, cache=False, persist=True)),
     metrics=(paths.metrics_file("audit"),),
-    plots=(BIAS_PLOT, COUNTERFACTUAL_PLOT, RECOVERY_PLOT), detectors=("${model}",),
+    plots=(BIAS_PLOT, COUNTERFACTUAL_PLOT, RECOVERY_PLOT, SHARPNESS_PLOT), detectors=("${model}",),
 )
 RECOVERY_METRICS = ("clean_acc", "clean_real_acc", "clean_fake_acc", "clean_auc", "biased_acc", "biased_auc")
 VARIANT_MANIFEST = "biased_variant_manifest.parquet"
@@ -72,18 +74,25 @@ class Config:
                    int(a["max_images"]) if a["max_images"] else None, int(a["folds"]), int(a["min_images_per_label"]),
                    int(quality) if quality and p["data"]["name"] == "embedded" else None,
                    int(p["evaluate"]["batch_size"]), workers_param(p["evaluate"]["num_workers"]), str(p["device"]),
-                   str(p["model"]), dict(p["model_kwargs"] or {}), str(p["train_subset"]), dict(p["train"]),
+                   str(p["model"]), dict(p["model_kwargs"] or {}), str(p["train_subset"]),
+                   checked_train_settings(p["train"]),
                    {**(p["data"]["debias"] or {}), "enabled": True, "size_window": a["variant_size_window"],
                     "real_jpeg_quality": quality, "fake_jpeg_quality": quality})
 
 
-def audit_one(manifest: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
-    """File facts, probe AUCs and the detector's counterfactual scores of one dataset."""
+def audit_one(manifest: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, ...]:
+    """File facts, probe AUCs, the sharpness match (chosen on the training split) and the detector's
+    counterfactual scores of one dataset, and the notes."""
     facts = audit.file_facts(manifest)
     probes = audit.shortcut_probes(manifest, cfg.input_size, cfg.seed, cfg.max_images, cfg.folds, cfg.min_images)
+    matching = sharpness.match_sharpness(manifest[manifest["split"] == "train"], cfg.input_size, cfg.seed)
     scores, notes = audit.counterfactual_scores(Path(paths.DETECTOR), manifest[manifest["split"] == "test"],
-                                                cfg.batch_size, cfg.device, cfg.num_workers)
-    return facts, probes, scores, notes
+                                                cfg.batch_size, cfg.device, cfg.num_workers,
+                                                more=sharpness.conditions(matching, cfg.input_size))
+    unmatched = sorted(set(manifest["subset"]) - set(matching["subset"]))
+    if unmatched:
+        notes.append(f"No sharpness counterfactual for {', '.join(unmatched)}: no training images of both labels.")
+    return facts, probes, matching, scores, notes
 
 
 def bias_recovery(cfg: Config, out: Path, datasets: dict[str, pd.DataFrame],
@@ -131,18 +140,20 @@ def run(params: dict) -> Result:
         datasets[BIASED] = usable(variant)
     else:
         notes.append("No biased variant: it is built from the embedded benchmark only (audit.biased_variant_quality).")
-    facts, probes, scores = [], [], []
+    facts, probes, matches, scores = [], [], [], []
     for name, manifest in datasets.items():
-        f, p, s, n = audit_one(manifest, cfg)
+        f, p, m, s, n = audit_one(manifest, cfg)
         facts.append(f.assign(dataset=name))
         probes.append(p.assign(dataset=name))
+        matches.append(m.assign(dataset=name))
         scores.append(s.assign(dataset=name))
         notes += [f"{name}: {note}" for note in n]
-    facts_t, probes_t, scores_t = (pd.concat(t, ignore_index=True) for t in (facts, probes, scores))
+    facts_t, probes_t, match_t, scores_t = (pd.concat(t, ignore_index=True) for t in (facts, probes, matches, scores))
     recovery = bias_recovery(cfg, out, datasets, scores_t) if BIASED in datasets else pd.DataFrame()
     facts_t.to_csv(out / "file_facts.csv", index=False)
     probes_t.to_csv(out / "probes.csv", index=False)
     scores_t.to_csv(out / "counterfactual.csv", index=False)
+    match_t.to_csv(out / "sharpness.csv", index=False)
     metrics = {
         "bias_scores": {d: {r["subset"]: {"metadata_auc": round(r["metadata"], 4),
                                           "lowlevel_auc": round(r["low-level"], 4)}
@@ -151,6 +162,14 @@ def run(params: dict) -> Result:
             d: {c: {r["subset"]: round(r["acc_change"], 4) for r in gc.to_dict("records")}
                 for c, gc in g[g["condition"] != audit.AS_IS_CONDITION].groupby("condition")}
             for d, g in scores_t.groupby("dataset")},
+        "counterfactual_auc_change": {
+            d: {c: {r["subset"]: round(r["auc_change"], 4) for r in gc.to_dict("records")}
+                for c, gc in g[g["condition"] != audit.AS_IS_CONDITION].groupby("condition")}
+            for d, g in scores_t.groupby("dataset")},
+        # medians over the sampled training views; the strengths the sharpness counterfactual applies
+        "sharpness": {d: {r["subset"]: {k: round(v, 6) if isinstance(v, float) else v for k, v in r.items()
+                                        if k not in ("subset", "dataset")}
+                          for r in g.to_dict("records")} for d, g in match_t.groupby("dataset")},
     }
     if len(recovery):
         recovery.to_csv(out / "bias_recovery.csv", index=False)
@@ -174,6 +193,7 @@ def run(params: dict) -> Result:
     else:
         report.bars(scores_t, "subset", "acc", "dataset", "Detector accuracy as stored (no counterfactual applies)",
                     Path(COUNTERFACTUAL_PLOT), ylim=(0, 1.05))
+    figures["sharpness (median high-frequency share of the training views)"] = sharpness_plot(match_t)
     if len(recovery):
         mean = recovery[recovery["subset"] == "mean"]
         figures["bias recovery"] = report.bars(
@@ -188,5 +208,23 @@ def run(params: dict) -> Result:
     tables = ({"bias recovery (mean over test subsets)": recovery[recovery["subset"] == "mean"].round(3)}
               if len(recovery) else {})
     return Result(tables={**tables, "file facts": facts_t, "bias scores": probes_t.round(3),
+                          "sharpness (medians of the training views; the counterfactual's strengths)":
+                              match_t.round(4),
                           "counterfactual accuracy": wide.round(3), "counterfactual detail": scores_t.round(3)},
                   figures=figures, metrics=metrics, notes=notes)
+
+
+def sharpness_plot(matching: pd.DataFrame) -> object:
+    """Reals' and fakes' median high-frequency share per subset, as stored and after the
+    counterfactual's change (reals blurred, fakes sharpened): the gap it closes."""
+    if matching.empty:
+        return report.message("No subset has training images of both labels: no sharpness match.",
+                              Path(SHARPNESS_PLOT))
+    columns = {"real_high_freq_share": "reals", "fake_high_freq_share": "fakes",
+               "blurred_real_high_freq_share": "reals blurred", "sharpened_fake_high_freq_share": "fakes sharpened"}
+    long = matching.melt(id_vars=["dataset", "subset"], value_vars=list(columns), var_name="images",
+                         value_name="high-frequency share")
+    long["images"] = long["dataset"] + ": " + long["images"].map(columns)
+    return report.bars(long, "subset", "high-frequency share", "images",
+                       "Median high-frequency share of the training views, before and after matching",
+                       Path(SHARPNESS_PLOT))

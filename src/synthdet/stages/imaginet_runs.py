@@ -29,7 +29,7 @@ from synthdet.stages import imaginet_data, paths
 from synthdet.stages.base import Out, Result, Stage, select
 from synthdet.training import checkpoint, scoring
 from synthdet.training.checkpoint import load_detector
-from synthdet.training.config import TrainConfig
+from synthdet.training.config import TrainConfig, checked_train_settings
 from synthdet.training.loop import train_detector
 from synthdet.training.runtime import resolve_device
 
@@ -99,7 +99,7 @@ class LocoConfig:
     def from_params(cls, params: dict, content: str) -> LocoConfig:
         p = select(params, LOCO_PARAMS)
         loco = p["imaginet"]["loco"]
-        train = {**p["train"], "epochs": int(loco["epochs"])}
+        train = checked_train_settings({**p["train"], "epochs": loco["epochs"]})
         families = tuple(loco["families"]) if loco["families"] else None
         return cls(content, int(p["seed"]), str(loco["model"]), families, int(loco["train_images"]), train,
                    int(p["evaluate"]["batch_size"]), p["evaluate"]["num_workers"], str(p["device"]))

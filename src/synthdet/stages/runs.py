@@ -24,6 +24,7 @@ from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
 from synthdet.stages.paths import FULL, run_name
 from synthdet.training import checkpoint, scoring
+from synthdet.training.config import checked_train_settings
 from synthdet.training.loop import train_on_manifest
 from synthdet.training.runtime import workers_param
 
@@ -99,7 +100,8 @@ class Config:
         if unknown:
             raise KeyError(f"tables.train_overrides.{model}: {unknown} are not train settings "
                            f"(known: {sorted(p['train'])})")
-        return cls(family, str(model), str(subset), int(seed), str(budget or FULL), {**p["train"], **overrides},
+        return cls(family, str(model), str(subset), int(seed), str(budget or FULL),
+                   checked_train_settings({**p["train"], **overrides}),
                    dict((tables["model_kwargs"] or {}).get(model, {})), int(p["evaluate"]["batch_size"]),
                    workers_param(p["evaluate"]["num_workers"]), str(p["device"]), dict(p["data"]["debias"] or {}),
                    str(tables["detector_subset"]))

@@ -15,6 +15,7 @@ from synthdet.analysis import report
 from synthdet.fsutil import write_json
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.training.config import checked_train_settings
 from synthdet.training.loop import train_on_manifest
 from synthdet.training.runtime import is_main_process
 
@@ -42,7 +43,7 @@ class Config:
     def from_params(cls, params: dict) -> Config:
         p = select(params, STAGE.params)
         return cls(int(p["seed"]), str(p["model"]), dict(p["model_kwargs"] or {}), str(p["train_subset"]),
-                   dict(p["train"]), str(p["device"]), dict(p["data"]["debias"] or {}))
+                   checked_train_settings(p["train"]), str(p["device"]), dict(p["data"]["debias"] or {}))
 
 
 def run(params: dict) -> Result:

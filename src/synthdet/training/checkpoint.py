@@ -67,12 +67,43 @@ def stored_weights(model: nn.Module, dtype: str) -> dict:
     return state
 
 
+RESUME_KEYS = ("model", "optimizer", "scaler", "torch_rng", "loader_rng", "epoch", "history", "fingerprint", "best",
+               "failures")
+AFRESH = "Delete it to train this run from the start."
+
+
 def read_resume_checkpoint(path: Path) -> dict:
-    """``last.pt``, or a :class:`CheckpointError` that says how to start the run afresh."""
+    """``last.pt`` with every key a resume reads, or a :class:`CheckpointError` that says how to
+    start the run afresh."""
     try:
-        return load_torch_file(path, "resume checkpoint")
+        ckpt = load_torch_file(path, "resume checkpoint")
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc}. Delete it to train this run from the start.") from exc
+        raise CheckpointError(f"{exc}. {AFRESH}") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: a {type(ckpt).__name__}, not a resume checkpoint. {AFRESH}")
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a resume checkpoint (no {', '.join(missing)}). {AFRESH}")
+    return ckpt
+
+
+def restore(ckpt: dict, path: Path, epochs: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler, generator: torch.Generator, rank: int) -> None:
+    """Put a run back where ``last.pt`` (of this very run: same fingerprint) left it: weights,
+    optimiser, scaler and random states; a file that does not fit (edited, or damaged in a way the
+    fingerprint does not see) is a :class:`CheckpointError` naming it, not a crash mid-way."""
+    epoch = ckpt["epoch"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 0 <= epoch <= epochs:
+        raise CheckpointError(f"{path}: epoch {epoch!r} is not one of this run's 0-{epochs}. {AFRESH}")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["torch_rng"][rank % len(ckpt["torch_rng"])])  # each rank its own
+        generator.set_state(ckpt["loader_rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError, ZeroDivisionError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: does not fit this run's network or optimiser ({reason}). {AFRESH}") from exc
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -168,8 +199,37 @@ def load_detector(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Mo
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: a detector of checkpoint format {ckpt.get('format', 0)}, written by an "
                               f"older synthdet (this one reads format {FORMAT}); {REGENERATE}")
-    cfg = {**ckpt["config"], "temperature": float(ckpt.get("temperature", 1.0)),  # the calibration, with it
-           "model_classes": list(ckpt.get("model_classes", []))}
-    model = create_detector(cfg["model"], img_size=cfg["input_size"], **cfg.get("model_kwargs", {}))
-    model.load_state_dict(ckpt["model"])
+    cfg = {**ckpt["config"], "temperature": ckpt.get("temperature", 1.0),  # the calibration, with it
+           "model_classes": ckpt.get("model_classes", [])}
+    problem = _config_problem(cfg, ckpt["model"])
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; {REGENERATE}")
+    cfg["temperature"], cfg["model_classes"] = float(cfg["temperature"]), list(cfg["model_classes"])
+    try:
+        model = create_detector(cfg["model"], img_size=cfg["input_size"], **cfg.get("model_kwargs", {}))
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: its network {cfg['model']!r} cannot be built here ({exc}); "
+                              f"{REGENERATE}") from exc
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{path}: its weights do not fit {cfg['model']} ({reason}); {REGENERATE}") from exc
     return model.to(resolve_device(device)).eval(), cfg
+
+
+def _config_problem(cfg: dict, weights: object) -> str:
+    """What makes a detector's configuration or weights unusable, or '' (a temperature of 0 would
+    call every image fake; a negative input size, a crash deep in the transform)."""
+    size, temperature = cfg["input_size"], cfg["temperature"]
+    if not isinstance(cfg["model"], str) or not cfg["model"]:
+        return f"the network's name {cfg['model']!r} is not a name"
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 8192:
+        return f"input size {size!r} is not a whole number of 8-8192 pixels"
+    if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not 0 < temperature < float("inf"):
+        return f"calibration temperature {temperature!r} is not a positive number"
+    if not isinstance(cfg.get("model_kwargs", {}), dict) or not isinstance(cfg["model_classes"], list | tuple):
+        return "model_kwargs or model_classes of the wrong type"
+    if not isinstance(weights, dict) or not weights or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return "its weights are not a non-empty mapping of tensors"
+    return ""

@@ -45,6 +45,35 @@ class TrainConfig:
     debias: dict | None = None  # data.debias: the debiased protocol's per-image step (transforms/debias.py)
 
     def __post_init__(self) -> None:
+        """Every setting checked by type and range before any work starts (``train.epochs: five``,
+        ``batch_size: 0`` or ``amp: "no"`` would otherwise fail, or be misread, mid-run)."""
+        def bad(key: str, expected: str) -> ValueError:
+            return ValueError(f"train.{key} {getattr(self, key)!r}: expected {expected}")
+
+        def number(value: object) -> bool:
+            return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+        for key, least in (("input_size", 8), ("epochs", 1), ("batch_size", 1), ("accumulate", 1), ("seed", 0)):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise bad(key, f"a whole number of at least {least}")
+        for key in ("lr", "weight_decay", "warmup_epochs"):
+            if not number(getattr(self, key)) or getattr(self, key) < 0:
+                raise bad(key, "a number, 0 or more")
+        if not number(self.momentum) or not 0 <= self.momentum < 1:
+            raise bad("momentum", "a number from 0 up to (not including) 1")
+        for key in ("amp", "hflip", "channels_last"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, "true or false")
+        if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or isinstance(self.num_workers, bool)
+                                           or self.num_workers < 0):
+            raise bad("num_workers", "auto or a whole number, 0 or more")
+        if not isinstance(self.model, str) or not self.model or not isinstance(self.model_kwargs, dict):
+            raise ValueError(f"model {self.model!r} / model_kwargs {self.model_kwargs!r}: expected a detector name "
+                             "and a mapping")
+        if not isinstance(self.pretrained, bool | str) or not isinstance(self.weights, str | None):
+            raise ValueError(f"train.pretrained {self.pretrained!r} / train.weights {self.weights!r}: "
+                             "true/false or a file, and a file or null")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer {self.optimizer!r}: expected one of {list(OPTIMIZERS)}")
         if self.weights_dtype not in WEIGHTS_DTYPES:
@@ -86,6 +115,18 @@ def training_code(model: str, objective_module: str | None = None) -> str:
         if module:
             files |= set(import_closure(module, opaque=(DETECTORS,)))
     return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(files))).hexdigest()
+
+
+def checked_train_settings(settings: dict) -> dict:
+    """params.yaml's ``train`` section, refused when a key is unknown or a value of the wrong type
+    or range (:class:`TrainConfig` checks them): what a stage config calls, so that a bad value
+    stops the stage before it reads any image."""
+    known = set(TrainConfig.__dataclass_fields__) - {"model", "seed", "model_kwargs", "debias"}  # the stage's
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"train: unknown key {unknown[0]!r} (known: {sorted(known)})")
+    TrainConfig(**settings)
+    return dict(settings)
 
 
 def data_key(train_rows: pd.DataFrame, val_rows: pd.DataFrame) -> str:

@@ -150,12 +150,8 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
         return done["result"]
     if last_path.exists():
         ckpt = checkpoint.read_resume_checkpoint(last_path)
-        if ckpt.get("fingerprint") == fingerprint:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            scaler.load_state_dict(ckpt["scaler"])
-            torch.set_rng_state(ckpt["torch_rng"][rank % len(ckpt["torch_rng"])])  # each rank its own
-            loader.generator.set_state(ckpt["loader_rng"])
+        if ckpt["fingerprint"] == fingerprint:
+            checkpoint.restore(ckpt, last_path, cfg.epochs, model, opt, scaler, loader.generator, rank)
             start_epoch, history = ckpt["epoch"], ckpt["history"]
             best, failures = ckpt["best"], ckpt["failures"]
             if rank == 0:
