@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from synthdet import cli
+from synthdet.analysis import sharpness
 from synthdet.cli import deep_update, load_profile, make_workspace
 from synthdet.detectors import list_detectors
 from tests.conftest import make_embedded_data
@@ -90,8 +91,12 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     stored = [v["metadata_auc"] for v in audit["bias_scores"]["as stored"].values()]
     assert stored and {auc for auc in stored if auc == auc} == {0.5}  # NaN: a content subset too small to probe
     assert audit["bias_scores"]["biased variant"]["ldm"]["metadata_auc"] > 0.9
-    assert set(audit["counterfactual_acc_change"]["biased variant"]) == {"fakes_jpeg_q96"}
-    assert audit["counterfactual_acc_change"]["as stored"] == {}  # same format and size: nothing to remove
+    sharp = {sharpness.REALS_BLURRED, sharpness.FAKES_SHARPENED}  # the sharpness counterfactual, per subset
+    assert set(audit["counterfactual_acc_change"]["biased variant"]) == {"fakes_jpeg_q96", *sharp}
+    assert set(audit["counterfactual_acc_change"]["as stored"]) == sharp  # same format and size: no other
+    assert set(audit["counterfactual_auc_change"]["as stored"]) == sharp
+    matched = audit["sharpness"]["as stored"]
+    assert set(matched) == set(subsets) and all(m["real_images"] > 0 and m["fake_images"] > 0 for m in matched.values())
     assert set(audit["bias_recovery"]) == {"clean benchmark (the train stage)", "biased variant",
                                            "biased variant, debiased protocol"}
     variant = pd.read_parquet(ws / "artifacts/audit/biased_variant_manifest.parquet")
@@ -272,7 +277,8 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     audit = json.loads((ws / "metrics/audit.json").read_text())
     assert set(audit["bias_scores"]) == {"as stored"}
     assert all(audit["bias_scores"]["as stored"][s]["metadata_auc"] > 0.9 for s in subsets)
-    assert set(audit["counterfactual_acc_change"]["as stored"]) == {"fakes_jpeg_q75"}
+    assert set(audit["counterfactual_acc_change"]["as stored"]) == {"fakes_jpeg_q75", sharpness.REALS_BLURRED,
+                                                                     sharpness.FAKES_SHARPENED}
     assert "bias_recovery" not in audit
 
     # a re-downloaded part (same bytes, new mtime): the source check sees it, `dvc status` then reports
