@@ -29,7 +29,6 @@ from torch import nn
 
 from synthdet.detectors import create_detector
 from synthdet.fsutil import CheckpointError, atomic_output, load_torch_file
-from synthdet.training.config import WEIGHTS_DTYPES
 from synthdet.training.runtime import resolve_device
 
 FORMAT = 1  # the checkpoint format's version; a file of another is refused, saying how to regenerate it
@@ -52,9 +51,7 @@ def stored_weights(model: nn.Module, dtype: str) -> dict:
     model rounded in place to exactly those values, so that what is calibrated and scored after
     training is what every later load gives. Buffers (BatchNorm's statistics) stay float32, and so
     does a parameter that ``dtype`` cannot hold (a value beyond float16's range)."""
-    if dtype not in WEIGHTS_DTYPES:
-        raise ValueError(f"train.weights_dtype {dtype!r}: expected one of {list(WEIGHTS_DTYPES)}")
-    target = getattr(torch, dtype)
+    target = getattr(torch, dtype)  # one of config.WEIGHTS_DTYPES: TrainConfig refuses any other
     state = model.state_dict()
     with torch.no_grad():
         for name, param in model.named_parameters():
