@@ -16,15 +16,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: setup data repro test test-fast smoke paper genimage imaginet lab clean
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt pyproject.toml scripts/install.py
 	@{ command -v zip && { command -v 7zz || command -v 7z || command -v 7za; }; } >/dev/null \
 	  || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] \
 	  || apt-get install -y -q zip 7zip >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q zip 7zip >/dev/null; } \
 	  || echo "note: Info-ZIP zip or 7-Zip not installed; the split-archive tests will be skipped (and say so)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
-	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/python scripts/install.py -r requirements.txt --no-deps-requirement requirements-nodeps.txt -e .
 	@touch $@
 
 data: setup
@@ -35,11 +33,11 @@ repro: data
 	$(BIN)/synthdet summary
 
 test: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
 	$(BIN)/pytest -q -rs -n 2 --dist worksteal --durations=10
 
 test-fast: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests scripts
 	$(BIN)/pytest -q -rs -n 2 --dist worksteal -m "not slow"
 
 smoke: data

@@ -198,3 +198,60 @@ def test_environment_yml_installs_the_pinned_requirements_and_the_package():
     assert "pip" in deps and "-r requirements.txt" in pip and "-e ." in pip
     python = next(d for d in deps if isinstance(d, str) and d.startswith("python="))
     assert f"(Python {python.split('=')[1]})" in (root / "requirements.txt").read_text().splitlines()[0]
+
+
+def _installer():
+    """scripts/install.py (make setup's installer; not part of the package it installs)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "install.py"
+    spec = importlib.util.spec_from_file_location("install_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_setup_hands_pips_configuration_to_uv():
+    """uv reads none of pip's settings: the indexes, find-links, constraints and certificate pip is
+    configured with (files, then PIP_* variables, which win) become uv's, with pip's rule of the
+    best version over every index; other options are not passed on."""
+    listed = "\n".join([
+        "global.extra-index-url='file:///opt/a/simple file:///opt/b/simple'",
+        "global.find-links='/opt/old-wheels'",
+        "global.constraint='/etc/xdg/pip/constraints.txt'",
+        "global.cert='/etc/ssl/certs/ca.crt'",
+        "user.index-url='https://mirror.example/simple'",
+        "user.timeout='60'",
+        ":env:.find-links='/opt/wheels'",
+        ":env:.disable-pip-version-check='1'",
+        "not a setting",
+    ])
+    assert _installer().uv_environment(listed) == {
+        "UV_EXTRA_INDEX_URL": "file:///opt/a/simple file:///opt/b/simple",
+        "UV_FIND_LINKS": "/opt/wheels",
+        "UV_CONSTRAINT": "/etc/xdg/pip/constraints.txt",
+        "UV_DEFAULT_INDEX": "https://mirror.example/simple",
+        "SSL_CERT_FILE": "/etc/ssl/certs/ca.crt",
+        "UV_INDEX_STRATEGY": "unsafe-best-match",
+    }
+    assert _installer().uv_environment("") == {"UV_INDEX_STRATEGY": "unsafe-best-match"}
+
+
+@pytest.mark.parametrize("failing", ["uv==", "requirements-nodeps.txt"])
+def test_make_setup_falls_back_to_pip_when_uv_fails(monkeypatch, failing):
+    """Where uv cannot be installed, or fails on a step, pip installs every requirement file and the
+    package itself: setup never ends half done."""
+    installer = _installer()
+    commands: list[str] = []
+
+    def run(command, env=None):
+        line = " ".join(command[1:])
+        commands.append(line)
+        return not (failing in line and ("uv==" in line or " uv " in f" {line} "))
+
+    monkeypatch.setattr(installer, "run", run)
+    installer.install(["requirements.txt"], ["requirements-nodeps.txt"], ".")
+    pip_steps = [c for c in commands if c.startswith("-m pip install -q") and "uv==" not in c]
+    assert pip_steps == ["-m pip install -q -r requirements.txt",
+                         "-m pip install -q --no-deps -r requirements-nodeps.txt",
+                         "-m pip install -q --no-deps -e ."]
