@@ -6,7 +6,8 @@ machine (torch and its CUDA wheels are 6 GB; benchmarks/results/README.md), whic
 ``make setup`` and so of every fresh-clone ``make repro`` and CI run. uv does not read pip's
 configuration, so the indexes, find-links and constraints pip is configured with (``pip config
 list``: files and ``PIP_*`` variables) are handed to it as its own variables, and it picks the best
-version over all of them as pip does. Any uv failure falls back to pip, which finishes the job.
+version over all of them as pip does. Any uv failure falls back to pip, which finishes the job;
+``SYNTHDET_INSTALLER=pip`` skips uv.
 
 Run with the venv's interpreter, stdlib only: ``.venv/bin/python scripts/install.py``.
 """
@@ -23,6 +24,7 @@ UV = "uv==0.13.9"
 PIP_TO_UV = {"index-url": "UV_DEFAULT_INDEX", "extra-index-url": "UV_EXTRA_INDEX_URL",
              "find-links": "UV_FIND_LINKS", "constraint": "UV_CONSTRAINT"}
 CERT_OPTION = "cert"
+INSTALLER_VARIABLE = "SYNTHDET_INSTALLER"  # "pip": skip uv (to compare, or where uv misbehaves)
 
 
 def uv_environment(pip_config: str) -> dict[str, str]:
@@ -53,7 +55,9 @@ def install(requirements: list[str], no_deps: list[str], editable: str) -> None:
     pip = [sys.executable, "-m", "pip", "install", "-q"]
     steps = [["-r", r] for r in requirements] + [["--no-deps", "-r", r] for r in no_deps] + \
             [["--no-deps", "-e", editable]]
-    if run(pip + [UV]):
+    if os.environ.get(INSTALLER_VARIABLE, "uv") == "pip":
+        print(f"{INSTALLER_VARIABLE}=pip: installing with pip", flush=True)
+    elif run(pip + [UV]):
         config = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
         env = uv_environment(config.stdout)
         uv = [sys.executable, "-m", "uv", "pip", "install", "-q", "--python", sys.executable]

@@ -237,11 +237,15 @@ def test_make_setup_hands_pips_configuration_to_uv():
     assert _installer().uv_environment("") == {"UV_INDEX_STRATEGY": "unsafe-best-match"}
 
 
-@pytest.mark.parametrize("failing", ["uv==", "requirements-nodeps.txt"])
+@pytest.mark.parametrize("failing", ["uv==", "requirements-nodeps.txt", "SYNTHDET_INSTALLER=pip"])
 def test_make_setup_falls_back_to_pip_when_uv_fails(monkeypatch, failing):
     """Where uv cannot be installed, or fails on a step, pip installs every requirement file and the
-    package itself: setup never ends half done."""
+    package itself: setup never ends half done. SYNTHDET_INSTALLER=pip never tries uv."""
     installer = _installer()
+    if failing.startswith("SYNTHDET_INSTALLER"):
+        monkeypatch.setenv(*failing.split("="))
+    else:
+        monkeypatch.delenv("SYNTHDET_INSTALLER", raising=False)
     commands: list[str] = []
 
     def run(command, env=None):
@@ -252,6 +256,7 @@ def test_make_setup_falls_back_to_pip_when_uv_fails(monkeypatch, failing):
     monkeypatch.setattr(installer, "run", run)
     installer.install(["requirements.txt"], ["requirements-nodeps.txt"], ".")
     pip_steps = [c for c in commands if c.startswith("-m pip install -q") and "uv==" not in c]
+    assert any("uv" in c for c in commands) != failing.startswith("SYNTHDET_INSTALLER")
     assert pip_steps == ["-m pip install -q -r requirements.txt",
                          "-m pip install -q --no-deps -r requirements-nodeps.txt",
                          "-m pip install -q --no-deps -e ."]
