@@ -1,6 +1,11 @@
 """The download stage checks the generated benchmark against the hashes recorded with the repo."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +102,50 @@ def test_bad_reproducibility_params_fail_before_the_build():
         params = {**PARAMS, "embedded": {**PARAMS["embedded"], key: value}}
         with pytest.raises(ValueError, match=f"embedded.{key}"):
             Config.from_params(params)
+
+
+WORKER_PARENT = '''
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from synthdet import machine
+
+if __name__ == "__main__":
+    arm = sys.argv[1] == "arm"
+    with machine.pinned_environment(), ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=machine.init_worker,
+            initargs=(os.getpid(),) if arm else ()) as pool:
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 300)
+        time.sleep(300)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its parent's reaper is missing
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc and prctl")
+def test_generation_workers_die_with_the_stage_that_started_them(tmp_path):
+    """The download stage's generator workers (spawned processes) are killed when their stage's
+    process dies (SIGKILL, as when a kernel is killed): none keeps the cores busy. Without the
+    parent-death signal the same worker outlives its parent."""
+    script = tmp_path / "parent.py"
+    script.write_text(WORKER_PARENT)
+    survivors = {}
+    for mode in ("arm", "unarmed"):
+        parent = subprocess.Popen([sys.executable, str(script), mode], stdout=subprocess.PIPE, text=True)
+        worker = int(parent.stdout.readline())
+        assert _alive(worker)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        survivors[mode] = _alive(worker)
+        if survivors[mode]:
+            os.kill(worker, signal.SIGKILL)
+    assert survivors == {"arm": False, "unarmed": True}

@@ -6,8 +6,11 @@ pins that make CPU generation bit-identical across x86-64 machines
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import platform
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +44,26 @@ def pinned_environment() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def init_worker() -> None:
-    """First call in every generation worker: one thread, deterministic kernels, pins in effect."""
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Linux: this process is killed when ``parent_pid`` (the process that started it) dies, so a
+    worker never outlives a killed stage (it would keep training a generator nobody waits for, on
+    every core, for as long as it takes). Elsewhere: nothing (the worker ends with its task)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # it died before the signal was armed
+        os._exit(1)
+
+
+def init_worker(parent_pid: int | None = None) -> None:
+    """First call in every generation worker: dies with ``parent_pid``, one thread, deterministic
+    kernels, pins in effect."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     missing = {k: v for k, v in PINNED_ENV.items() if os.environ.get(k) != v}
     if missing:
         raise RuntimeError(f"generation worker started without the pinned environment {missing}; start it "

@@ -254,7 +254,8 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         workers = max(1, min(processes or cores, len(groups)))
         with machine.pinned_environment(), ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=machine.init_worker) as pool:
+                workers, mp_context=multiprocessing.get_context("spawn"), initializer=machine.init_worker,
+                initargs=(os.getpid(),)) as pool:
             # the longest groups (the most training epochs) first, so the last one to start is short
             order = sorted(range(len(groups)), key=lambda i: -_work(subsets, groups[i]))
             futures = {pool.submit(_build_group, plan, groups[i]): i for i in order}
