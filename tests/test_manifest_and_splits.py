@@ -39,6 +39,19 @@ def test_bad_files_in_a_tree_are_marked_not_dropped(tmp_path):
     assert (df["status"] == "ok").sum() == len(df) - 2
 
 
+def test_a_file_gone_before_it_is_read_is_missing_not_unreadable(tmp_path):
+    """A listed file that is gone when it is read (deleted, a dangling link) is ``missing``, as
+    the image reader calls it, and the other reasons keep their names."""
+    from synthdet.data.manifest import describe_files
+
+    (tmp_path / "ok.png").write_bytes(b"")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "folder.png").mkdir()
+    rows = describe_files([tmp_path / n for n in ("gone.png", "dangling.png", "ok.png", "folder.png")], workers=1)
+    assert [r["status"] for r in rows] == ["missing", "missing", "empty", "unreadable"]
+    assert rows[0]["error"] == "file does not exist" and rows[0]["sha256"] is None
+
+
 def test_wrong_layout_names_what_was_expected(tmp_path):
     (tmp_path / "gi/imagenet_glide/train/ai").mkdir(parents=True)
     with pytest.raises(LayoutError, match=r"train/nature.*expected"):

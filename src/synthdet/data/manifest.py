@@ -41,6 +41,8 @@ def describe_file(path: Path) -> dict:
                    jpeg_quality=info.jpeg_quality, subsampling=info.subsampling, exif=info.exif)
     except ImageDecodeError as exc:
         row.update(status=exc.status, error=exc.problem)
+    except FileNotFoundError:  # gone between listing and reading: missing, as the image reader says
+        row.update(status="missing", error="file does not exist")
     except OSError as exc:
         row.update(status="unreadable", error=str(exc))
     return row
