@@ -309,6 +309,31 @@ def test_bad_entry_names_are_refused_before_anything_is_written(tmp_path):
         extract(archive, tmp_path / "out_dup")
 
 
+def test_a_dot_entry_and_a_file_where_a_folder_is_needed_are_named_by_ingest(tmp_path):
+    """Through ``ingest``, as a user meets them: an entry named ``.``, a file entry at a path that
+    other entries extract into (two ways: a plain file, and a symbolic link stored as an entry),
+    each refused with the archive and the entries named, before anything is written."""
+    (tmp_path / "src").mkdir()
+    link = zipfile.ZipInfo("imagenet_glide/train", date_time=(1980, 1, 1, 0, 0, 0))
+    link.external_attr = (0o120777 << 16)  # a symbolic link, as `zip --symlinks` stores it
+    cases = {"dot": ({"imagenet_glide/ok.png": b"fine", "Q": b"x"}, None, "refused path"),
+             "clash": ({"imagenet_glide/train/ai": b"a file", "imagenet_glide/train/ai/a.png": b"x"}, None,
+                       "'imagenet_glide/train/ai' is a file where entry 'imagenet_glide/train/ai/a.png' needs"),
+             "link": ({"imagenet_glide/train/ai/a.png": b"x"}, link, "'imagenet_glide/train' is a file where")}
+    for label, (entries, extra, says) in cases.items():
+        z = _zip_with(tmp_path / "src/imagenet_glide.zip", entries)
+        if extra is not None:
+            with zipfile.ZipFile(z, "a") as zf:
+                zf.writestr(extra, "/etc")
+        if label == "dot":
+            _patch(z, b"Q", b".")
+        out = tmp_path / f"out_{label}"
+        with pytest.raises(DataSourceError, match=re.escape("imagenet_glide.zip") + ".*" + re.escape(says)):
+            ingest(tmp_path / "src", out, ["imagenet_glide"], {"imagenet_glide.zip": file_digest(z, "md5")})
+        assert not any(p.is_file() and not p.name.startswith(".") for p in out.rglob("*")), label
+        z.unlink()
+
+
 def test_long_names_extract_and_corrupt_deflate_names_the_entry(tmp_path):
     long = "imagenet_glide/" + "n" * 250 + ".png"
     z = _zip_with(tmp_path / "long.zip", {long: b"ok" * 100})

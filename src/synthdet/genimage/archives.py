@@ -103,7 +103,7 @@ def ingest(source: Path, out: Path, subsets: list[str] | None = None,
         parts = find_parts(source, subset, checksums)
         verify_parts(parts, checksums, out / ".md5_cache.json")
         with SplitZip([p.path for p in parts]) as archive:
-            names = {Path(n).parts[0] for n in archive.namelist() if n.strip("/")}
+            names = {Path(n).parts[0] for n in archive.namelist() if Path(n).parts}  # "." has none
             if subset not in names:
                 raise DataSourceError(f"{parts[-1].path}: expected a top-level folder {subset}/, found {sorted(names)}")
             report[subset] = extract(archive, out, desc=subset, verify_existing=verify_extracted)

@@ -5,6 +5,7 @@ path traversal refused and every member's CRC checked."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -199,8 +200,9 @@ def _zip64_fields(extra: bytes, usize: int, csize: int, offset: int, disk: int) 
 
 def planned_targets(archive: SplitZip, out: Path) -> dict[str, tuple[ZipEntry, Path]]:
     """Every file entry's target under ``out``, checked before anything is written: a name that
-    is empty, ``.``, absolute, ``..``, has NUL or is too long for the file system, and two
-    entries for one path, are errors naming the archive and the entry."""
+    is empty, ``.``, absolute, ``..``, has NUL or is too long for the file system, two entries
+    for one path, and a file entry where another entry needs a folder, are errors naming the archive
+    and the entries."""
     targets: dict[str, tuple[ZipEntry, Path]] = {}
     for entry in archive.entries:
         if entry.name.endswith("/") and entry.name.strip("/") not in ("", "."):
@@ -211,6 +213,17 @@ def planned_targets(archive: SplitZip, out: Path) -> dict[str, tuple[ZipEntry, P
             raise DataSourceError(f"{archive.name}: entries {targets[key][0].name!r} and {entry.name!r} "
                                   "both extract to the same path; refused (a corrupt or crafted archive)")
         targets[key] = (entry, target)
+    needs_folder: dict[str, str] = {}  # a folder some entry extracts into -> that entry
+    root = Path(out).as_posix()
+    for key, (entry, _) in targets.items():
+        folder = os.path.dirname(key)
+        while len(folder) > len(root) and folder not in needs_folder:
+            needs_folder[folder] = entry.name
+            folder = os.path.dirname(folder)
+    clash = next((key for key in targets if key in needs_folder), None)
+    if clash is not None:  # e.g. a symbolic link stored where the archive's other entries see a folder
+        raise DataSourceError(f"{archive.name}: entry {targets[clash][0].name!r} is a file where entry "
+                              f"{needs_folder[clash]!r} needs a folder; refused (a corrupt or crafted archive)")
     return targets
 
 
