@@ -271,15 +271,68 @@ def _jpeg(img: Image.Image, **kw) -> bytes:
     return buf.getvalue()
 
 
-def test_truncated_jpeg_data_and_lying_headers_are_corrupt(tmp_path):
+def _lying_jpegs(folder: Path) -> tuple[Path, Path]:
+    """A JPEG cut to a quarter with its end marker put back, and a 16x16 one whose header claims
+    9000x7000: Pillow decodes both to grey pictures without a word."""
     good = _jpeg(noise_image(0, (256, 256)), quality=90)
-    cut = tmp_path / "cut.jpg"
+    cut = folder / "cut.jpg"
     cut.write_bytes(good[: len(good) // 4] + b"\xff\xd9")  # a quarter, end marker put back
     small = bytearray(_jpeg(noise_image(1, (16, 16))))
     sof = small.find(b"\xff\xc0")
     small[sof + 5 : sof + 9] = struct.pack(">HH", 7000, 9000)
-    liar = tmp_path / "liar.jpg"
+    liar = folder / "liar.jpg"
     liar.write_bytes(bytes(small))
+    return cut, liar
+
+
+def _png_chunk_bombs(folder: Path) -> list[Path]:
+    """300-byte-ish PNGs whose zTXt, iTXt or iCCP chunk inflates past Pillow's limit (to 300 MiB
+    in the wild; past its 1 MiB per-chunk limit is enough to be refused)."""
+    from PIL import PngImagePlugin
+
+    paths = []
+    for name in ("ztxt", "itxt", "iccp"):
+        info, extra = PngImagePlugin.PngInfo(), {}
+        if name == "iccp":
+            extra["icc_profile"] = b"\0" * (4 << 20)
+        else:
+            (info.add_text if name == "ztxt" else info.add_itxt)("k", "a" * (4 << 20), zip=True)
+        path = folder / f"{name}.png"
+        noise_image(2, (32, 32)).save(path, pnginfo=info, **extra)
+        assert path.stat().st_size < 64 << 10
+        paths.append(path)
+    return paths
+
+
+def test_every_reader_decodes_strictly_and_png_chunk_bombs_are_corrupt(tmp_path):
+    """One strict decoding path: what the index refuses, the image reader every stage uses refuses
+    too, and so do `predict` and ImagiNet's perturbation (each file corrupt, named, the others
+    scored or written): the two lying JPEGs, and PNGs whose text or colour-profile chunk inflates
+    past Pillow's limit (was a ValueError past the reader, which ended indexing, epochs, predict).
+    A training epoch over indexed rows skips only the JPEG re-check (``strict=False``)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bad = [*_lying_jpegs(folder), *_png_chunk_bombs(folder)]
+    noise_image(3, (48, 48)).save(folder / "fine.png")
+    for path in bad:
+        with pytest.raises(ImageDecodeError, match=re.escape(path.name)):
+            load_rgb(path)
+        assert describe_file(path)["status"] == "corrupt", path.name
+    assert load_rgb(bad[1], strict=False).size == (9000, 7000)  # what Pillow alone gives: the index catches it
+    from synthdet.predict import predict_files
+
+    table = predict_files([folder], _detector_file(tmp_path / "detector.pt"), device="cpu", num_workers=0)
+    status = dict(zip(table["path"].map(lambda p: Path(p).name), table["status"], strict=True))
+    assert status == {"fine.png": "ok", **{p.name: "corrupt" for p in bad}}
+    ann = pd.DataFrame([{"relpath": p.name, "label": 1, "content": "faces", "family": "gan",
+                         "generator": "stylegan_xl", "specific": 1} for p in (*bad, folder / "fine.png")])
+    perturbed = build_perturbed(ann, folder, tmp_path / "perturbed", seed=0)
+    assert dict(zip(perturbed["relpath"], perturbed["status"], strict=True)) == status
+    assert sorted(p.name for p in (tmp_path / "perturbed").rglob("*.png")) == ["fine.png.png"]
+
+
+def test_truncated_jpeg_data_and_lying_headers_are_corrupt(tmp_path):
+    cut, liar = _lying_jpegs(tmp_path)
     for path in (cut, liar):
         with pytest.raises(ImageDecodeError, match=rf"{path.name}: corrupt JPEG data .*premature end"):
             inspect_image(path)

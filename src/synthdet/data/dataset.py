@@ -73,7 +73,8 @@ def view_transform(train: bool, hflip: bool = True,
 class ManifestDataset(Dataset):
     """Rows of a manifest -> (image tensor, label, row index, skipped).
 
-    A file that fails to decode at run time (it passed indexing but was damaged since) is logged
+    Rows come from a manifest, whose index checked every file strictly, so an epoch decodes without
+    the JPEG data check. A file that fails to decode at run time (damaged since) is logged
     and replaced by the next decodable row, so one bad file never ends an epoch. ``skipped``
     reports the files passed over for this item (``path<TAB>problem`` lines, '' for none): it
     travels back from DataLoader workers in the batch, where ``self.failures`` (filled in each
@@ -103,7 +104,7 @@ class ManifestDataset(Dataset):
         for offset in range(min(len(self.paths), 64)):
             i = (index + offset) % len(self.paths)
             try:
-                img = self.cache.view(i) if self.cache is not None else load_rgb(self.paths[i])
+                img = self.cache.view(i) if self.cache is not None else load_rgb(self.paths[i], strict=False)
             except ImageDecodeError as exc:
                 if self.paths[i] not in self.failures:
                     log.warning("skipping unreadable image: %s", exc)

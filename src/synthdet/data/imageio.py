@@ -102,8 +102,8 @@ def _open(path: Path) -> Image.Image:
         raise ImageDecodeError(path, f"decompression bomb refused ({exc})", "too_large") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageDecodeError(path, "not an image file Pillow can identify", "not_image") from exc
-    except OSError as exc:
-        raise ImageDecodeError(path, f"cannot open ({exc})", "corrupt") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # ValueError: a PNG text or profile chunk that
+        raise ImageDecodeError(path, f"cannot open ({exc})", "corrupt") from exc  # inflates past Pillow's limit
     if img.width * img.height > MAX_PIXELS:
         raise ImageDecodeError(
             path, f"{img.width}x{img.height} exceeds the {MAX_PIXELS:,}-pixel limit", "too_large"
@@ -164,14 +164,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: Path | str) -> Image.Image:
-    """Decode ``path`` to 8-bit RGB (first frame), or raise :class:`ImageDecodeError`."""
+def load_rgb(path: Path | str, strict: bool = True) -> Image.Image:
+    """Decode ``path`` to 8-bit RGB (first frame), or raise :class:`ImageDecodeError`. ``strict``:
+    a JPEG's data is checked as :func:`inspect_image` checks it (a file cut short with its end
+    marker put back, or a header that claims more pixels than the data holds, is corrupt, not a
+    grey picture); only readers of files the index has checked so may skip it (a training epoch)."""
     path = Path(path)
     img = _open(path)
     try:
         with img:
             img.seek(0)
             img.load()
+            if strict and img.format == "JPEG":
+                check_jpeg_data(path)
             return to_rgb(img)
     except ImageDecodeError:
         raise
