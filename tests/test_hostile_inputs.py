@@ -488,6 +488,33 @@ def test_cli_user_mistakes_are_one_line_and_exit_2(tmp_path, monkeypatch, capsys
     assert not (tmp_path / ".cache").exists()  # nothing was downloaded before the check
 
 
+def test_stages_without_their_inputs_and_bad_predict_arguments_are_one_line(tmp_path, monkeypatch, capsys):
+    """`synthdet stage split|train|evaluate` before the stages that write their inputs, and
+    `predict` with a batch size of 0, CUDA on a machine without it, a device torch cannot read or
+    a folder as the output: one line naming the file or argument and what to do, exit 2, nothing
+    written (were 16-34-line tracebacks)."""
+    (tmp_path / "params.yaml").write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    detector = _detector_file(tmp_path / "detector.pt")
+    noise_image(0, (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "a_folder").mkdir()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    predict = ["predict", "a.png", "--detector", str(detector)]
+    cases = [
+        (["stage", "split"], r"stage split: artifacts/download/manifest.parquet: manifest not found .*dvc repro split"),
+        (["stage", "train"], r"stage train: artifacts/split/splits.parquet: manifest not found"),
+        (["stage", "evaluate"], r"stage evaluate: artifacts/degrade/degraded.parquet: not found; `dvc repro evaluate`"),
+        ([*predict, "--batch-size", "0"], r"--batch-size 0: give a whole number of at least 1"),
+        ([*predict, "--device", "cuda"], r"--device 'cuda': torch sees no CUDA GPU on this machine"),
+        ([*predict, "--device", "gpu0"], r"--device 'gpu0': not a device name"),
+        ([*predict, "--out", "a_folder"], r"--out a_folder: a folder; give the CSV file to write"),
+    ]
+    for argv, message in cases:
+        code, err = _cli(tmp_path, monkeypatch, capsys, *argv)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+        assert re.search(message, err), (argv, err)
+    assert not (tmp_path / "predictions.csv").exists() and not list((tmp_path / "a_folder").iterdir())
+
+
 def test_dvc_outside_the_venv_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))

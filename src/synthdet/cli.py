@@ -273,7 +273,12 @@ def cmd_stage(args: argparse.Namespace) -> int:
         raise UserError(f"{args.params}: {exc.args[0]}") from exc
     except (ValueError, TypeError) as exc:
         raise UserError(f"stage {stage.name}: {exc}") from exc
-    result = module.run(params, **dict(stage.arguments), **items)  # what its notebook passes
+    try:
+        result = module.run(params, **dict(stage.arguments), **items)  # what its notebook passes
+    except FileNotFoundError as exc:  # an input an earlier stage writes
+        what = (f"{exc.filename}: {exc.strerror or 'not found'}" if exc.filename
+                else str(exc) if "not found" in str(exc) else f"{exc}: not found")
+        raise UserError(f"stage {stage.name}: {what}; `dvc repro {stage.name}` runs the stages it needs first") from exc
     if int(os.environ.get("RANK", "0")) == 0 and result.metrics:
         print(json.dumps(result.metrics, indent=2, default=str))
     return 0
@@ -288,6 +293,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UserError(f"{detector}: no detector there; train one (dvc repro train) or give --detector <file>")
     if not 0.0 < args.threshold < 1.0:
         raise UserError(f"--threshold {args.threshold}: give a probability between 0 and 1")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: give a whole number of at least 1")
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: a folder; give the CSV file to write "
+                        f"(e.g. {Path(args.out) / 'predictions.csv'})")
+    from synthdet.training.runtime import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from exc
     try:
         table = predict_files(args.paths, detector, args.device, args.batch_size, args.threshold)
     except FileNotFoundError as exc:

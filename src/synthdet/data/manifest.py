@@ -7,6 +7,7 @@ JPEG quality and chroma subsampling, EXIF presence, sha256) and whether it is us
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -90,7 +91,7 @@ def write_manifest(df: pd.DataFrame, path: Path) -> None:
 
 def read_manifest(path: Path) -> pd.DataFrame:
     if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: manifest not found; run the download stage first")
+        raise FileNotFoundError(errno.ENOENT, "manifest not found (the stage that writes it has not run)", str(path))
     df = pd.read_parquet(path)
     missing = [c for c in COLUMNS if c not in df]
     if missing:

@@ -12,10 +12,18 @@ from torch import nn
 
 
 def resolve_device(spec: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
-    """``auto``: the GPU of this rank when CUDA is there, else the CPU; anything else as torch reads it."""
+    """``auto``: the GPU of this rank when CUDA is there, else the CPU; anything else as torch reads
+    it. A name torch does not know, or CUDA where there is none, is a ValueError saying so (before
+    any work, not a traceback from deep inside the first tensor move)."""
     if str(spec) == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {spec!r}: not a device name (auto, cpu, cuda or cuda:<n>)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec!r}: torch sees no CUDA GPU on this machine (use auto or cpu)")
+    return device
 
 
 def resolve_workers(spec: int | str, device: torch.device) -> int:
