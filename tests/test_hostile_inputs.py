@@ -101,6 +101,26 @@ def test_a_pickled_object_is_refused_through_every_weights_path_and_never_runs(t
         assert not proof.exists(), what
 
 
+def test_train_weights_that_are_not_a_state_dict_get_the_right_reason(tmp_path):
+    """``train.weights`` naming a saved tensor, a text file or random bytes: a CheckpointError
+    naming the file and what it is (not an AttributeError, and not "could run code", which is kept
+    for pickled references to code)."""
+    from synthdet.detectors import create_detector
+
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    (tmp_path / "notes.pt").write_text("hello, not a checkpoint\n")
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).integers(0, 256, 100, dtype=np.uint8).tobytes())
+    torch.save({"model": {}}, tmp_path / "empty.pt")
+    says = {"tensor.pt": r"not detector weights: a Tensor where a state dict of tensors is expected",
+            "notes.pt": r"unreadable detector weights \(truncated, or not a file torch.save wrote",
+            "noise.pt": r"unreadable detector weights \(not a file torch.save wrote, or damaged",
+            "empty.pt": r"not detector weights: a dict where a state dict of tensors"}
+    for name, message in says.items():
+        with pytest.raises(CheckpointError, match=rf"{name}: {message}") as caught:
+            create_detector("resnet18", img_size=32, weights=str(tmp_path / name))
+        assert "could run code" not in str(caught.value)
+
+
 def test_no_weights_only_false_anywhere_in_the_package():
     src = Path(__file__).resolve().parents[1] / "src"
     unsafe = "weights_only=" + "False"  # spelled in two parts so that `git grep` finds it nowhere

@@ -186,14 +186,20 @@ def load_torch_file(path: Path, what: str = "checkpoint") -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused to load this {what}: it holds Python objects other than "
-                              f"tensors and plain data, and unpickling them could run code ({reason}). "
-                              "Load only files you trust, saved as a state dict.") from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        named = next((line for line in lines if "Unsupported global" in line), None)
+        if named is not None:  # a pickled reference to code: what weights_only exists to refuse
+            raise CheckpointError(f"{path}: refused to load this {what}: it holds Python objects other than "
+                                  f"tensors and plain data, and unpickling them could run code ({named[:200]}). "
+                                  "Load only files you trust, saved as a state dict.") from exc
+        reason = next((line for line in lines if "Unsupported operand" in line), lines[-1] if lines else "")
+        raise CheckpointError(f"{path}: unreadable {what} (not a file torch.save wrote, or damaged: "
+                              f"{reason[:200] or type(exc).__name__})") from exc
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
+            UnicodeDecodeError) as exc:  # what the unpickler raises on text and other non-torch bytes
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: unreadable {what} (truncated, or not a file torch.save wrote: "
-                              f"{reason})") from exc
+                              f"{type(exc).__name__} {reason})") from exc
 
 
 def file_digest(path: Path | str, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:

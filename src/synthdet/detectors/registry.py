@@ -3,14 +3,15 @@ with other outputs, such as ImagiNet's, names them in ``score_outputs``: trainin
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from synthdet.data.dataset import DataConfig
 from synthdet.detectors.backbones import TimmDetector
-from synthdet.fsutil import load_torch_file
+from synthdet.fsutil import CheckpointError, load_torch_file
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _UNLISTED: set[str] = set()
@@ -62,7 +63,10 @@ def create_detector(name: str, img_size: int = 224, weights: str | None = None, 
     if weights:
         path = Path(weights)
         state = load_torch_file(path, "detector weights")
-        state = state.get("model", state)
+        state = state.get("model", state) if isinstance(state, Mapping) else state
+        if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{path}: not detector weights: a {type(state).__name__} where a state dict of "
+                                  "tensors is expected (a detector.pt, or a file of model.state_dict())")
         own = model.state_dict()
         # a new head (one logit instead of ImageNet's 1000) may be missing or shaped otherwise, nothing else
         reshaped = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
