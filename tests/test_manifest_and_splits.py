@@ -1,3 +1,5 @@
+import re
+
 import pandas as pd
 import pytest
 
@@ -37,6 +39,24 @@ def test_bad_files_in_a_tree_are_marked_not_dropped(tmp_path):
     status = df.set_index(df["path"].str.rsplit("/", n=1).str[-1])["status"]
     assert status["empty.png"] == "empty" and status[jpg.name] == "corrupt"
     assert (df["status"] == "ok").sum() == len(df) - 2
+
+
+def test_jfif_and_avif_images_are_indexed_and_other_files_are_reported(tmp_path, caplog):
+    """A GenImage tree may hold JPEGs named .jfif and AVIF files: both are images here. Any other
+    file is left out with a warning that counts and names it (was silent)."""
+    from tests.conftest import noise_image
+
+    root = make_genimage_tree(tmp_path / "gi", subsets=("imagenet_ai_0508_adm",))
+    folder = root / "imagenet_ai_0508_adm/train/ai"
+    noise_image(0, (32, 32)).save(folder / "a.jfif", format="JPEG")
+    noise_image(1, (32, 32)).save(folder / "b.avif", format="AVIF")
+    (folder / "notes.txt").write_text("not an image")
+    with caplog.at_level("WARNING"):
+        df = index_genimage_tree(root)
+    formats = df.set_index(df["path"].str.rsplit("/", n=1).str[-1])[["format", "status"]]
+    assert formats.loc["a.jfif"].tolist() == ["JPEG", "ok"] and formats.loc["b.avif"].tolist() == ["AVIF", "ok"]
+    assert "notes.txt" not in formats.index
+    assert re.search(r"1 files left out, not images by their suffix \(\.txt;.*notes\.txt", caplog.text)
 
 
 def test_a_file_gone_before_it_is_read_is_missing_not_unreadable(tmp_path):

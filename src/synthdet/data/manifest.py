@@ -25,7 +25,8 @@ COLUMNS = [
     "width", "height", "format", "mode", "jpeg_quality", "subsampling", "exif", "sha256", "status", "error",
 ]
 FILE_COLUMNS = ("sha256", "width", "height", "format", "mode", "jpeg_quality", "subsampling", "exif", "status", "error")
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+# what an image file may be called (Pillow reads all of them; .jfif is JPEG, .avif Pillow's AVIF plugin)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif"}
 
 
 class LayoutError(ValueError):

@@ -5,6 +5,7 @@ class each file name carries. The archives it ships in: :mod:`synthdet.genimage.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -14,6 +15,8 @@ import pandas as pd
 
 from synthdet.data.indexcache import IndexCache
 from synthdet.data.manifest import IMAGE_SUFFIXES, LayoutError, describe_files, normalise
+
+log = logging.getLogger(__name__)
 
 REFERENCE = Path(__file__).parent / "reference"
 # subset folder -> (generator as GenImage names it, family)
@@ -54,7 +57,7 @@ def index_genimage_tree(root: Path, subsets: Iterable[str] | None = None,
     missing = [s for s in wanted if s not in found]
     if missing:
         raise LayoutError(f"{root}: subsets {missing} not found (found: {found})")
-    records = []
+    records, others = [], []
     for subset in wanted:
         for split in SPLIT_DIRS:
             for label_dir, label in LABEL_DIRS.items():
@@ -67,6 +70,12 @@ def index_genimage_tree(root: Path, subsets: Iterable[str] | None = None,
                     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                         records.append({"path": path.as_posix(), "label": label, "subset": subset,
                                         "split": "test" if split == "val" else "train"})
+                    elif path.is_file() and not path.name.startswith("."):
+                        others.append(path)
+    if others:  # said, never silent: a format this list lacks would otherwise just shrink a subset
+        suffixes = sorted({p.suffix.lower() or "(none)" for p in others})
+        log.warning("%s: %d files left out, not images by their suffix (%s; known: %s), e.g. %s", root,
+                    len(others), ", ".join(suffixes), " ".join(sorted(IMAGE_SUFFIXES)), others[0])
     if not records:
         raise LayoutError(f"{root}: no images found under {wanted}")
     files = describe_files([Path(r["path"]) for r in records], cache=cache)
