@@ -535,6 +535,27 @@ def test_stages_without_their_inputs_and_bad_predict_arguments_are_one_line(tmp_
     assert not (tmp_path / "predictions.csv").exists() and not list((tmp_path / "a_folder").iterdir())
 
 
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda df: df.assign(label=df["label"].where(df.index != 3, 2)), r"1 rows with a label other than 0 .*e\.g\. 2 "),
+    (lambda df: df.assign(label=df["label"].astype(float).where(df.index != 0)), r"1 rows with .*e\.g\. nan for"),
+    (lambda df: pd.concat([df, df.iloc[[5]]]), r"1 images listed more than once in one subset and split"),
+])
+def test_a_hand_edited_manifest_is_refused_before_the_split(tmp_path, monkeypatch, capsys, edit, says):
+    """A manifest with a label 2, a NaN label or a row twice stops the split stage with one line
+    naming the file, what is wrong and how to rebuild it (it used to split and train)."""
+    from synthdet.data.manifest import COLUMNS
+
+    (tmp_path / "params.yaml").write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    rows = pd.DataFrame({c: [None] * 8 for c in COLUMNS}).assign(
+        path=[f"/data/{i}.png" for i in range(8)], label=[0, 1] * 4, subset="ldm", split="train", status="ok")
+    (tmp_path / "artifacts/download").mkdir(parents=True)
+    edit(rows).to_parquet(tmp_path / "artifacts/download/manifest.parquet")
+    code, err = _cli(tmp_path, monkeypatch, capsys, "stage", "split")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(r"artifacts/download/manifest.parquet: broken manifest: " + says, err), err
+    assert "dvc repro -f" in err and not (tmp_path / "artifacts/split").exists()
+
+
 def test_dvc_outside_the_venv_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from synthdet.data.imageio import ImageDecodeError
-from synthdet.data.manifest import LayoutError
+from synthdet.data.manifest import LayoutError, ManifestError
 from synthdet.fsutil import CheckpointError, DataSourceError, atomic_output, inside, replace_owned_dir
 from synthdet.transforms.degrade import natural_order
 
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, DataSourceError, CheckpointError, ImageDecodeError, LayoutError) as exc:
+    except (UserError, DataSourceError, CheckpointError, ImageDecodeError, LayoutError, ManifestError) as exc:
         print(f"synthdet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

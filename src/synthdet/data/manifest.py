@@ -29,6 +29,10 @@ FILE_COLUMNS = ("sha256", "width", "height", "format", "mode", "jpeg_quality", "
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif"}
 
 
+class ManifestError(ValueError):
+    """A manifest file that cannot be used as it is: the message names it and what is wrong."""
+
+
 class LayoutError(ValueError):
     """A folder that does not have the expected ``<subset>/{train,val}/{ai,nature}`` layout."""
 
@@ -96,8 +100,30 @@ def read_manifest(path: Path) -> pd.DataFrame:
     df = pd.read_parquet(path)
     missing = [c for c in COLUMNS if c not in df]
     if missing:
-        raise ValueError(f"{path}: not a synthdet manifest (missing columns {missing})")
+        raise ManifestError(f"{path}: not a synthdet manifest (missing columns {missing})")
+    problems = manifest_problems(df)
+    if problems:
+        raise ManifestError(f"{path}: broken manifest: {'; '.join(problems)}. Rebuild it (dvc repro -f <the stage "
+                         "that writes it>) rather than editing it by hand")
     return df
+
+
+def manifest_problems(df: pd.DataFrame) -> list[str]:
+    """What makes a manifest unusable whatever reads it (a hand edit, a bad merge): labels other
+    than 0 and 1, a missing path, one image listed twice in one subset and split."""
+    problems = []
+    labels = pd.to_numeric(df["label"], errors="coerce")
+    bad = df[~labels.isin([0, 1])]
+    if len(bad):
+        problems.append(f"{len(bad)} rows with a label other than 0 (real) or 1 (fake), "
+                        f"e.g. {bad['label'].iloc[0]} for {bad['path'].iloc[0]}")
+    if df["path"].isna().any() or (df["path"].astype(str) == "").any():
+        problems.append(f"{int(df['path'].isna().sum() + (df['path'].astype(str) == '').sum())} rows without a path")
+    key = [c for c in ("path", "subset", "split") if c in df]  # one file may serve two splits (calibration)
+    twice = df.loc[df.duplicated(key, keep=False) & df["path"].notna(), "path"]
+    if len(twice):
+        problems.append(f"{twice.nunique()} images listed more than once in one subset and split, e.g. {twice.iloc[0]}")
+    return problems
 
 
 def usable(df: pd.DataFrame) -> pd.DataFrame:
