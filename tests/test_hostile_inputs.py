@@ -441,6 +441,31 @@ def test_resume_rechecks_a_same_size_corrupted_file(tmp_path):
         assert victim.read_bytes() == payload
 
 
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero and FIFOs")
+def test_a_part_that_is_a_device_or_a_fifo_is_refused_not_read_forever(tmp_path):
+    """A GenImage part that is a link to /dev/zero (endless) or a FIFO (waits for a writer forever)
+    is refused at once with its path named (was hashed until killed)."""
+    import signal
+
+    def overdue(*_):
+        raise TimeoutError("still reading after 20 s")
+
+    before = signal.signal(signal.SIGALRM, overdue)
+    try:
+        for kind in ("link", "fifo"):
+            src = tmp_path / kind
+            src.mkdir()
+            part = src / "imagenet_glide.zip"
+            part.symlink_to("/dev/zero") if kind == "link" else os.mkfifo(part)
+            signal.alarm(20)
+            with pytest.raises(DataSourceError, match=r"imagenet_glide.zip: not a regular file"):
+                ingest(src, tmp_path / f"out_{kind}", ["imagenet_glide"], {"imagenet_glide.zip": "0" * 32})
+            signal.alarm(0)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+
+
 def test_a_truncated_md5_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
     (tmp_path / "src").mkdir()
     z = _zip_with(tmp_path / "src/imagenet_glide.zip", {"imagenet_glide/train/ai/a.png": b"x"})

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -204,15 +205,20 @@ def load_torch_file(path: Path, what: str = "checkpoint") -> dict:
 
 def file_digest(path: Path | str, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
     """Hex digest of a file read in chunks: the one hasher behind every checksum here (sha256 for
-    manifests and pinned downloads, md5 for GenImage's part list, crc32 for zip and 7z members)."""
-    if algorithm == "crc32":
-        crc = 0
-        with open(path, "rb") as handle:
+    manifests and pinned downloads, md5 for GenImage's part list, crc32 for zip and 7z members).
+    Only a regular file (or a link to one) is read: a device such as /dev/zero would never end, a
+    FIFO would wait forever; either is a DataSourceError naming the path (an IsADirectoryError for
+    a folder, as ``open`` gives)."""
+    mode = os.stat(path).st_mode  # before open: opening a FIFO would already wait
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise DataSourceError(f"{path}: not a regular file (a device, a FIFO or a socket); refused to read it")
+    with open(path, "rb") as handle:
+        if algorithm == "crc32":
+            crc = 0
             while block := handle.read(chunk):
                 crc = zlib.crc32(block, crc)
-        return f"{crc:08x}"
-    digest = hashlib.new(algorithm, usedforsecurity=False)
-    with open(path, "rb") as handle:
+            return f"{crc:08x}"
+        digest = hashlib.new(algorithm, usedforsecurity=False)
         while block := handle.read(chunk):
             digest.update(block)
-    return digest.hexdigest()
+        return digest.hexdigest()
