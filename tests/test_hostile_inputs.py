@@ -466,6 +466,22 @@ def test_a_part_that_is_a_device_or_a_fifo_is_refused_not_read_forever(tmp_path)
         signal.signal(signal.SIGALRM, before)
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_names_the_file_and_keeps_what_was_finished(tmp_path):
+    """A write that runs out of space (a real ENOSPC: /dev/full) is a DiskFullError naming the file
+    being written, its partial copy removed and the files written before it kept (was a raw
+    "No space left on device" naming no file)."""
+    from synthdet.fsutil import DiskFullError, atomic_output, atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "out/done.bin", b"finished")
+    with pytest.raises(DiskFullError, match=r"out/big.bin: no space left on its disk while writing it .*MiB free"):
+        with atomic_output(tmp_path / "out/big.bin") as tmp, open("/dev/full", "wb") as full:
+            tmp.write_bytes(b"partial")
+            full.write(b"x" * 4096)
+            full.flush()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["done.bin"]
+
+
 def test_a_truncated_md5_cache_is_rebuilt_with_a_warning(tmp_path, caplog):
     (tmp_path / "src").mkdir()
     z = _zip_with(tmp_path / "src/imagenet_glide.zip", {"imagenet_glide/train/ai/a.png": b"x"})

@@ -15,7 +15,7 @@ import yaml
 
 from synthdet.data.imageio import ImageDecodeError
 from synthdet.data.manifest import LayoutError, ManifestError
-from synthdet.fsutil import CheckpointError, DataSourceError, atomic_output, inside, replace_owned_dir
+from synthdet.fsutil import CheckpointError, DataSourceError, DiskFullError, atomic_output, inside, replace_owned_dir
 from synthdet.transforms.degrade import natural_order
 
 PROFILES = Path("profiles")
@@ -412,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, DataSourceError, CheckpointError, ImageDecodeError, LayoutError, ManifestError) as exc:
+    except (UserError, DataSourceError, CheckpointError, ImageDecodeError, LayoutError, ManifestError,
+            DiskFullError) as exc:
         print(f"synthdet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

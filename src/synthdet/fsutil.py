@@ -7,6 +7,7 @@ The lowest layer of the package: it imports nothing from synthdet.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -84,16 +85,39 @@ def atomic_output(path: Path) -> Iterator[Path]:
     without error, deleted otherwise: an interrupted run never leaves half a file. The temporary
     name is short, so it fits the file system even when ``path``'s own name is at its limit."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".synthdet-", suffix=".part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".synthdet-", suffix=".part")
+    except OSError as exc:
+        raise _disk_full(path, exc) or exc from None
     os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 otherwise: the mode any other write would give
     os.close(fd)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        full = _disk_full(path, exc)
+        if full is None:
+            raise
+        raise full from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class DiskFullError(OSError):
+    """No space (or quota) left where a file was being written: the message names the file."""
+
+
+def _disk_full(path: Path, exc: OSError) -> DiskFullError | None:
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    free = ""
+    with contextlib.suppress(OSError):
+        free = f" ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there now)"
+    return DiskFullError(exc.errno, f"{path}: no space left on its disk while writing it{free}; the partial file "
+                                    "was removed and every finished file kept: free some space and rerun")
 
 
 def _umask() -> int:
