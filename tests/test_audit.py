@@ -156,6 +156,64 @@ def test_the_sharpness_counterfactual_removes_what_only_sharpness_tells(tmp_path
     assert (table["acc"] == 1.0).all() and set(table["condition"]) == {"as_is", *conditions}
 
 
+def _run_scores(detector: torch.nn.Module, rows: pd.DataFrame, family: str = "xgen") -> pd.DataFrame:
+    """A table run's score rows (scores.parquet) of ``detector`` on ``rows`` (degraded-table rows)."""
+    from synthdet.training import scoring
+
+    scored = scoring.score(detector, rows, input_size=64, temperature=1.0, batch_size=16, device="cpu")
+    return rows.assign(score=scored["fake_probability"].to_numpy(), model="cue", family=family, train_subset="gen",
+                       seed=0, class_budget="full")
+
+
+def test_every_table_run_scores_the_sharpness_counterfactual_the_audit_scores(tmp_path):
+    """The degrade stage writes the test images the sharpness counterfactual changes (reals blurred,
+    fakes sharpened, by the strengths chosen on training views) and the table runs score them: the
+    tables' reliance on sharpness equals the audit's for the same detector, a sharpness detector
+    loses its reals and then its fakes, a colour detector on a pair that differs in colour and
+    sharpness keeps its accuracy, and a run that did not score them (the class ablations) is left
+    out rather than shown unchanged."""
+    from synthdet.genimage import tables as T
+
+    for name, rows, cue in (("blurred", _textures(tmp_path / "b", 60, blur_fakes=1.0), "sharpness"),
+                            ("both", _textures(tmp_path / "bt", 60, blur_fakes=1.0, tint=True), "colour"),
+                            ("tinted", _textures(tmp_path / "t", 60, tint=True), "colour")):
+        rows = rows.assign(generator="g", content="photo")
+        train, test = rows[rows["split"] == "train"], rows[rows["split"] == "test"].reset_index(drop=True)
+        match = sharpness.match_sharpness(train, 64, seed=0)
+        matched = sharpness.write_matched(test, match, tmp_path / f"{name}_degrade", 64)
+        strengths = match.iloc[0]
+        changed = {sharpness.REALS_BLURRED: int(strengths["blur_sigma"] > 0) * (test["label"] == 0).sum(),
+                   sharpness.FAKES_SHARPENED: int(strengths["sharpen_percent"] > 0) * (test["label"] == 1).sum()}
+        assert matched["condition"].value_counts().reindex(list(changed), fill_value=0).to_dict() == changed
+        for r in matched.head(3).itertuples():  # the stored copy is the audit's change of the clean file, losslessly
+            change = (sharpness.blurred(r.effective_value, 64) if r.label == 0
+                      else sharpness.sharpened(int(r.effective_value), 64))
+            assert Path(r.path).resolve().is_relative_to((tmp_path / f"{name}_degrade").resolve())
+            assert np.array_equal(np.asarray(Image.open(r.path)), np.asarray(change(Image.open(r.source_path))))
+        detector = _ReadsOneCue(cue).fit(train, 64)
+        clean = test.assign(source_path=test["path"], condition="clean")
+        scores = pd.concat([_run_scores(detector, pd.concat([clean, matched], ignore_index=True)),
+                            _run_scores(detector, clean, family="ablate").assign(class_budget="2x20")],
+                           ignore_index=True)
+        cells = T.sharpness_counterfactual(scores, n_bootstrap=0).set_index("counterfactual")
+        if name == "tinted":  # one sharpness: nothing to change, and no run in the table rather than "no change"
+            assert matched.empty and cells.empty
+            continue
+        audited, _ = audit.counterfactual_scores(detector, test, 16, "cpu", input_size=64,
+                                                 more=sharpness.conditions(match, 64))
+        audited = audited.set_index("condition")
+        for condition in (T.AS_SCORED, sharpness.REALS_BLURRED, sharpness.FAKES_SHARPENED):
+            assert cells.loc[condition, "acc"] == pytest.approx(audited.loc[condition, "acc"], abs=1e-9)
+        assert cells.loc[T.AS_SCORED, "acc"] == 1.0 and len(cells) == 3  # one run: the ablation is not in it
+        if cue == "sharpness":
+            assert cells.loc[sharpness.REALS_BLURRED, "real_acc"] < 0.3
+            assert cells.loc[sharpness.FAKES_SHARPENED, "fake_acc"] < 0.3
+            assert cells.loc[sharpness.REALS_BLURRED, "acc_change"] < -0.35
+        else:
+            assert (cells["acc"] == 1.0).all() and (cells["acc_change"] == 0).all()
+        assert sharpness.REALS_BLURRED not in set(T.degradations(scores, "gen", n_bootstrap=0)["condition"])
+
+
 def test_counterfactuals_follow_the_labels_typical_files(tmp_path):
     rows = _manifest(tmp_path / "s", 4, {"format": "PNG"}, {"format": "PNG"}, fake_size=48)
     conditions, notes = audit.counterfactuals(rows)

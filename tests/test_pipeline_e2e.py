@@ -69,6 +69,7 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert check["status"] == "unrecorded" and set(check["observed"]) == subsets | {"faces", "paintings"}
     assert check["machine"]["pinned_env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     tables = json.loads((ws / "metrics/tables.json").read_text())
+    sharp = {sharpness.REALS_BLURRED, sharpness.FAKES_SHARPENED}  # the sharpness counterfactual, per subset
     # resnet50 on ldm and dcgan, npr on ldm, one class-budget run on ldm, the probe's heads on ldm and dcgan
     assert tables["runs"] == 6
     assert set(tables["training_size"]) == {"1x4", "full"}
@@ -79,6 +80,13 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     probe = tables["transfer"]["efficientnet_lite0_probe"]  # trained on every subset: the whole matrix
     assert probe["trained_on"] == 2 and 0 <= probe["off_diagonal_acc"] <= 1 and 0 <= probe["others_auc"] <= 1
     assert tables["transfer"]["npr"]["off_diagonal_acc"] is None  # trained on ldm only
+    # the sharpness counterfactual (reals blurred, fakes sharpened): every xgen and zoo run scored the
+    # degrade stage's changed test images; the probe's heads and the class budgets did not
+    assert set(tables["sharpness_counterfactual_acc_change"]) == {"resnet50/ldm", "resnet50/dcgan", "npr/ldm"}
+    assert set(tables["sharpness_counterfactual_acc_change"]["npr/ldm"]) <= sharp
+    assert set(tables["sharpness_cross_generator_acc"]["resnet50: table 1 off the diagonal"]) == {"as_is", *sharp}
+    changed = pd.read_parquet(ws / "artifacts/degrade/sharpness_matched.parquet")
+    assert len(changed) and set(changed["condition"]) <= sharp and set(changed["subset"]) <= set(subsets)
     features = json.loads((ws / "artifacts/features/efficientnet_lite0/info.json").read_text())
     assert features["width"] == 1280 and features["unreadable"] == 0
     assert (ws / "artifacts/tables/cross_generator_efficientnet_lite0_probe.csv").is_file()
@@ -91,7 +99,6 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     stored = [v["metadata_auc"] for v in audit["bias_scores"]["as stored"].values()]
     assert stored and {auc for auc in stored if auc == auc} == {0.5}  # NaN: a content subset too small to probe
     assert audit["bias_scores"]["biased variant"]["ldm"]["metadata_auc"] > 0.9
-    sharp = {sharpness.REALS_BLURRED, sharpness.FAKES_SHARPENED}  # the sharpness counterfactual, per subset
     assert set(audit["counterfactual_acc_change"]["biased variant"]) == {"fakes_jpeg_q96", *sharp}
     assert set(audit["counterfactual_acc_change"]["as stored"]) == sharp  # same format and size: no other
     assert set(audit["counterfactual_auc_change"]["as stored"]) == sharp

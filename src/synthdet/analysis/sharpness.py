@@ -11,14 +11,18 @@ both did not rely on sharpness; one that loses it did.
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
 from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
+from synthdet.fsutil import atomic_write_bytes, inside
 from synthdet.transforms.degrade import gaussian_blur
 
 BLUR_SIGMAS = tuple(round(0.25 * k, 2) for k in range(13))  # 0 to 3 px at the detector's view size
@@ -132,3 +136,38 @@ def conditions(matching: pd.DataFrame, size: int) -> dict[str, dict[tuple[str, i
     """The two counterfactuals as the audit scores them: condition -> {(subset, label): change}."""
     return {REALS_BLURRED: {(r.subset, 0): blurred(r.blur_sigma, size) for r in matching.itertuples()},
             FAKES_SHARPENED: {(r.subset, 1): sharpened(r.sharpen_percent, size) for r in matching.itertuples()}}
+
+
+def write_matched(test: pd.DataFrame, matching: pd.DataFrame, out: Path, size: int) -> pd.DataFrame:
+    """The test images the two counterfactuals change, written (lossless PNG of the changed view) so
+    that every table run scores them as it scores the degraded test images: per matched subset its
+    reals blurred (condition ``reals_blurred``) and its fakes sharpened (``fakes_sharpened``) by the
+    strengths chosen on the training split. A strength of 0 changes nothing: those images keep their
+    clean scores and get no row. Rows like the degraded table's (``source_path`` is the clean file);
+    existing files are kept (an interrupted run resumes)."""
+    rows = []
+    common = os.path.commonpath([os.path.dirname(p) for p in test["path"]]) if len(test) else ""
+    for m in matching.itertuples():
+        for condition, label, strength, change in (
+                (REALS_BLURRED, 0, float(m.blur_sigma), blurred(m.blur_sigma, size)),
+                (FAKES_SHARPENED, 1, float(m.sharpen_percent), sharpened(m.sharpen_percent, size))):
+            if not strength:
+                continue
+            part = test[(test["subset"] == m.subset) & (test["label"] == label)]
+            for r in part.to_dict("records"):
+                rel = Path(os.path.relpath(r["path"], common)).with_suffix(".png").as_posix()
+                target = inside(out, f"{condition}/{rel}", "sharpness-matched test set")
+                if not target.exists():
+                    try:
+                        view = change(load_rgb(r["path"]))  # the change brings it to the view first
+                    except ImageDecodeError:
+                        continue  # as in the clean test set: an image that does not decode is not scored
+                    buf = io.BytesIO()
+                    view.save(buf, format="PNG")
+                    atomic_write_bytes(target, buf.getvalue())
+                rows.append({"path": target.as_posix(), "source_path": r["path"],
+                             **{k: r[k] for k in ("label", "subset", "generator", "content", "class")},
+                             "condition": condition, "kind": "sharpness", "paper_value": float("nan"),
+                             "effective_value": strength})
+    return pd.DataFrame(rows, columns=["path", "source_path", "label", "subset", "generator", "content", "class",
+                                       "condition", "kind", "paper_value", "effective_value"])

@@ -9,8 +9,11 @@ from __future__ import annotations
 import pandas as pd
 
 from synthdet.analysis.report import in_order
+from synthdet.analysis.sharpness import FAKES_SHARPENED, REALS_BLURRED
 from synthdet.metrics import metrics_table
 
+SHARPNESS_COUNTERFACTUALS = {REALS_BLURRED: 0, FAKES_SHARPENED: 1}  # condition -> the label it changes
+AS_SCORED = "as_is"
 METRICS = ["acc", "real_acc", "fake_acc", "auc", "ap", "acc_ci_low", "acc_ci_high"]
 
 
@@ -61,10 +64,53 @@ def degradations(scores: pd.DataFrame, train_subset: str, **kw) -> pd.DataFrame:
     """Task 2: every model trained on ``train_subset``, tested on its own degraded test set (on
     every subset's for ``train_subset="all"``)."""
     s = full_runs(scores)
-    s = s[s["train_subset"] == train_subset]
+    s = s[(s["train_subset"] == train_subset) & ~s["condition"].isin(SHARPNESS_COUNTERFACTUALS)]
     if train_subset != "all":
         s = s[s["subset"] == train_subset]
     return over_seeds(per_seed(s, ["model", "condition"], **kw), ["model", "condition"])
+
+
+def sharpness_counterfactual(scores: pd.DataFrame, **kw) -> pd.DataFrame:
+    """Each detector's reliance on sharpness: per (model, training subset) and test subset, accuracy
+    and AUC on the clean test images (``as_is``), with the reals replaced by their blurred copies
+    (``reals_blurred``) and with the fakes replaced by their sharpened copies (``fakes_sharpened``),
+    and the changes. An image the counterfactual leaves as it is (a strength of 0) keeps its clean
+    score. Only runs that scored some changed image are in it."""
+    s = full_runs(scores)
+    run = ["family", "model", "train_subset", "seed"]
+    changed = s[s["condition"].isin(SHARPNESS_COUNTERFACTUALS)]
+    clean = s[s["condition"] == "clean"].merge(changed[run].drop_duplicates(), on=run)
+    by = ["model", "train_subset", "subset", "counterfactual"]
+    if clean.empty:  # no run scored it, or no subset needed a change
+        return pd.DataFrame(columns=[*by, *METRICS, "n_seeds", "acc_change", "auc_change"])
+    parts = [clean.assign(counterfactual=AS_SCORED)]
+    for condition in SHARPNESS_COUNTERFACTUALS:
+        swapped = changed.loc[changed["condition"] == condition, [*run, "source_path", "score"]]
+        cf = clean.merge(swapped, on=[*run, "source_path"], how="left", suffixes=("", "_changed"), indicator=True)
+        cf["score"] = cf["score_changed"].where(cf["_merge"] == "both", cf["score"])
+        parts.append(cf.drop(columns=["score_changed", "_merge"]).assign(counterfactual=condition))
+    cells = over_seeds(per_seed(pd.concat(parts, ignore_index=True), by, **kw), by)
+    base = cells[cells["counterfactual"] == AS_SCORED].set_index(by[:3])
+    for metric in ("acc", "auc"):
+        cells[f"{metric}_change"] = cells[metric].to_numpy() - base[metric].reindex(
+            pd.MultiIndex.from_frame(cells[by[:3]])).to_numpy()
+    return cells
+
+
+def sharpness_survival(cells: pd.DataFrame, main_model: str, train_subset: str) -> dict[str, dict[str, float]]:
+    """How much cross-generator accuracy survives the sharpness counterfactual (cells of
+    :func:`sharpness_counterfactual`): mean accuracy as scored and under each counterfactual, off
+    table 1's diagonal for ``main_model``, and over the other test subsets for every model trained on
+    ``train_subset``."""
+    out = {}
+    matrix = cells[(cells["model"] == main_model) & (cells["train_subset"] != cells["subset"])]
+    if matrix["train_subset"].nunique() > 1:
+        out[f"{main_model}: table 1 off the diagonal"] = matrix.groupby("counterfactual", sort=False)["acc"].mean()
+    others = cells[(cells["train_subset"] == train_subset) & (cells["subset"] != train_subset)]
+    for model, g in others.groupby("model", sort=False):
+        out[f"{model}: trained on {train_subset}, other subsets"] = (
+            g.groupby("counterfactual", sort=False)["acc"].mean())
+    return {k: {c: float(v) for c, v in means.items()} for k, means in out.items()}
 
 
 def wide(table: pd.DataFrame, index: str, columns: str, value: str = "acc", order: list[str] | None = None,

@@ -34,7 +34,8 @@ STAGE = Stage(
     name="audit", notebook="notebooks/08_audit.ipynb", module=__name__,
     params=("seed", "data.name", "data.debias", "model", "model_kwargs", "train_subset", "train", "audit",
             "evaluate.batch_size", "evaluate.num_workers", "device"),
-    deps=(paths.SPLITS, paths.DETECTOR), outs=(Out(paths.AUDIT), Out(VARIANT_CHECKPOINTS, cache=False, persist=True)),
+    deps=(paths.SPLITS, paths.DETECTOR, paths.SHARPNESS_STRENGTHS),
+    outs=(Out(paths.AUDIT), Out(VARIANT_CHECKPOINTS, cache=False, persist=True)),
     metrics=(paths.metrics_file("audit"),),
     plots=(BIAS_PLOT, COUNTERFACTUAL_PLOT, RECOVERY_PLOT, SHARPNESS_PLOT), detectors=("${model}",),
 )
@@ -80,12 +81,14 @@ class Config:
                     "real_jpeg_quality": quality, "fake_jpeg_quality": quality})
 
 
-def audit_one(manifest: pd.DataFrame, cfg: Config) -> tuple[pd.DataFrame, ...]:
-    """File facts, probe AUCs, the sharpness match (chosen on the training split) and the detector's
-    counterfactual scores of one dataset, and the notes."""
+def audit_one(manifest: pd.DataFrame, cfg: Config, matching: pd.DataFrame | None = None) -> tuple[pd.DataFrame, ...]:
+    """File facts, probe AUCs, the sharpness match (chosen on the training split; ``matching``: the
+    degrade stage's, which the table runs score) and the detector's counterfactual scores of one
+    dataset, and the notes."""
     facts = audit.file_facts(manifest)
     probes = audit.shortcut_probes(manifest, cfg.input_size, cfg.seed, cfg.max_images, cfg.folds, cfg.min_images)
-    matching = sharpness.match_sharpness(manifest[manifest["split"] == "train"], cfg.input_size, cfg.seed)
+    if matching is None:
+        matching = sharpness.match_sharpness(manifest[manifest["split"] == "train"], cfg.input_size, cfg.seed)
     scores, notes = audit.counterfactual_scores(Path(paths.DETECTOR), manifest[manifest["split"] == "test"],
                                                 cfg.batch_size, cfg.device, cfg.num_workers,
                                                 more=sharpness.conditions(matching, cfg.input_size))
@@ -141,8 +144,9 @@ def run(params: dict) -> Result:
     else:
         notes.append("No biased variant: it is built from the embedded benchmark only (audit.biased_variant_quality).")
     facts, probes, matches, scores = [], [], [], []
+    strengths = {AS_IS: pd.read_csv(paths.SHARPNESS_STRENGTHS, dtype={"subset": str})}  # the biased variant: its own
     for name, manifest in datasets.items():
-        f, p, m, s, n = audit_one(manifest, cfg)
+        f, p, m, s, n = audit_one(manifest, cfg, strengths.get(name))
         facts.append(f.assign(dataset=name))
         probes.append(p.assign(dataset=name))
         matches.append(m.assign(dataset=name))

@@ -1,10 +1,14 @@
-"""Stage ``degrade``: GenImage Task 2's degraded copies of every test image."""
+"""Stage ``degrade``: GenImage Task 2's degraded copies of every test image, and the test images of
+the sharpness counterfactual (:mod:`synthdet.analysis.sharpness`: per subset the reals blurred to
+the fakes' high-frequency share, the fakes sharpened to the reals', strengths chosen on the
+training split), which every table run scores beside the clean ones."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from synthdet.analysis import sharpness
 from synthdet.analysis.report import sample_grid
 from synthdet.data.manifest import read_manifest
 from synthdet.stages import paths
@@ -13,12 +17,13 @@ from synthdet.transforms.degrade import Condition, scaled_conditions, write_degr
 
 STAGE = Stage(
     name="degrade", notebook="notebooks/04_degrade.ipynb", module=__name__,
-    params=("train.input_size", "degrade"), deps=(paths.SPLITS,), outs=(Out(paths.DEGRADE),),
+    params=("seed", "train.input_size", "degrade"), deps=(paths.SPLITS,), outs=(Out(paths.DEGRADE),),
 )
 
 
 @dataclass(frozen=True)
 class Config:
+    seed: int  # which training views choose the sharpness counterfactual's strengths
     input_size: int
     conditions: tuple[Condition, ...]
 
@@ -26,8 +31,8 @@ class Config:
     def from_params(cls, params: dict) -> Config:
         p = select(params, STAGE.params)
         d, size = p["degrade"], int(p["train"]["input_size"])
-        return cls(size, tuple(scaled_conditions(size, d["reference_size"], d["lowres"], d["jpeg_quality"],
-                                                 d["blur_sigma"])))
+        return cls(int(p["seed"]), size, tuple(scaled_conditions(size, d["reference_size"], d["lowres"],
+                                                                 d["jpeg_quality"], d["blur_sigma"])))
 
 
 def run(params: dict) -> Result:
@@ -35,9 +40,16 @@ def run(params: dict) -> Result:
     df = read_manifest(Path(paths.SPLITS))
     table = write_degraded(df[df["split"] == "test"], Path(paths.DEGRADE), cfg.input_size, list(cfg.conditions))
     table.to_parquet(Path(paths.DEGRADED), index=False)
+    matching = sharpness.match_sharpness(df[df["split"] == "train"], cfg.input_size, cfg.seed)
+    matching.to_csv(Path(paths.SHARPNESS_STRENGTHS), index=False)
+    matched = sharpness.write_matched(df[df["split"] == "test"], matching, Path(paths.DEGRADE), cfg.input_size)
+    matched.to_parquet(Path(paths.SHARPNESS_MATCHED), index=False)
     counts = table.groupby(["condition", "kind", "paper_value", "effective_value"], sort=False).size()
     example = table[table["source_path"] == table["source_path"].iloc[0]]
     return Result(tables={"conditions": counts.rename("images").to_frame(),
+                          "sharpness counterfactual: strengths, chosen on training views": matching.round(4),
+                          "sharpness counterfactual: test images it changes":
+                              matched.groupby(["subset", "condition"]).size().rename("images").reset_index(),
                           "one test image under every condition": example[["condition", "effective_value"]].T},
                   figures={"that image, left to right": sample_grid(example["path"].tolist(), cols=len(example),
                                                                     size=cfg.input_size)})

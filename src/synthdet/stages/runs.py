@@ -8,7 +8,10 @@ Three families, each a DVC matrix stage:
 - ``zoo``: every model of ``tables.detectors`` on ``tables.detector_subset`` (the detector tables);
 - ``ablate``: ``tables.ablation_model`` on class budgets of ``tables.detector_subset`` (tables 4-5;
   clean test images only).
-A run's folder is ``artifacts/runs/<family>/<model>__<subset>[__<budget>]__s<seed>``
+Runs of ``xgen`` and ``zoo`` also score the sharpness counterfactual's test images (the degrade
+stage's: every subset's reals blurred, its fakes sharpened), which the tables stage turns into
+each detector's reliance on sharpness. A run's folder is
+``artifacts/runs/<family>/<model>__<subset>[__<budget>]__s<seed>``
 (:func:`~synthdet.stages.paths.run_name`, which the tables stage reads without the training code).
 """
 
@@ -42,23 +45,24 @@ class Family:
     extra_params: tuple[str, ...]
     degraded: str  # which runs also score their training subset's degraded test images (table 3):
     # "always", "detector_subset" (only the run on tables.detector_subset) or "never"
+    sharpness: bool  # whether its runs score every subset's sharpness-matched test images (the counterfactual)
 
 
 FAMILIES = {
     "xgen": Family("xgen", (("model", "tables.xgen_models"), ("subset", "tables.subsets"), ("seed", "tables.seeds")),
-                   "${item.model}", "${item.subset}", FULL, ("tables.detector_subset",), "detector_subset"),
+                   "${item.model}", "${item.subset}", FULL, ("tables.detector_subset",), "detector_subset", True),
     "zoo": Family("zoo", (("model", "tables.detectors"), ("seed", "tables.seeds")),
-                  "${item.model}", "${tables.detector_subset}", FULL, ("tables.detector_subset",), "always"),
+                  "${item.model}", "${tables.detector_subset}", FULL, ("tables.detector_subset",), "always", True),
     "ablate": Family("ablate", (("budget", "tables.class_budgets"), ("seed", "tables.seeds")),
                      "${tables.ablation_model}", "${tables.detector_subset}", "${item.budget}",
-                     ("tables.detector_subset", "tables.ablation_model"), "never"),
+                     ("tables.detector_subset", "tables.ablation_model"), "never", False),
 }
 
 
 def _stage(f: Family) -> Stage:
     name = run_name(f.name, f.model, f.subset, "${item.seed}", f.budget)
     return Stage(name=f.name, notebook=NOTEBOOK, module=__name__, params=(*COMMON_PARAMS, *f.extra_params),
-                 deps=(paths.SPLITS, paths.DEGRADED),
+                 deps=(paths.SPLITS, paths.DEGRADED, *((paths.SHARPNESS_MATCHED,) if f.sharpness else ())),
                  outs=(Out(f"{paths.RUNS}/{name}"), Out(f"{paths.RUN_CHECKPOINTS}/{name}", cache=False, persist=True)),
                  matrix=f.matrix, arguments=(("family", f.name),), report=f"reports/runs/{name}.ipynb",
                  detectors=(f.model,))
@@ -126,7 +130,11 @@ def run(params: dict, family: str, seed: int, model: str | None = None, subset: 
     degraded = FAMILIES[cfg.family].degraded
     if degraded == "always" or (degraded == "detector_subset" and cfg.subset == cfg.detector_subset):
         keep |= True if cfg.subset == "all" else table["subset"] == cfg.subset
-    table = table[keep].reset_index(drop=True)
+    table = table[keep]
+    if FAMILIES[cfg.family].sharpness:  # reals blurred, fakes sharpened: the sharpness gap closed
+        matched = pd.read_parquet(paths.SHARPNESS_MATCHED)
+        table = pd.concat([table, matched], ignore_index=True) if len(matched) else table
+    table = table.reset_index(drop=True)
     scored = scoring.score(out / "detector.pt", table, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                            device=cfg.device, desc=cfg.name)
     table = table.assign(score=scored["fake_probability"], model=scored["model"])
