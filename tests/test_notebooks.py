@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -34,8 +39,8 @@ def test_every_dvc_stage_runs_its_notebook_and_declares_params():
         if name == "detector_code":  # hashes only, nothing to show: a command, rerun when a detector's file changes
             assert stage["cmd"] == "synthdet stage detector_code" and "src/synthdet/detectors/npr.py" in stage["deps"]
             continue
-        assert stage["cmd"].count("papermill notebooks/") == 1, name
-        nb = stage["cmd"].split("papermill ")[1].split()[0]
+        assert stage["cmd"].startswith("synthdet notebook notebooks/"), name  # papermill, via synthdet.notebook
+        nb = stage["cmd"].split()[2]
         assert (ROOT / nb).exists() and nb in stage["deps"], name
         for key in stage["params"]:
             node = params
@@ -55,3 +60,63 @@ def test_profiles_override_only_existing_params():
             for part in flag.split("=")[0].split("."):
                 assert part in node, f"{path.name}: {flag} sets a key params.yaml does not have"
                 node = node[part]
+
+
+def _notebook(path, *cells):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    params = nbformat.v4.new_code_cell("x = 1\nname = 'a'")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, *(nbformat.v4.new_code_cell(c) for c in cells)]
+    nbformat.write(nb, path)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_synthdet_notebook_runs_over_ipc_reports_a_failure_in_one_line_and_stops_on_ctrl_c(tmp_path):
+    """What every stage's cmd runs: papermill with the parameters papermill's `-p` gives (numbers as
+    numbers), the kernel on local sockets (no TCP warning); a failing cell is one line naming the
+    error and the executed notebook that holds the traceback, exit 1; Ctrl-C (SIGINT to the process
+    group, as a terminal sends it) ends the kernel and a process it started within seconds, exit 130."""
+    cmd = [sys.executable, "-m", "synthdet.cli", "notebook"]
+    ok = _notebook(tmp_path / "ok.ipynb", "print(repr(x), repr(name))")
+    done = subprocess.run([*cmd, str(ok), str(tmp_path / "out/ok.ipynb"), "-p", "x", "5", "-p", "name", "ldm"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and "TCP" not in done.stderr, done.stderr
+    assert "5 'ldm'" in (tmp_path / "out/ok.ipynb").read_text()
+
+    bad = _notebook(tmp_path / "bad.ipynb", "raise FileNotFoundError('artifacts/x.parquet: not found')")
+    failed = subprocess.run([*cmd, str(bad), "out/bad.ipynb"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=120)
+    last = [line for line in failed.stderr.splitlines() if line.startswith(("synthdet", "  (the whole"))]
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert last == [f"synthdet notebook: {bad} failed in cell 2: FileNotFoundError: artifacts/x.parquet: not found",
+                    "  (the whole traceback is in out/bad.ipynb)"]
+    assert "Traceback" in (tmp_path / "out/bad.ipynb").read_text()
+
+    slow = _notebook(tmp_path / "slow.ipynb", "import os, subprocess, time\n"
+                     "child = subprocess.Popen(['sleep', '300'])\n"
+                     "open('pids', 'w').write(f'{os.getpid()} {child.pid}')\ntime.sleep(300)")
+    run = subprocess.Popen([*cmd, str(slow), "out/slow.ipynb"], cwd=tmp_path, start_new_session=True,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    kernel, child = map(int, (tmp_path / "pids").read_text().split())
+    start = time.monotonic()
+    os.killpg(run.pid, signal.SIGINT)
+    assert run.wait(timeout=20) == 130 and time.monotonic() - start < 10
+    assert "SIGINT: stopped the kernel and its processes" in run.stderr.read()
+    deadline = time.monotonic() + 5
+    while (_alive(kernel) or _alive(child)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(kernel) and not _alive(child)

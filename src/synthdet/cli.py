@@ -284,6 +284,14 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notebook(args: argparse.Namespace) -> int:
+    from synthdet import notebook
+
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    return notebook.run_notebook(args.notebook, args.output,
+                                 {k: notebook.resolve_value(v) for k, v in args.parameter})
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     """A trained detector on files and folders: a CSV with one row per file."""
     from synthdet.predict import predict_files
@@ -389,6 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("items", nargs="*", help="matrix items as key=value (xgen: model=resnet50 subset=ldm seed=0)")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=cmd_stage)
+    p = sub.add_parser("notebook", help="execute a stage's notebook, as dvc.yaml does (papermill: the kernel on "
+                                        "local sockets, a failing cell in one line, Ctrl-C stops the kernel)")
+    p.add_argument("notebook")
+    p.add_argument("output", help="the executed notebook (reports/...)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    p.set_defaults(func=cmd_notebook)
     p = sub.add_parser("predict", help="score images and folders with a trained detector (CSV out)")
     p.add_argument("paths", nargs="+", help="image files and folders (searched recursively)")
     p.add_argument("--detector", default="artifacts/train/detector.pt")

@@ -78,9 +78,8 @@ class Stage:
         if self.cli:
             return self.cli
         args = [f"-p {k} {v}" for k, v in self.arguments] + [f"-p {k} ${{item.{k}}}" for k, _ in self.matrix]
-        folder = Path(self.report_path).parent.as_posix()
-        return " ".join([f"mkdir -p {folder} &&", "papermill", self.notebook, self.report_path, "-k python3",
-                         f"-p params_file {PARAMS_FILE}", *args])
+        # papermill through synthdet.notebook: the kernel on local sockets, one-line errors, Ctrl-C that stops it
+        return " ".join(["synthdet notebook", self.notebook, self.report_path, f"-p params_file {PARAMS_FILE}", *args])
 
     def source_files(self) -> list[str]:
         """Every file of the package that ``module`` imports, directly or not (lazy imports
