@@ -3,6 +3,7 @@
 Usage: python benchmarks/stage_times.py [--force] > benchmarks/results/stage_times_<machine>.json
 Each stage runs as `dvc repro -s <stage>` in its own process; peak memory is the largest
 resident set of that process tree (ru_maxrss of the waited-for children, in MiB).
+``--from-reports CLONE``: the notebook stages' times of a run already made there (``make repro``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from synthdet.machine import machine_facts
 
@@ -50,11 +52,35 @@ def run_stage(stage: str, force: bool) -> dict:
     return {"stage": stage, "seconds": round(seconds, 1), "peak_rss_mib": round(peak_kib / 1024)}
 
 
+def from_reports(root: Path) -> list[dict]:
+    """The notebook stages' times of a run that already happened (``make repro``: one ``dvc repro``),
+    from papermill's own start and end times in the executed notebooks under ``root/reports``;
+    in the order they ran. Without the per-stage ``dvc`` start-up this script's own runs pay."""
+    rows = []
+    for path in sorted(root.glob("reports/**/*.ipynb")):
+        meta = json.loads(path.read_text()).get("metadata", {}).get("papermill", {})
+        if meta.get("start_time") and meta.get("duration") is not None:
+            rows.append({"report": path.relative_to(root).as_posix(), "start": meta["start_time"],
+                         "end": meta["end_time"], "seconds": round(float(meta["duration"]), 1)})
+    return sorted(rows, key=lambda r: r["start"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--force", action="store_true", help="rerun stages that are up to date")
+    parser.add_argument("--from-reports", metavar="CLONE", type=Path,
+                        help="read the times of a finished run from CLONE's executed notebooks instead")
     parser.add_argument("stages", nargs="*", help="default: every stage of dvc.yaml, in order")
     args = parser.parse_args()
+    if args.from_reports:
+        rows = from_reports(args.from_reports)
+        print(json.dumps({"machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(),
+                                      "platform": platform.platform(), "python": platform.python_version(),
+                                      "cpu_flags": machine_facts()["cpu_flags"]},
+                          "first_start": rows[0]["start"] if rows else None,
+                          "last_end": max((r["end"] for r in rows), default=None),
+                          "notebook_seconds": round(sum(r["seconds"] for r in rows), 1), "stages": rows}, indent=2))
+        return
     rows = []
     for stage in args.stages or all_stages():
         rows.append(run_stage(stage, args.force))

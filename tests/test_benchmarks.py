@@ -24,6 +24,16 @@ def test_gpu_benchmark_runs_every_measurement_at_toy_sizes_on_the_cpu():
     assert all(ms > 0 for ms in result["inference_ms_per_image"].values())
 
 
+def test_perturbation_benchmark_compares_processes_on_the_same_bytes():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/perturb.py"), "--images", "4"],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["images"] == 4 and result["same_bytes"] is True
+    assert "1 process" in result["images_per_s"] and all(v > 0 for v in result["images_per_s"].values())
+
+
 def test_datapath_benchmark_runs_on_a_few_files():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks/datapath.py"), "--jpegs", "6", "--pngs", "2"],
                          capture_output=True, text=True, timeout=600,

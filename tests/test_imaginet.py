@@ -4,6 +4,7 @@ import shutil
 import uuid
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -73,8 +74,12 @@ def test_perturbed_test_set_and_manifest(tmp_path):
     root = make_imaginet(tmp_path / "imaginet")
     ann = read_annotations(root / "annotations/test_annotations.txt")
     (root / ann[ann.label == 1].relpath.iloc[0]).write_bytes(b"")  # a zero-byte test image
-    first = build_perturbed(ann, root, tmp_path / "p1", seed=0)
-    second = build_perturbed(ann, root, tmp_path / "p2", seed=0)
+    first = build_perturbed(ann, root, tmp_path / "p1", seed=0)  # 8 images: in this process
+    second = build_perturbed(ann, root, tmp_path / "p2", seed=0, processes=2)  # two worker processes
+    same = [c for c in first.columns if c != "path"]  # the same rows, images and log either way
+    pd.testing.assert_frame_equal(first[same], second[same])
+    assert (tmp_path / "p1/perturb_log.jsonl").read_text() == (tmp_path / "p2/perturb_log.jsonl").read_text(
+        ).replace(str(tmp_path / "p2"), str(tmp_path / "p1"))
     ok = first[first.status == "ok"]
     assert len(ok) == 7 and (first.status == "empty").sum() == 1
     for p1, p2 in zip(ok.path, second[second.status == "ok"].path, strict=True):
