@@ -71,7 +71,8 @@ def _workspace(path: Path) -> Path:
     pd.DataFrame(rows).to_parquet(path / "artifacts/split/splits.parquet", index=False)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(model="resnet18", train_subset="s", device="cpu")
-    params["train"].update(input_size=32, epochs=EPOCHS, batch_size=4, num_workers=0, warmup_epochs=0.5)
+    params["train"].update(input_size=32, epochs=EPOCHS, batch_size=4, num_workers=0, warmup_epochs=0.5,
+                           resume_every_s=0)  # the resume state after every epoch: killed after the first
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     (path / "entry.py").write_text(ENTRY)
     return path

@@ -136,25 +136,68 @@ def test_training_is_deterministic_and_resumes(tiny_rows, tmp_path):
     assert other["history"][0]["train_loss"] != ckpt["result"]["history"][0]["train_loss"]
 
 
-def test_resume_continues_where_it_stopped(tiny_rows, tmp_path, capsys, monkeypatch):
+class _Killed(Exception):
+    pass
+
+
+def _dies_after_saving(monkeypatch, epoch: int, saved: list | None = None) -> None:
+    """checkpoint.save, then an interruption right after ``last.pt`` of ``epoch`` is on disk;
+    ``saved`` collects the name and epoch of every file written."""
     from synthdet.training import checkpoint
 
+    save = checkpoint.save
+
+    def save_then_die(obj, path):
+        save(obj, path)
+        if saved is not None:
+            saved.append((path.name, obj.get("epoch")))
+        if path.name == "last.pt" and obj["epoch"] == epoch:
+            raise _Killed
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+
+
+def test_resume_continues_where_it_stopped(tiny_rows, tmp_path, capsys, monkeypatch):
     train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
-    full = train_detector(train, val, _cfg(), tmp_path / "full")
-    cfg = _cfg()
-    cfg_one = _cfg(epochs=1)
-    # simulate an interruption: write the 1-epoch checkpoint under the 2-epoch fingerprint
+    full = train_detector(train, val, _cfg(epochs=3), tmp_path / "full")
+    cfg = _cfg(epochs=3, resume_every_s=0)  # the resume state after every epoch; the same run (fingerprint)
     with monkeypatch.context() as m:
-        m.setattr(checkpoint, "release_resume_state", lambda folder: None)  # keep the 1-epoch resume state
-        train_detector(train, val, cfg_one, tmp_path / "part")
-    ckpt = torch.load(tmp_path / "part/checkpoints/last.pt", weights_only=True)
-    ckpt["fingerprint"] = cfg.fingerprint(data_key(train, val))
-    torch.save(ckpt, tmp_path / "part/checkpoints/last.pt")
+        _dies_after_saving(m, epoch=1)
+        with pytest.raises(_Killed):
+            train_detector(train, val, cfg, tmp_path / "part")
+    assert torch.load(tmp_path / "part/checkpoints/last.pt", weights_only=True)["epoch"] == 1
     resumed = train_detector(train, val, cfg, tmp_path / "part")
-    assert "resuming" in capsys.readouterr().out
-    assert len(resumed["history"]) == 2
-    assert resumed["history"][0]["train_loss"] == full["history"][0]["train_loss"]
+    assert "resuming from" in capsys.readouterr().out
+    assert len(resumed["history"]) == 3
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
+    a, b = (torch.load(tmp_path / run / "detector.pt", weights_only=True)["model"] for run in ("full", "part"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
     _finished_keeps_only_its_weights(tmp_path / "part")
+
+
+def test_the_resume_state_is_written_once_enough_training_is_unsaved_and_never_after_the_last_epoch(
+        tiny_rows, tmp_path, monkeypatch):
+    """train.resume_every_s: 0 writes last.pt after every epoch but the last (detector.pt follows
+    at once), and best.pt only when the best epoch is not last.pt's own; an interval longer than
+    the run writes nothing but detector.pt. Neither changes the weights: one fingerprint."""
+    train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
+    written = {}
+    for every in (0, 3600):
+        saved: list = []
+        with monkeypatch.context() as m:
+            _dies_after_saving(m, epoch=-1, saved=saved)  # records, never dies
+            result = train_detector(train, val, _cfg(epochs=4, resume_every_s=every), tmp_path / f"every{every}")
+        written[every] = saved
+        best = result["best_epoch"]
+    assert [e for name, e in written[0] if name == "last.pt"] == [1, 2, 3]
+    assert written[3600] == [("detector.pt", best)]
+    a, b = (torch.load(tmp_path / f"every{e}/detector.pt", weights_only=True) for e in (0, 3600))
+    assert a["fingerprint"] == b["fingerprint"] and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    aucs = [h["val_auc"] for h in result["history"]]
+    for (name, epoch), (then, k) in zip(written[0], written[0][1:], strict=False):
+        if name == "best.pt":  # the best epoch so far (ties: the later), saved when last.pt of k does not hold it
+            assert then == "last.pt" and epoch < k
+            assert epoch == max(i for i, x in enumerate(aucs[:k]) if x == max(aucs[:k])) + 1
 
 
 def test_a_finished_identical_run_is_reused_not_trained_again(tiny_rows, tmp_path, capsys):
@@ -236,7 +279,8 @@ from pathlib import Path
 from synthdet.training.config import TrainConfig
 from synthdet.training.loop import train_detector
 rows = pd.read_csv(sys.argv[1])
-cfg = TrainConfig(model="resnet18", input_size=32, epochs=6, batch_size=4, lr=1e-3, num_workers=0, seed=0)
+cfg = TrainConfig(model="resnet18", input_size=32, epochs=6, batch_size=4, lr=1e-3, num_workers=0, seed=0,
+                  resume_every_s=0)
 train_detector(rows.iloc[:16], rows.iloc[16:], cfg, Path(sys.argv[2]), device="cpu")
 """
 
@@ -249,7 +293,7 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tiny_r
     import time
 
     train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
-    cfg = _cfg(epochs=6, batch_size=4)
+    cfg = _cfg(epochs=6, batch_size=4, resume_every_s=0)  # as the child's
     full = train_detector(train, val, cfg, tmp_path / "full", device="cpu")
     tiny_rows.to_csv(tmp_path / "rows.csv", index=False)
     run = tmp_path / "killed"
@@ -282,10 +326,24 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tiny_r
     assert torch.load(run / "detector.pt", weights_only=True)["fingerprint"] == b["fingerprint"]
 
 
-def test_detector_pt_is_the_best_validation_epoch(tiny_rows, tmp_path, monkeypatch):
-    from synthdet.training import checkpoint
+def _best_weights(monkeypatch) -> list:
+    """Collects the weights the loop keeps of each new best epoch (float32, before any rounding):
+    the last one is the best epoch's."""
+    from synthdet.training import loop
 
-    monkeypatch.setattr(checkpoint, "release_resume_state", lambda folder: None)  # keep best.pt to compare
+    kept: list = []
+    copy = loop._cpu_copy
+
+    def keep(state):
+        kept.append(copy(state))
+        return kept[-1]
+
+    monkeypatch.setattr(loop, "_cpu_copy", keep)
+    return kept
+
+
+def test_detector_pt_is_the_best_validation_epoch(tiny_rows, tmp_path, monkeypatch):
+    kept = _best_weights(monkeypatch)
     train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
     result = train_detector(train, val, _cfg(epochs=4, weights_dtype="float32"), tmp_path / "r")
     aucs = [h["val_auc"] for h in result["history"]]
@@ -293,28 +351,29 @@ def test_detector_pt_is_the_best_validation_epoch(tiny_rows, tmp_path, monkeypat
     saved = torch.load(tmp_path / "r/detector.pt", weights_only=True)
     assert result["best_epoch"] == saved["epoch"] == best and saved["val_auc"] == max(aucs)
     model, cfg = load_detector(tmp_path / "r/detector.pt")
-    best_state = torch.load(tmp_path / "r/checkpoints/best.pt", weights_only=True)["model"]
-    assert all(torch.equal(v, best_state[k]) for k, v in model.state_dict().items())
+    assert all(torch.equal(v, kept[-1][k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, kept[0][k]) for k, v in model.state_dict().items()) or best == 1
 
 
 def test_detector_pt_stores_half_precision_weights_and_is_calibrated_as_stored(tiny_rows, tmp_path, monkeypatch):
     """train.weights_dtype float16 (the default): the parameters are stored as float16 (half the
     file), BatchNorm's statistics as float32; the loaded network is the best epoch rounded to
     float16, and the calibration in detector.pt is what that network gives, not the float32 one."""
-    from synthdet.training import checkpoint, scoring
+    from synthdet.training import scoring
 
-    monkeypatch.setattr(checkpoint, "release_resume_state", lambda folder: None)  # keep best.pt to compare
     train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
     cfg = _cfg(epochs=2)
     assert cfg.weights_dtype == "float16"
-    train_detector(train, val, cfg, tmp_path / "half")
+    with monkeypatch.context() as m:
+        kept = _best_weights(m)
+        train_detector(train, val, cfg, tmp_path / "half")
     train_detector(train, val, _cfg(epochs=2, weights_dtype="float32"), tmp_path / "full")
     saved = torch.load(tmp_path / "half/detector.pt", weights_only=True)
     model, _ = load_detector(tmp_path / "half/detector.pt")
     params = {name for name, _ in model.named_parameters()}
     assert {saved["model"][k].dtype for k in params} == {torch.float16}
     assert {v.dtype for k, v in saved["model"].items() if k not in params and v.is_floating_point()} == {torch.float32}
-    best = torch.load(tmp_path / "half/checkpoints/best.pt", weights_only=True)["model"]
+    best = kept[-1]
     assert any(not torch.equal(best[k], best[k].half().float()) for k in params)  # the rounding is real
     for k, v in model.state_dict().items():
         assert torch.equal(v, best[k].half().float() if k in params else best[k]), k
@@ -508,9 +567,17 @@ def test_every_checkpoint_of_a_run_is_the_one_format_and_an_older_detector_says_
 
     monkeypatch.setattr(checkpoint, "release_resume_state", lambda folder: None)  # the resume state, as mid-run
     train, val = tiny_rows.iloc[:16], tiny_rows.iloc[16:]
-    train_detector(train, val, _cfg(epochs=1), tmp_path / "r")
+    # best.pt is written only where the best epoch is not last.pt's own: validation AUCs that fall
+    # after epoch 1 make it so
+    from synthdet.training import loop
+
+    aucs = iter([0.9, 0.5, 0.4])
+    metrics = loop.binary_metrics
+    monkeypatch.setattr(loop, "binary_metrics", lambda y, s, **kw: {**metrics(y, s, **kw), "auc": next(aucs)})
+    train_detector(train, val, _cfg(epochs=3, resume_every_s=0), tmp_path / "r")
     files = [tmp_path / "r/checkpoints/last.pt", tmp_path / "r/checkpoints/best.pt", tmp_path / "r/detector.pt"]
     saved = [torch.load(f, weights_only=True) for f in files]
+    assert saved[0]["epoch"] == 2 and saved[1]["epoch"] == saved[2]["epoch"] == 1
     assert {s["format"] for s in saved} == {checkpoint.FORMAT}
     assert len({s["fingerprint"] for s in saved}) == 1  # configuration, data, code and weights: one run
     older = {k: v for k, v in saved[2].items() if k != "format"}  # as synthdet wrote it before the format

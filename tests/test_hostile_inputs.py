@@ -37,6 +37,7 @@ from synthdet.fsutil import (
 from synthdet.genimage.archives import Part, ingest, verify_parts
 from synthdet.genimage.splitzip import SplitZip, extract
 from synthdet.imaginet.dataset import build_perturbed, read_annotations
+from synthdet.training import checkpoint
 from synthdet.training.checkpoint import load_detector
 from synthdet.training.config import TrainConfig
 from synthdet.training.loop import train_detector
@@ -721,7 +722,7 @@ def test_a_broken_detector_is_one_clear_error_in_predict(tmp_path, monkeypatch, 
     load_detector(_detector_file(tmp_path / "fine.pt"))  # the unchanged file loads
 
 
-def test_a_broken_resume_checkpoint_of_this_run_is_one_clear_error(tmp_path):
+def test_a_broken_resume_checkpoint_of_this_run_is_one_clear_error(tmp_path, monkeypatch):
     """last.pt as a list, without its optimiser, at an epoch past the run's last, or with weights of
     another shape (its fingerprint still this run's): each a CheckpointError naming the file and
     how to start afresh, never a crash mid-way or a resume "at epoch 1000000000"."""
@@ -730,14 +731,24 @@ def test_a_broken_resume_checkpoint_of_this_run_is_one_clear_error(tmp_path):
     img = tmp_path / "x.png"
     noise_image(0, (32, 32)).save(img)
     rows = pd.DataFrame({"path": [str(img)] * 4, "label": [0, 1, 0, 1], "sha256": ["a"] * 4})
-    cfg = TrainConfig(model="resnet18", input_size=32, epochs=1, batch_size=2, num_workers=0)
+    cfg = TrainConfig(model="resnet18", input_size=32, epochs=2, batch_size=2, num_workers=0, resume_every_s=0)
     run = tmp_path / "run"
-    train_detector(rows, rows.iloc[:0], cfg, run, release=False)
+    save = checkpoint.save
+
+    def save_then_stop(obj, path):  # a run stopped after epoch 1: its last.pt is what a resume reads
+        save(obj, path)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(checkpoint, "save", save_then_stop)
+        train_detector(rows, rows.iloc[:0], cfg, run, release=False)
     last = run / "checkpoints/last.pt"
     good = torch.load(last, weights_only=True)
+    assert good["epoch"] == 1
     cases = [([good], r"a list, not a resume checkpoint"),
              ({k: v for k, v in good.items() if k != "optimizer"}, r"not a resume checkpoint \(no optimizer\)"),
-             ({**good, "epoch": 10**9}, r"epoch 1000000000 is not one of this run's 0-1"),
+             ({**good, "epoch": 10**9}, r"epoch 1000000000 is not one of this run's 0-2"),
              ({**good, "model": create_detector("resnet50", img_size=32).state_dict()},
               r"does not fit this run's network or optimiser")]
     for broken, says in cases:

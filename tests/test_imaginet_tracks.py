@@ -285,7 +285,7 @@ def _selfcon_workspace(folder: Path) -> Path:
     rows_file = folder / "artifacts/imaginet/data/rows.parquet"
     rows_file.parent.mkdir(parents=True)
     pd.DataFrame(rows).to_parquet(rows_file)
-    params = deep_update(_params(folder), {"device": "cpu", "imaginet": {
+    params = deep_update(_params(folder), {"device": "cpu", "train": {"resume_every_s": 0}, "imaginet": {
         "conditions": {"jpeg_quality": [50], "zoom": [0.5]},
         "baseline": {"crop": 32, "calibration_size": 32, "batch_size": 8, "epochs": 3, "warmup_epochs": 1,
                      "calibration_epochs": 2, "calibration_batch_size": 8, "backbone": "resnet18", "nodown": False}}})

@@ -223,28 +223,31 @@ def calibrate(detector: SelfConDetector, rows: pd.DataFrame, cfg: BaselineConfig
 NETWORKS = {"selfcon": "imaginet_selfcon", "grag2021": "imaginet_ce", "corvi2022": "imaginet_ce"}  # registry names
 
 
-def train_config(method: str, cfg: BaselineConfig, classes: list[str], num_workers: int | str = "auto") -> TrainConfig:
+def train_config(method: str, cfg: BaselineConfig, classes: list[str], num_workers: int | str = "auto",
+                 resume_every_s: float = TrainConfig.resume_every_s) -> TrainConfig:
     """The loop's configuration of ``method``'s run: its registered network and arguments, scored
     at the calibration size (the test view), SGD with momentum, stage 1's schedule (warm-up of at
-    most the run's epochs)."""
+    most the run's epochs); ``resume_every_s``: the loop's (``train.resume_every_s``)."""
     kwargs: dict = {"backbone": cfg.backbone, "nodown": cfg.nodown}
     if method == "selfcon":
         kwargs |= {"n_models": len(classes), "sub_block": cfg.sub_block}
     return TrainConfig(model=NETWORKS[method], input_size=cfg.calibration_size, epochs=cfg.epochs,
                        batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer="sgd",
                        momentum=cfg.momentum, warmup_epochs=min(cfg.warmup_epochs, cfg.epochs), hflip=False,
-                       num_workers=num_workers, seed=cfg.seed, model_kwargs=kwargs)
+                       num_workers=num_workers, seed=cfg.seed, model_kwargs=kwargs, resume_every_s=resume_every_s)
 
 
 def train_method(method: str, train_rows: pd.DataFrame, calibration_rows: pd.DataFrame, cfg: BaselineConfig,
                  out_dir: Path, checkpoint_dir: Path, device: torch.device | str = "cpu",
-                 num_workers: int | str = "auto", release: bool = True) -> dict:
+                 num_workers: int | str = "auto", release: bool = True,
+                 resume_every_s: float = TrainConfig.resume_every_s) -> dict:
     """``method``'s run in the one loop: ``out_dir/detector.pt``, resumable per epoch from
-    ``checkpoint_dir``; what the loop returns (history, calibration with the model classes).
+    ``checkpoint_dir`` (every ``resume_every_s``); what the loop returns (history, calibration with the model classes).
     ``release``: see :func:`~synthdet.training.loop.train_detector`."""
     if method not in NETWORKS:
         raise ValueError(f"imaginet.methods: unknown method {method!r} (known: {list(NETWORKS)})")
     classes = model_classes(pd.concat([train_rows, calibration_rows]), cfg.model_labels) if method == "selfcon" else []
     objective = SelfConObjective(cfg, classes) if method == "selfcon" else CrossEntropyObjective(cfg, method)
-    return train_detector(train_rows, calibration_rows, train_config(method, cfg, classes, num_workers), out_dir,
-                          checkpoint_dir, device, objective=objective, release=release)
+    config = train_config(method, cfg, classes, num_workers, resume_every_s)
+    return train_detector(train_rows, calibration_rows, config, out_dir, checkpoint_dir, device, objective=objective,
+                          release=release)

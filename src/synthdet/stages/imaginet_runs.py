@@ -45,7 +45,8 @@ def _checkpoints(family: str, item: str) -> str:
     return f"{paths.RUN_CHECKPOINTS}/imaginet/{family}/{item}"
 
 
-TRAIN_PARAMS = ("seed", "imaginet.baseline", "imaginet.conditions", "evaluate.batch_size", "device")
+TRAIN_PARAMS = ("seed", "imaginet.baseline", "imaginet.conditions", "evaluate.batch_size", "device",
+                "train.resume_every_s")  # how often the loop writes its resume state, as for every run
 LOCO_PARAMS = ("seed", "imaginet.loco", "train", "evaluate.batch_size", "evaluate.num_workers", "device")
 STAGES = (
     Stage(name="imaginet_train", notebook="notebooks/10_imaginet_run.ipynb", module=__name__, params=TRAIN_PARAMS,
@@ -71,6 +72,7 @@ class TrainRunConfig:
     conditions: list[str]
     batch_size: int
     device: str
+    resume_every_s: float
 
     @classmethod
     def from_params(cls, params: dict, method: str) -> TrainRunConfig:
@@ -80,7 +82,7 @@ class TrainRunConfig:
         c = p["imaginet"]["conditions"]
         return cls(method, baseline.BaselineConfig.from_params(dict(p["imaginet"]["baseline"]), int(p["seed"])),
                    condition_names(list(c["jpeg_quality"]), list(c["zoom"])), int(p["evaluate"]["batch_size"]),
-                   str(p["device"]))
+                   str(p["device"]), p["train"]["resume_every_s"])
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ def train_method(params: dict, method: str) -> Result:
         make_owned_dir(checkpoints)
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
-    result = baseline.train_method(method, train, calibration, cfg.baseline, out, checkpoints, device, release=False)
+    result = baseline.train_method(method, train, calibration, cfg.baseline, out, checkpoints, device, release=False,
+                                   resume_every_s=cfg.resume_every_s)
     seconds = round(time.perf_counter() - t0, 1)
     net, saved = load_detector(out / DETECTOR, device)  # the tables score what was saved
     frames = []

@@ -3,8 +3,9 @@
 Every checkpoint is a dict with ``format`` (:data:`FORMAT`), ``model`` (the weights) and the
 run's ``fingerprint`` (configuration, data, starting weights and code). While a run is
 unfinished its checkpoint folder holds ``last.pt`` (adds the optimiser, scaler, RNG states,
-epoch, history and failures: written after every epoch and resumed from) and ``best.pt`` (the
-best epoch's weights). A finished run keeps its weights once, in the run's ``detector.pt``: it
+epoch, history and failures: written after an epoch once ``train.resume_every_s`` of training
+is unsaved, and resumed from) and ``best.pt`` (the best epoch's weights, when they are not
+``last.pt``'s own). A finished run keeps its weights once, in the run's ``detector.pt``: it
 adds the ``config`` (the registered network's name, input size and arguments, and how it was
 trained), the calibration (``temperature``), the run's ``result`` (history, failures, best epoch)
 and, for a network that identifies generators, its ``model_classes``. The resume state is then

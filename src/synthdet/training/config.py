@@ -42,6 +42,7 @@ class TrainConfig:
     pretrained: bool | str = False  # the backbone's start: False, True (timm's weights), a local file
     weights: str | None = None  # a whole detector checkpoint to start from
     weights_dtype: str = "float16"  # detector.pt's parameters: float16 (half the disk) or float32 (checkpoint.py)
+    resume_every_s: float = 60.0  # last.pt after an epoch once this much training is unsaved (0: every epoch)
     debias: dict | None = None  # data.debias: the debiased protocol's per-image step (transforms/debias.py)
 
     def __post_init__(self) -> None:
@@ -57,7 +58,7 @@ class TrainConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise bad(key, f"a whole number of at least {least}")
-        for key in ("lr", "weight_decay", "warmup_epochs"):
+        for key in ("lr", "weight_decay", "warmup_epochs", "resume_every_s"):
             if not number(getattr(self, key)) or getattr(self, key) < 0:
                 raise bad(key, "a number, 0 or more")
         if not number(self.momentum) or not 0 <= self.momentum < 1:
@@ -86,7 +87,8 @@ class TrainConfig:
         weights source resolved to (``pretrained_start``), so its content counts, not only its name.
         ``objective``: a loop objective's name and configuration, whose code (``objective_module``)
         counts with the loop's; none for the loop's own binary cross-entropy."""
-        keep = {k: v for k, v in asdict(self).items() if k not in ("num_workers", "pixel_cache")}  # same results
+        same_results = ("num_workers", "pixel_cache", "resume_every_s")  # how it runs, not what it computes
+        keep = {k: v for k, v in asdict(self).items() if k not in same_results}
         pretrained = self.pretrained if start is None else start
         config = keep if objective is None else {**keep, "objective": objective}
         return run_fingerprint(config, data_key, training_code(self.model, objective_module),
