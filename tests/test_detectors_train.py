@@ -329,16 +329,16 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tiny_r
 def _best_weights(monkeypatch) -> list:
     """Collects the weights the loop keeps of each new best epoch (float32, before any rounding):
     the last one is the best epoch's."""
-    from synthdet.training import loop
+    from synthdet.training import checkpoint
 
     kept: list = []
-    copy = loop._cpu_copy
+    copy = checkpoint.cpu_copy
 
     def keep(state):
         kept.append(copy(state))
         return kept[-1]
 
-    monkeypatch.setattr(loop, "_cpu_copy", keep)
+    monkeypatch.setattr(checkpoint, "cpu_copy", keep)
     return kept
 
 

@@ -21,7 +21,6 @@ from synthdet.data.pixelcache import PixelCache
 from synthdet.data.splits import class_subset, parse_class_budget
 from synthdet.detectors import create_detector
 from synthdet.detectors.weights import pretrained_start
-from synthdet.fsutil import load_torch_file
 from synthdet.metrics import binary_metrics
 from synthdet.seeding import seed_everything, seed_worker
 from synthdet.training import checkpoint, scoring
@@ -138,8 +137,8 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
 
     start_epoch, history, failures = 0, [], {}
     best = {"epoch": 0, "val_auc": None}
-    best_weights: dict | None = None  # the best epoch's weights while they are not on disk (best.pt)
-    last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
+    resume = checkpoint.ResumeState(checkpoint_dir, fingerprint, cfg.resume_every_s)
+    last_path = resume.last
     detector = out_dir / "detector.pt"
     done = checkpoint.reuse_finished(detector, checkpoint_dir, reuse if world == 1 and not last_path.exists() else (),
                                      fingerprint, rank == 0)
@@ -157,8 +156,7 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             checkpoint.restore(ckpt, last_path, cfg.epochs, model, opt, scaler, loader.generator, rank)
             start_epoch, history = ckpt["epoch"], ckpt["history"]
             best, failures = ckpt["best"], ckpt["failures"]
-            if best["epoch"] == start_epoch:  # saved as last.pt's own weights, not as best.pt
-                best_weights = _cpu_copy(model.state_dict())
+            resume.resumed(model, best, start_epoch)
             if rank == 0:
                 print(f"resuming from {last_path} at epoch {start_epoch}")
     if world > 1:
@@ -167,7 +165,6 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
 
     validate = objective.validates and len(val_rows) > 0
     step = start_epoch * len(loader)
-    last_saved = time.monotonic()
     for epoch in range(start_epoch, cfg.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -206,28 +203,14 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
             auc = None if auc is None or auc != auc else float(auc)  # NaN: one class in val
             if best["val_auc"] is None or (auc is not None and auc >= best["val_auc"]) or not validate:
                 best = {"epoch": epoch + 1, "val_auc": auc}
-                best_weights = _cpu_copy(model.state_dict())
-            # the resume state: not after the last epoch (detector.pt follows at once), and no
-            # oftener than every resume_every_s of training (each write is the weights and the
-            # optimiser's state: 3x a ResNet-50's 94 MB with AdamW, seconds of disk per write)
-            if epoch + 1 < cfg.epochs and time.monotonic() - last_saved >= cfg.resume_every_s:
-                if best["epoch"] == epoch + 1:  # the best weights are last.pt's own: best.pt would be stale
-                    best_path.unlink(missing_ok=True)
-                elif best_weights is not None:
-                    checkpoint.save({"model": best_weights, "fingerprint": fingerprint, **best}, best_path)
-                    best_weights = None  # on disk now
-                checkpoint.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                 "scaler": scaler.state_dict(), "torch_rng": rng_states,
-                                 "loader_rng": loader.generator.get_state(), "epoch": epoch + 1,
-                                 "history": history, "fingerprint": fingerprint, "best": best,
-                                 "failures": failures}, last_path)
-                last_saved = time.monotonic()
+                resume.new_best(model)
+            resume.after_epoch(epoch + 1, cfg.epochs, best, lambda rng=rng_states: {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
+                "torch_rng": rng, "loader_rng": loader.generator.get_state(), "history": history,
+                "failures": failures})
     calibration: dict = {}
     if rank == 0:
-        if best_weights is not None:
-            model.load_state_dict(best_weights)
-        elif best_path.exists():
-            model.load_state_dict(load_torch_file(best_path, "best checkpoint")["model"])
+        resume.load_best(model)
         checkpoint.stored_weights(model, cfg.weights_dtype)  # calibrated and scored as stored
         calibration = objective.finish(model, val_rows, cfg, device, workers)  # a kill here reruns only this
     result = {"history": history, "failures": failures, "best_epoch": best["epoch"], "best_val_auc": best["val_auc"],
@@ -245,11 +228,6 @@ def train_detector(train_rows: pd.DataFrame, val_rows: pd.DataFrame, cfg: TrainC
     if world > 1:
         torch.distributed.barrier()
     return result
-
-
-def _cpu_copy(state: dict) -> dict:
-    """A copy of a state dict in host memory, which later steps do not change."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def _manifest_dataset(rows: pd.DataFrame, model: nn.Module, cfg: TrainConfig, workers: int, world: int,
