@@ -238,3 +238,58 @@ def test_the_real_pretrained_generator_weights_load_and_sample(tmp_path):
     for x in (dcgan.sample_gan(face, 8, seed=0), pretrained.sample_eyes(eyes, 8, seed=0, size=64)):
         assert x.shape == (8, 3, 64, 64) and torch.isfinite(x).all() and x.min() >= -1 and x.max() <= 1
         assert x.std() > 0.1 and len({tuple(img.flatten()[:64].tolist()) for img in x}) == 8
+
+
+def test_a_rerun_keeps_the_groups_an_interrupted_build_finished_and_trusts_none_that_changed(
+        embedded_data, tmp_path, monkeypatch):
+    """Killed while the second group trains: a rerun links the first group's kept files back and
+    builds the rest, to the same bytes as one uninterrupted build. A kept group whose
+    configuration or files changed is built again, and the entries no plan names are deleted."""
+    from synthdet.datasets.embedded import build
+    from synthdet.fsutil import OWNED_MARKER
+
+    reals = prepare_reals(embedded_data, tmp_path / "reals")
+    reals = reals[reals.status == "ok"].assign(group=lambda d: d["original"])
+    subsets = {"dcgan": {"generator": "dcgan", "family": "gan", "epochs": 1, "width": 8},
+               "gan_face": {"generator": "gan_face", "family": "gan"},
+               "omniart_eyes": {"generator": "omniart_eyes", "family": "gan"}}
+    kept, out = tmp_path / "kept", tmp_path / "bench"
+    built, kill = [], {"group": ["gan_face"]}
+    build_group = build._build_group
+
+    def build_or_die(plan, group):
+        if group == kill["group"]:
+            raise KeyboardInterrupt  # the stage killed while this group trains
+        built.append(group)
+        return build_group(plan, group)
+
+    monkeypatch.setattr(build, "_build_group", build_or_die)
+
+    def run(config=subsets, folder=out, resume=kept):
+        built.clear()
+        return build_benchmark(reals, folder, embedded_data / "weights", config, 20, 0.25, 0, 64, 8, processes=0,
+                               resume=resume)
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert built == [["dcgan"]] and len([p for p in kept.iterdir() if p.name != OWNED_MARKER]) == 1
+    kill["group"] = None
+    labels, seconds = run()
+    assert built == [["gan_face"], ["omniart_eyes"]]  # dcgan was kept
+    reference, _ = run(folder=tmp_path / "reference", resume=None)
+    assert {s: subset_hash(out / s) for s in subsets} == {s: subset_hash(tmp_path / "reference" / s) for s in subsets}
+    relative = [labels["path"].str.removeprefix(str(root)) for root, labels in ((out, labels), (tmp_path / "reference",
+                                                                                               reference))]
+    assert relative[0].tolist() == relative[1].tolist() and set(seconds) == set(subsets)
+    assert run()[0].equals(labels) and built == []  # nothing left to build
+    # a file of a kept group changed (or lost): that group is built again, the others are not
+    entry = next(p for p in kept.iterdir() if (p / "gan_face").is_dir())
+    victim = next((entry / "gan_face").rglob("*.png"))
+    victim.unlink()
+    victim.write_bytes(b"not the image that was kept")
+    run()
+    assert built == [["gan_face"]] and subset_hash(out / "gan_face") == subset_hash(tmp_path / "reference/gan_face")
+    # another configuration of one subset: only its group is built, and its old entry is deleted
+    run({**subsets, "dcgan": {**subsets["dcgan"], "width": 16}})
+    assert built == [["dcgan"]] and len([p for p in kept.iterdir() if p.name != OWNED_MARKER]) == 3
+    assert subset_hash(out / "dcgan") != subset_hash(tmp_path / "reference/dcgan")

@@ -2,6 +2,7 @@
 
 import shutil
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -196,3 +197,72 @@ def test_a_member_leaving_the_folder_is_refused_before_anything_is_written(tmp_p
     with pytest.raises(DataSourceError, match=r"evil.txt"):
         sevenzip.extract(tmp_path / "x.7z", tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path.parent / "evil.txt").exists()
+
+
+def _placed(out):
+    """The members in place (not the staging folder's)."""
+    return [p for p in out.rglob("*.bin") if sevenzip.STAGING not in p.relative_to(out).parts]
+
+
+def _members(folder, n: int = 12, size: int = 20_000) -> dict[str, bytes]:
+    """``n`` files of random bytes, each starting with a marker of its own (to find it in a stored archive)."""
+    rng = np.random.default_rng(0)
+    files = {f"images/f{i:02d}.bin": bytes([65 + i]) * 16 + rng.bytes(size) for i in range(n)}
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return files
+
+
+@pytest.mark.skipif(SEVEN_ZIP is None,
+                    reason="the 7-Zip command is not installed (make setup installs Debian's 7zip where it can)")
+def test_an_interrupted_7z_extraction_keeps_every_member_7zip_finished_and_checks_none_twice(tmp_path, monkeypatch):
+    import os
+
+    files = _members(tmp_path / "packed")
+    first = pack_7z(tmp_path / "packed", tmp_path / "download", volume="60k")  # a solid archive in 5 parts
+    out = tmp_path / "extracted"
+    replace, placed = os.replace, []
+
+    def replace_then_stop(src, dst):  # killed (Ctrl-C) right after the fifth member is in place
+        replace(src, dst)
+        if not os.path.basename(dst).startswith("."):  # not the log's own atomic write
+            placed.append(dst)
+            if len(placed) == 5:
+                raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            sevenzip.extract(first, out)
+    kept = sorted(p.relative_to(out).as_posix() for p in _placed(out))
+    assert len(kept) == 5 and all((out / k).read_bytes() == files[k] for k in kept)
+    digests = []
+    digest = sevenzip.file_digest
+    monkeypatch.setattr(sevenzip, "file_digest", lambda *a, **k: digests.append(a) or digest(*a, **k))
+    assert sevenzip.extract(first, out) == {"extracted": len(files) - 5, "kept": 5}
+    # the extracted ones passed 7-Zip's CRC-32 check and the logged ones are trusted: only the one
+    # moved into place at the moment of the kill, before the log had it, is checked (and kept)
+    assert [Path(a[0]).name for a in digests] == [Path(placed[-1]).name]
+    assert {p.relative_to(out).as_posix(): p.read_bytes() for p in _placed(out)} == files
+    assert not (out / sevenzip.STAGING).exists()
+
+
+@pytest.mark.skipif(SEVEN_ZIP is None,
+                    reason="the 7-Zip command is not installed (make setup installs Debian's 7zip where it can)")
+def test_a_member_failing_its_crc_is_named_and_the_members_7zip_finished_are_kept(tmp_path):
+    import subprocess
+
+    files = _members(tmp_path / "packed", n=6)
+    archive = tmp_path / "stored.7z"
+    subprocess.run([SEVEN_ZIP, "a", "-mx0", "-bso0", "-bd", str(archive), "images"], cwd=tmp_path / "packed",
+                   check=True)
+    data = bytearray(archive.read_bytes())
+    data[data.find(bytes([67]) * 16) + 100] ^= 0xFF  # one byte of f02.bin's data, stored as it is
+    archive.write_bytes(bytes(data))
+    out = tmp_path / "extracted"
+    with pytest.raises(DataSourceError, match=r"stored.7z: 7-Zip could not extract it .*CRC Failed"):
+        sevenzip.extract(archive, out)
+    placed = {p.relative_to(out).as_posix(): p.read_bytes() for p in _placed(out)}
+    assert "images/f02.bin" not in placed and len(placed) >= 4
+    assert all(files[name] == data for name, data in placed.items())

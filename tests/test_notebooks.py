@@ -120,3 +120,42 @@ def test_synthdet_notebook_runs_over_ipc_reports_a_failure_in_one_line_and_stops
     while (_alive(kernel) or _alive(child)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(kernel) and not _alive(child)
+
+
+def test_ctrl_c_stops_a_real_dvc_repro_within_seconds_and_the_next_repro_runs_the_stage(tmp_path):
+    """SIGINT to the process group of `dvc repro` (what a terminal's Ctrl-C does) while a stage's
+    notebook runs, through the stage command every stage has (`synthdet notebook`): DVC stops within
+    seconds, the kernel and the process it started are gone, nothing is recorded as done, and the
+    next `dvc repro` runs the stage to its end."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    _notebook(tmp_path / "stage.ipynb", "import os, pathlib, subprocess, time\n"
+              "if pathlib.Path('block').exists():\n"
+              "    child = subprocess.Popen(['sleep', '300'])\n"
+              "    open('pids', 'w').write(f'{os.getpid()} {child.pid}')\n"
+              "    time.sleep(300)\n"
+              "pathlib.Path('out').mkdir(exist_ok=True)\npathlib.Path('out/result.txt').write_text('done')")
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"slow": {
+        "cmd": f"{sys.executable} -m synthdet.cli notebook stage.ipynb reports/stage.ipynb",
+        "deps": ["stage.ipynb"], "outs": ["out", "reports/stage.ipynb"]}}}))
+    (tmp_path / "block").touch()
+    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    kernel, child = map(int, (tmp_path / "pids").read_text().split())
+    start = time.monotonic()
+    os.killpg(repro.pid, signal.SIGINT)
+    assert repro.wait(timeout=30) != 0 and time.monotonic() - start < 15, repro.stdout.read()
+    deadline = time.monotonic() + 5
+    while (_alive(kernel) or _alive(child)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(kernel) and not _alive(child)
+    assert not (tmp_path / "dvc.lock").exists() and not (tmp_path / "out/result.txt").exists()
+    (tmp_path / "block").unlink()
+    again = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (tmp_path / "out/result.txt").read_text() == "done" and "slow" in (tmp_path / "dvc.lock").read_text()

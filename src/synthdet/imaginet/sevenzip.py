@@ -3,9 +3,11 @@ command (``7zz``, ``7z`` or ``7za``): the tool that already reads every 7z metho
 member's CRC-32 while it extracts.
 
 Extraction is resumable: members already in place with the size (and, when asked, the CRC-32)
-the archive lists are kept; the others are extracted into a staging folder of ours, checked, and
-moved into place. Member names are checked before anything is written: an absolute name, one
-that leaves the folder, or a link is refused, naming the archive.
+the archive lists are kept; the others are extracted by one 7-Zip call (a solid archive is decoded
+once, front to back) into a staging folder of ours, and each is moved into place as soon as 7-Zip
+has finished it (its CRC-32 checked by 7-Zip, its size by us) and logged, so a run killed half-way
+keeps every member it finished. Member names are checked before anything is written: an absolute
+name, one that leaves the folder, or a link is refused, naming the archive.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,17 +110,73 @@ def extract(archive: Path, out: Path, verify_existing: bool = False) -> dict[str
         make_owned_dir(staging)
         listfile = staging / ".members.txt"
         listfile.write_text("".join(f"{e.name}\n" for e in todo))
-        _run(["x", "-y", "-spd", f"-o{staging}", str(archive), f"@{listfile}"], archive, "extract")
-        for e in todo:
-            staged = inside(staging, e.name, f"{archive} member")
-            if (staged.is_symlink() or not staged.is_file() or staged.stat().st_size != e.size
-                    or (e.crc is not None and file_digest(staged, "crc32") != f"{e.crc:08x}")):
-                raise DataSourceError(f"{archive}: member {e.name!r} did not extract to a file of the listed "
-                                      "size and CRC-32")
-            targets[e.name].parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, targets[e.name])
-            st = targets[e.name].stat()
-            done[e.name] = [st.st_size, st.st_mtime_ns]
+        try:
+            _extract_streaming(archive, staging, listfile, todo, targets, done, log_path)
+        finally:
+            write_json(done, log_path)  # every member moved into place so far: kept by a rerun
         remove_owned_dir(staging)
     write_json(done, log_path)
     return {"extracted": len(todo), "kept": len(entries) - len(todo)}
+
+
+LOG_EVERY_S = 30.0  # how often the extraction log is written while 7-Zip runs (and when it stops)
+
+
+def _extract_streaming(archive: Path, staging: Path, listfile: Path, todo: list[Entry], targets: dict[str, Path],
+                       done: dict[str, list[int]], log_path: Path) -> None:
+    """One 7-Zip call over the members in ``listfile``. With ``-bb1`` it names each member as it
+    starts it, and with ``-bse1`` its errors come in the same stream, in order: when it names the
+    next member, the previous one is complete and passed its CRC-32 unless an error line came in
+    between. Such a member is moved into place at once (its size checked) and recorded in ``done``;
+    one with an error line waits for the end, where a failed call moves nothing more and raises."""
+    by_name = {e.name: e for e in todo}
+    moved: set[str] = set()
+
+    def move(name: str) -> None:
+        e = by_name[name]
+        staged = inside(staging, e.name, f"{archive} member")
+        if staged.is_symlink() or not staged.is_file() or staged.stat().st_size != e.size:
+            raise DataSourceError(f"{archive}: member {e.name!r} did not extract to a file of the listed size")
+        targets[name].parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, targets[name])
+        st = targets[name].stat()
+        done[name] = [st.st_size, st.st_mtime_ns]
+        moved.add(name)
+
+    command = [executable(), "x", "-y", "-spd", "-bb1", "-bse1", "-bd", f"-o{staging}", str(archive), f"@{listfile}"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    current, troubled, tail, errors = None, False, deque(maxlen=3), []
+    logged = time.monotonic()
+    bar = tqdm(total=len(todo), desc="extract", unit="file")
+    try:
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            if line.startswith("- "):
+                if current is not None and not troubled:
+                    move(current)
+                name = line[2:]
+                current, troubled = (name if name in by_name else None), False
+                bar.update(current is not None)
+                if time.monotonic() - logged > LOG_EVERY_S:
+                    write_json(done, log_path)
+                    logged = time.monotonic()
+            elif line.strip():
+                tail.append(line.strip())
+                if "error" in line.lower():
+                    troubled = True
+                    errors.append(line.strip())
+        code = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        bar.close()
+    if code != 0:
+        detail = " | ".join(errors[:3] or tail)
+        raise DataSourceError(f"{archive}: 7-Zip could not extract it (exit {code}: {detail}); a missing or corrupt "
+                              f"part? Every part (.001, .002, ...) must be in the same folder. The {len(moved)} "
+                              "members it finished are kept")
+    for name in by_name:  # 7-Zip succeeded: every member passed its CRC-32
+        if name not in moved:
+            move(name)

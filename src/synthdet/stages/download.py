@@ -32,7 +32,8 @@ from synthdet.stages.source import dataset_folder
 STAGE = Stage(
     name="download", notebook="notebooks/01_download.ipynb", module=__name__,
     params=("seed", "data", "embedded"), deps=(paths.DATA, paths.FINGERPRINT),
-    outs=(Out(paths.DOWNLOAD), Out(paths.INDEX_CACHE, cache=False, persist=True)),
+    outs=(Out(paths.DOWNLOAD), Out(paths.INDEX_CACHE, cache=False, persist=True),
+          Out(paths.GENERATOR_GROUPS, cache=False, persist=True)),
     metrics=(paths.metrics_file("download"),),
 )
 
@@ -64,10 +65,12 @@ def run(params: dict) -> Result:
     cfg = Config.from_params(params)
     out = Path(paths.DOWNLOAD)
     make_owned_dir(Path(paths.INDEX_CACHE))  # a declared output: there even when no dataset uses it
+    make_owned_dir(Path(paths.GENERATOR_GROUPS))
     t0 = time.perf_counter()
     extra: dict = {}
     if cfg.dataset == "embedded":
-        manifest, extra = download_embedded(Path(paths.DATA) / "embedded", out, cfg.embedded, cfg.seed)
+        manifest, extra = download_embedded(Path(paths.DATA) / "embedded", out, cfg.embedded, cfg.seed,
+                                            Path(paths.GENERATOR_GROUPS))
     elif cfg.dataset == "genimage":
         g = cfg.genimage
         source = dataset_folder("genimage", g)
@@ -102,8 +105,10 @@ def run(params: dict) -> Result:
                   figures=figures, metrics=metrics)
 
 
-def download_embedded(data_root: Path, out: Path, embedded: dict, seed: int) -> tuple[pd.DataFrame, dict]:
+def download_embedded(data_root: Path, out: Path, embedded: dict, seed: int,
+                      resume: Path | None = None) -> tuple[pd.DataFrame, dict]:
     """Reals from ``data_root`` (``data/embedded``) -> crops -> fakes -> GenImage tree -> manifest.
+    ``resume``: where finished generator groups are kept for a rerun (:mod:`~synthdet.datasets.embedded.finished`).
 
     Returns the manifest and metrics (not data): the seconds each generator took and whether every
     generated subset is byte-identical to the one recorded with the repository (a mismatch warns, or
@@ -122,7 +127,7 @@ def download_embedded(data_root: Path, out: Path, embedded: dict, seed: int) -> 
         benchmark["subsets"], benchmark["images_per_subset"], benchmark["test_fraction"], seed,
         benchmark["image_size"], batch_size=benchmark["generator_batch_size"],
         generator_train_images=benchmark.get("generator_train_images"), content_tests=benchmark.get("content_tests"),
-        processes=embedded.get("generator_processes"),
+        processes=embedded.get("generator_processes"), resume=resume,
     )
     sources.write_attribution(data_root, out / "ATTRIBUTION.md")
     names = list(benchmark["subsets"]) + list((benchmark.get("content_tests") or {}).get("subsets", {}))

@@ -19,6 +19,7 @@ EVALUATE = "artifacts/evaluate"
 AUDIT = "artifacts/audit"
 RUNS = "artifacts/runs"
 RUN_CHECKPOINTS = "artifacts/checkpoints"
+GENERATOR_GROUPS = f"{RUN_CHECKPOINTS}/download"  # finished generator groups, kept for a rerun
 DETECTOR_CODE = "artifacts/detector_code"  # a file per detector name: the hashes of the code that builds it
 FEATURES = "artifacts/features"  # the probes' frozen-backbone features, a folder per backbone
 TABLES = "artifacts/tables"

@@ -17,6 +17,7 @@ generator: GenImage's LFW-faces and LAION-Art test.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import multiprocessing
@@ -35,10 +36,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from synthdet import machine
+from synthdet.codegraph import import_closure
 from synthdet.data.splits import group_assignment
+from synthdet.datasets.embedded import finished
 from synthdet.datasets.embedded.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
 from synthdet.datasets.embedded.generators.common import images_to_tensor, tensor_to_images
-from synthdet.fsutil import atomic_write_bytes, replace_owned_dir
+from synthdet.fsutil import atomic_write_bytes, file_digest, replace_owned_dir
 from synthdet.seeding import rng_for
 
 # Which content the fakes of a generator show; trained generators learn the whole real pool.
@@ -216,8 +219,8 @@ def model_groups(subsets: dict[str, dict], content_tests: dict | None = None) ->
 def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict[str, dict],
                     images_per_subset: int, test_fraction: float, seed: int, image_size: int,
                     batch_size: int = 64, generator_train_images: int | None = None,
-                    content_tests: dict | None = None,
-                    processes: int | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+                    content_tests: dict | None = None, processes: int | None = None,
+                    resume: Path | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
     """Write every subset; return the per-image labels (keyed by path) for the manifest and the
     seconds each subset took (a metric, kept out of the data so the data's hash is the images').
 
@@ -225,6 +228,8 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
     "subsets": {name: content}}`` adds test-only subsets (see the module docstring).
     ``processes``: worker processes (None = one per core, at most one per group); 0 runs the
     groups in this process, without the pinned arithmetic (debugging only: other bytes).
+    ``resume``: a folder where each finished group is kept (:mod:`.finished`): a rerun after an
+    interruption, or with some subsets' configuration changed, builds only the groups not kept there.
     """
     if content_tests and "classes" not in subsets.get(content_tests["generator_subset"], {}):
         raise ValueError(f"content_tests.generator_subset {content_tests['generator_subset']!r} must be a "
@@ -245,25 +250,39 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
     plan = _Plan(out, weights, subsets, content_tests or {}, pools, train_pool, n_per, seed, image_size, batch_size)
     groups = model_groups(subsets, content_tests)
     results: dict[int, tuple[list[dict], dict[str, float]]] = {}
-    progress = tqdm(total=len(groups), desc="generator groups")
-    if processes == 0:
+    keys = [group_key(plan, group, processes == 0) for group in groups] if resume is not None else []
+    if resume is not None:
+        finished.prepare(resume, keys)
         for i, group in enumerate(groups):
-            results[i] = _build_group(plan, group)
-            progress.update()
-    else:
+            kept = finished.restore(resume, keys[i], out, group)
+            if kept is not None:
+                results[i] = kept
+                print(f"{', '.join(group)}: kept from an earlier run ({resume / keys[i]}), not built again")
+    todo = [i for i in range(len(groups)) if i not in results]
+    progress = tqdm(total=len(todo), desc="generator groups")
+
+    def done(i: int, result: tuple[list[dict], dict[str, float]]) -> None:
+        results[i] = result
+        if resume is not None:
+            finished.keep(resume, keys[i], out, groups[i], *result)
+        progress.set_postfix_str(",".join(groups[i]))
+        progress.update()
+
+    if processes == 0:
+        for i in todo:
+            done(i, _build_group(plan, groups[i]))
+    elif todo:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        workers = max(1, min(processes or cores, len(groups)))
+        workers = max(1, min(processes or cores, len(todo)))
         with machine.pinned_environment(), ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn"), initializer=machine.init_worker,
                 initargs=(os.getpid(),)) as pool:
             # the longest groups (the most training epochs) first, so the last one to start is short
-            order = sorted(range(len(groups)), key=lambda i: -_work(subsets, groups[i]))
+            order = sorted(todo, key=lambda i: -_work(subsets, groups[i]))
             futures = {pool.submit(_build_group, plan, groups[i]): i for i in order}
             try:
                 for future in as_completed(futures):
-                    results[futures[future]] = future.result()
-                    progress.set_postfix_str(",".join(groups[futures[future]]))
-                    progress.update()
+                    done(futures[future], future.result())
             except BaseException:  # a failed job (a collapsed generator) stops the queued ones
                 for future in futures:
                     future.cancel()
@@ -273,6 +292,30 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
     timings = {name: t for i in range(len(groups)) for name, t in results[i][1].items()}
     order = list(subsets) + list((content_tests or {}).get("subsets", {}))
     return pd.DataFrame(rows), {name: timings[name] for name in order}
+
+
+def group_key(plan: _Plan, group: list[str], unpinned: bool = False) -> str:
+    """Everything that decides the bytes of ``group``'s subsets, hashed: their configuration (a
+    content test's with its source subset's), the seed, sizes and counts, the real images of both
+    pools and of the generators' training pool (rows and file contents), the pretrained weights,
+    the code that generates, torch's version and the pinned arithmetic (``unpinned``: the
+    in-process debugging build, whose bytes differ)."""
+    def pool(frame: pd.DataFrame) -> list:
+        rows = frame.drop(columns=[c for c in frame.columns if frame[c].dtype.kind == "f"]).astype(str)
+        return [rows.sort_index(axis=1).to_csv(index=False), [file_digest(p) for p in frame["path"]]]
+
+    tests = plan.content_tests
+    configs = {name: plan.subsets[name] if name in plan.subsets
+               else {"content_test": tests["subsets"][name], "images": tests["images"],
+                     "source": plan.subsets[tests["generator_subset"]]} for name in group}
+    weights = sorted(p for p in Path(plan.weights).rglob("*") if p.is_file()) if Path(plan.weights).is_dir() else []
+    code = sorted(import_closure(__name__))
+    facts = {"torch": torch.__version__, "pinned": machine.PINNED_ENV, "unpinned": unpinned}
+    text = json.dumps([configs, plan.seed, plan.image_size, plan.batch_size, plan.n_per,
+                       {s: pool(plan.pools[s]) for s in ("train", "test")}, pool(plan.train_pool),
+                       [[p.name, file_digest(p)] for p in weights], [file_digest(p) for p in code], facts],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 def _work(subsets: dict[str, dict], group: list[str]) -> float:
