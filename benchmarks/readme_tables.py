@@ -1,12 +1,14 @@
-"""The README's pretrained-versus-from-scratch tables, printed from a finished `make repro`'s outputs
-(``artifacts/tables/transfer.csv`` and the probes' ``cross_generator_<probe>.csv``) and params.yaml
-(where each detector started), so that no number in them is typed by hand.
+"""The README's pretrained-versus-from-scratch tables and its sharpness-counterfactual table, printed
+from a finished `make repro`'s outputs (``artifacts/tables/transfer.csv``, the probes'
+``cross_generator_<probe>.csv``, ``metrics/tables.json``) and params.yaml (where each detector
+started), so that no number in them is typed by hand.
 
 Usage, in the workspace of that run:  python benchmarks/readme_tables.py
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -69,6 +71,25 @@ def main() -> None:
             wide["Avg"] = wide.mean(axis=1)
             print(f"\n{model}, {value} (rows: training subset)\n")
             print(wide.to_markdown(floatfmt=".3f"))
+    print("\nSharpness counterfactual: cross-generator accuracy as scored and with the gap closed\n")
+    print(survival(json.loads(Path(paths.metrics_file("tables")).read_text())).to_markdown(index=False,
+                                                                                        floatfmt=".3f"))
+
+
+def survival(summary: dict) -> pd.DataFrame:
+    """metrics/tables.json's ``sharpness_cross_generator_acc`` as a table: mean accuracy as scored,
+    with the test reals blurred and with the fakes sharpened, and the share of the accuracy above
+    chance (0.5) that survives each."""
+    rows = []
+    for what, acc in summary["sharpness_cross_generator_acc"].items():
+        above = acc["as_is"] - 0.5
+        row = {"detector (test subsets)": what, "as scored": acc["as_is"],
+               "reals blurred": acc.get("reals_blurred"), "fakes sharpened": acc.get("fakes_sharpened")}
+        for cf in ("reals_blurred", "fakes_sharpened"):
+            kept = (acc[cf] - 0.5) / above if cf in acc and above > 0 else None
+            row[f"above chance kept, {cf.replace('_', ' ')}"] = None if kept is None else f"{kept:.0%}"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":
