@@ -126,7 +126,7 @@ def test_predict_evaluate_the_audit_and_imaginet_score_through_the_one_call(tmp_
     Path(imaginet_data.ROWS).parent.mkdir(parents=True)
     pd.concat([imaginet_rows, imaginet_rows.assign(split="train"), imaginet_rows.assign(split="calibration")]
               ).to_parquet(imaginet_data.ROWS)
-    params = {"seed": 0, "device": "cpu", "evaluate": {"batch_size": 4},
+    params = {"seed": 0, "device": "cpu", "evaluate": {"batch_size": 4}, "train": {"resume_every_s": 60},
               "imaginet": {"baseline": {"crop": 32, "calibration_size": 32, "backbone": "resnet18", "nodown": False,
                                         "batch_size": 4, "epochs": 1, "calibration_epochs": 1,
                                         "calibration_batch_size": 4},
