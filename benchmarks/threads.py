@@ -5,6 +5,10 @@ batch 32, channels_last, random tensors.
 
 Usage: python benchmarks/threads.py > benchmarks/results/threads_<machine>.json
 Run it alone: another busy process on these cores makes every figure meaningless.
+
+``--index``: only the first figure (one process, every core), about 20 s: the machine's speed at
+that moment, recorded before and after a timed `make repro`. The same machine type has measured
+29 to 47 images/s in different hours, so a run's minutes are comparable only with its index.
 """
 
 from __future__ import annotations
@@ -50,6 +54,10 @@ def run(threads: int, processes: int, steps: int) -> list[float]:
 def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     t0 = time.time()
+    if sys.argv[1:] == ["--index"]:
+        print(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t0)), "cores": cores,
+                          "speed_index_images_per_s": run(cores, 1, 12)[0]}))
+        return
     together = run(cores, 1, 12)
     apart = run(1, cores, 8)
     alone_one_thread = run(1, 1, 8)

@@ -100,3 +100,18 @@ def test_readme_tables_come_from_the_tables_outputs_and_the_params(tmp_path):
     assert any("table 1 off the diagonal" in line and "80%" in line and "40%" in line for line in lines)
     ldm = next(line for line in lines if line.startswith("| ldm") and "0.625" in line)
     assert ldm.rstrip(" |").endswith(f"{(1 + 0.625 * (len(subsets) - 1)) / len(subsets):.3f}")  # the row's mean
+
+
+def test_lock_roundtrip_measures_a_lock_with_and_without_its_source_entries(tmp_path):
+    import yaml
+
+    src = [{"path": f"src/synthdet/m{i}.py", "hash": "md5", "md5": f"{i:032x}", "size": 100 + i} for i in range(30)]
+    lock = {"schema": "2.0", "stages": {f"s{k}": {"cmd": "synthdet stage x", "deps": [
+        {"path": "artifacts/in.parquet", "hash": "md5", "md5": "a" * 32, "size": 9}, *src]} for k in range(5)}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/lock_roundtrip.py"), str(tmp_path / "dvc.lock")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)
+    assert result["stages"] == 5 and result["bytes"]["one code file"] < result["bytes"]["every source file"] / 3
+    assert set(result["roundtrip_s"]) == {"every source file", "one code file"}

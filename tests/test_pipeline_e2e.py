@@ -172,23 +172,27 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
 
 
 def _every_imported_file_is_a_dependency(ws: Path) -> None:
-    """Touch every source file: `dvc status` must report, for each stage, exactly the files its
-    code imports (as the stage table computes them) as changed."""
-    from synthdet.stages import table
+    """Edit a source file: once the code stage has run (it depends on the whole source tree),
+    `dvc status` reports exactly the stages whose code imports that file (as the stage table
+    computes it), each through its module's code file; restoring the file restores the status."""
+    from synthdet.stages import paths, table
 
-    src = sorted((ws / "src/synthdet").rglob("*.py"))
-    for path in src:
-        path.write_text(path.read_text() + "\n# touched\n")
-    status = json.loads(_dvc(ws, "status", "--json").stdout)
-    for path in src:
-        path.write_text(path.read_text().removesuffix("\n# touched\n"))
-    for stage in table.all_stages():
-        names = [n for n in status if n.split("@")[0] == stage.name]
-        assert names, f"dvc status does not report {stage.name} after its sources changed"
-        for name in names:
-            changed = {f for entry in status[name] if isinstance(entry, dict)
-                       for f in entry.get("changed deps", {})}
-            assert {f for f in changed if f.startswith("src/")} == set(stage.source_files()), name
+    stages = table.all_stages()
+    for rel in ("src/synthdet/stages/split.py", "src/synthdet/training/loop.py", "src/synthdet/metrics.py"):
+        path = ws / rel
+        original = path.read_text()
+        path.write_text(original + "\n# touched\n")
+        _dvc(ws, "repro", "-s", "code")
+        status = json.loads(_dvc(ws, "status", "--json").stdout)
+        path.write_text(original)
+        changed = {name.split("@")[0] for name in status if name != "source"}
+        assert changed == {s.name for s in stages if s.code_dep and rel in s.source_files()}, rel
+        for name, entries in status.items():
+            if name != "source":
+                deps = {f for entry in entries if isinstance(entry, dict) for f in entry.get("changed deps", {})}
+                stage = next(s for s in stages if s.name == name.split("@")[0])
+                assert deps == {paths.stage_code(stage.module)}, name
+        _dvc(ws, "repro", "-s", "code")
     restored = json.loads(_dvc(ws, "status", "--json").stdout or "{}")
     assert restored == {"source": ["always changed"]}, "restoring the sources restores the status"
 

@@ -18,7 +18,7 @@ from synthdet.codegraph import DETECTORS, import_closure
 from synthdet.data.dataset import IMAGENET_MEAN, IMAGENET_STD, make_transform
 from synthdet.data.imageio import fit_to_input
 from synthdet.genimage.tables import over_seeds, wide
-from synthdet.stages import paths, runs, table
+from synthdet.stages import code, paths, runs, table
 from synthdet.stages.base import select
 from synthdet.transforms.degrade import natural_order, scaled_conditions, write_degraded
 from tests.conftest import noise_image
@@ -33,12 +33,12 @@ def test_dvc_yaml_is_the_generated_one(monkeypatch, capsys):
 
 
 def test_a_hand_edit_of_dvc_yaml_is_caught(tmp_path, monkeypatch, capsys):
-    edited = (ROOT / "dvc.yaml").read_text().replace("- src/synthdet/metrics.py\n", "", 1)
+    edited = (ROOT / "dvc.yaml").read_text().replace("- artifacts/code/stage/split\n", "", 1)
     (tmp_path / "dvc.yaml").write_text(edited)
     monkeypatch.chdir(ROOT)
     assert cli.main(["stages", "--check", "--dvc-yaml", str(tmp_path / "dvc.yaml")]) == 1
     captured = capsys.readouterr()
-    assert "+    - src/synthdet/metrics.py" in captured.out and "never edit it by hand" in captured.err
+    assert "+    - artifacts/code/stage/split" in captured.out and "never edit it by hand" in captured.err
 
 
 # one value of every matrix item, to build a matrix stage's config
@@ -118,48 +118,54 @@ def test_each_stage_depends_on_every_file_it_imports_at_run_time():
         loaded = loaded_by[stage.module]
         assert loaded, f"importing {stage.module} failed in its forked process:\n{child.stderr[-3000:]}"
         declared = {str(p) for p in import_closure(stage.module, () if stage.detectors is None else (DETECTORS,))}
-        if stage.detectors is not None:  # what only the registry's package imports: the detector_code files
+        if stage.detectors is not None:  # what only the registry's package imports: the detectors' code files
             declared |= {str(p) for p in import_closure(DETECTORS)}
         missing = sorted(set(loaded) - declared)
         assert not missing, f"{stage.name} imports {missing} but does not depend on them"
         deps = set(stage.entry()["deps"])
-        assert {f for f in stage.source_files()} <= deps and (stage.notebook in deps or stage.cli)
+        assert paths.stage_code(stage.module) in deps or not stage.code_dep, stage.name
+        assert not any(d.startswith("src/") for d in deps) or stage.name == "code"  # one entry per stage, not 30
+        assert stage.notebook in deps or stage.cli
+        if stage.code_dep:  # what the code stage writes into the file the stage depends on
+            assert set(code.stage_code(stage)["files"]) == set(stage.source_files()), stage.name
 
 
 def test_an_edit_to_one_detector_reruns_only_the_stages_that_build_it(tmp_path, monkeypatch):
-    """NPR's file is a dependency of no stage but detector_code (and imaginet_tables, which times
-    every detector); an edit to it changes only NPR's detector_code file, which only the runs that
+    """NPR's file is in the code of no stage but imaginet_tables (which times every detector); an
+    edit to it changes only NPR's detector code file (and imaginet_tables'), which only the runs that
     build NPR depend on. An edit to the code every timm network shares moves each such file."""
-    from synthdet.stages import detector_code
 
     stages = {s.name: s.entry() for s in table.all_stages()}
-    assert {n for n, e in stages.items() if "src/synthdet/detectors/npr.py" in e["deps"]} == {
-        "detector_code", "imaginet_tables"}
-    assert "artifacts/detector_code/${item.model}" in stages["zoo"]["deps"]
-    assert "artifacts/detector_code/${model}" in stages["train"]["deps"]
-    cfg = detector_code.Config.from_params(PARAMS)
+    assert {s.name for s in table.all_stages() if "src/synthdet/detectors/npr.py" in s.source_files()} == {
+        "code", "imaginet_tables"}
+    assert "artifacts/code/detector/${item.model}" in stages["zoo"]["deps"]
+    assert "artifacts/code/detector/${model}" in stages["train"]["deps"]
+    cfg = code.Config.from_params(PARAMS)
     assert {"npr", "resnet50", "imaginet_selfcon", *PARAMS["tables"]["detectors"]} <= set(cfg.names)
 
-    def code() -> dict[str, dict]:
-        return {name: detector_code.builder_code(name) for name in cfg.names}
+    def hashes() -> dict[str, dict]:
+        return {name: code.builder_code(name) for name in cfg.names}
 
-    before = code()
+    before = hashes()
     read = Path.read_bytes
     for edited, moved in (("npr.py", {"npr"}), ("timm_backbones.py", {"resnet50", "deit_s", "swin_t"})):
         monkeypatch.setattr(Path, "read_bytes", lambda self, edited=edited: read(self) + b"#"
                             if self.name == edited else read(self))
-        after = code()
+        after = hashes()
         assert {n for n in before if after[n] != before[n]} == moved, edited
     monkeypatch.undo()
     # the stage writes one file per name, inside its own folder
     monkeypatch.chdir(tmp_path)
-    detector_code.run(PARAMS)
+    code.run(PARAMS)
     written = json.loads((tmp_path / paths.detector_code("npr")).read_text())
     assert written == before["npr"] and "src/synthdet/detectors/npr.py" in written["files"]
+    train = json.loads((tmp_path / paths.stage_code("synthdet.stages.train")).read_text())
+    assert train["module"] == "synthdet.stages.train" and "src/synthdet/training/loop.py" in train["files"]
+    assert "src/synthdet/detectors/npr.py" not in train["files"]  # the registry's imports are the detectors' files
 
 
 def test_dvc_reruns_only_the_stage_whose_file_in_a_folder_output_changed(tmp_path):
-    """What detector_code relies on, with the DVC installed: a stage that depends on one file of
+    """What the code stage relies on, with the DVC installed: a stage that depends on one file of
     another stage's folder output reruns when that file changes, not when a sibling does."""
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)

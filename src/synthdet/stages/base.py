@@ -65,10 +65,11 @@ class Stage:
     arguments: tuple[tuple[str, str], ...] = ()  # constant notebook parameters (``-p name value``)
     cli: str = ""  # a ``synthdet`` command instead of a notebook (a check with nothing to show)
     always_changed: bool = False  # DVC runs it on every ``dvc repro`` (then only a changed output reruns the rest)
-    # the detectors it builds by name (``${...}`` allowed): its dependencies are then its imports without the
-    # registry's package's (which imports every detector) plus each one's detector_code file, so an edit to one
-    # detector reruns only the stages that build it. None: every file it imports (a stage using every detector)
+    # the detectors it builds by name (``${...}`` allowed): its code is then its imports without the registry's
+    # package's (which imports every detector) plus each one's code file, so an edit to one detector reruns only
+    # the stages that build it. None: every file it imports (a stage using every detector)
     detectors: tuple[str, ...] | None = None
+    code_dep: bool = True  # depends on its module's code file (artifacts/code/stage/<module>); not the code stage
 
     @property
     def report_path(self) -> str:
@@ -81,19 +82,23 @@ class Stage:
         # papermill through synthdet.notebook: the kernel on local sockets, one-line errors, Ctrl-C that stops it
         return " ".join(["synthdet notebook", self.notebook, self.report_path, f"-p params_file {PARAMS_FILE}", *args])
 
-    def source_files(self) -> list[str]:
+    def source_paths(self) -> tuple[Path, ...]:
         """Every file of the package that ``module`` imports, directly or not (lazy imports
-        inside functions included), as paths relative to the repository root."""
-        opaque = () if self.detectors is None else (DETECTORS,)
-        return sorted(repo_relative(f) for f in import_closure(self.module, opaque))
+        inside functions included): what the code stage hashes into the stage's code file."""
+        return import_closure(self.module, () if self.detectors is None else (DETECTORS,))
+
+    def source_files(self) -> list[str]:
+        """:meth:`source_paths` relative to the repository root."""
+        return sorted(repo_relative(f) for f in self.source_paths())
 
     def entry(self) -> dict[str, Any]:
         entry: dict[str, Any] = {}
         if self.matrix:
             entry["matrix"] = {k: f"${{{key}}}" for k, key in self.matrix}
         entry["cmd"] = self.command()
-        code = [paths.detector_code(name) for name in self.detectors or ()]
-        entry["deps"] = [*self.deps, *code, *([self.notebook] if self.notebook else []), *self.source_files()]
+        code = [paths.stage_code(self.module)] if self.code_dep else []
+        code += [paths.detector_code(name) for name in self.detectors or ()]
+        entry["deps"] = [*self.deps, *code, *([self.notebook] if self.notebook else [])]
         entry["params"] = list(self.params)
         entry["outs"] = [o.entry() for o in self.outs] + ([self.report_path] if self.notebook else [])
         if self.metrics:

@@ -20,7 +20,8 @@ AUDIT = "artifacts/audit"
 RUNS = "artifacts/runs"
 RUN_CHECKPOINTS = "artifacts/checkpoints"
 GENERATOR_GROUPS = f"{RUN_CHECKPOINTS}/download"  # finished generator groups, kept for a rerun
-DETECTOR_CODE = "artifacts/detector_code"  # a file per detector name: the hashes of the code that builds it
+SOURCE_TREE = "src/synthdet"  # what the code stage hashes (one DVC dependency)
+CODE = "artifacts/code"  # a file per stage module and per detector name: the hashes of the code it runs
 FEATURES = "artifacts/features"  # the probes' frozen-backbone features, a folder per backbone
 TABLES = "artifacts/tables"
 PAPER = "paper"
@@ -34,8 +35,14 @@ def metrics_file(stage: str) -> str:
 
 def detector_code(name: str) -> str:
     """What a stage that builds detector ``name`` depends on instead of every detector's source
-    (stages/detector_code.py; also with DVC's ``${...}`` as the name)."""
-    return f"{DETECTOR_CODE}/{name}"
+    (stages/code.py; also with DVC's ``${...}`` as the name)."""
+    return f"{CODE}/detector/{name}"
+
+
+def stage_code(module: str) -> str:
+    """What a stage of ``module`` (``synthdet.stages.runs``) depends on instead of each file it
+    imports (stages/code.py)."""
+    return f"{CODE}/stage/{module.rsplit('.', 1)[-1]}"
 
 
 FULL = "full"  # the budget of a table run on the whole training subset
