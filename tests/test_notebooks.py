@@ -82,6 +82,21 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def _started_pids(path: Path, timeout: float) -> list[int]:
+    """The pids a notebook wrote to ``path`` once it started its kernel and child."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return list(map(int, path.read_text().split()))
+
+
+def _assert_gone_within(seconds: float, *pids: int) -> None:
+    deadline = time.monotonic() + seconds
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(map(_alive, pids)), [p for p in pids if _alive(p)]
+
+
 def test_synthdet_notebook_runs_over_ipc_reports_a_failure_in_one_line_and_stops_on_ctrl_c(tmp_path):
     """What every stage's cmd runs: papermill with the parameters papermill's `-p` gives (numbers as
     numbers), the kernel on local sockets (no TCP warning); a failing cell is one line naming the
@@ -108,18 +123,12 @@ def test_synthdet_notebook_runs_over_ipc_reports_a_failure_in_one_line_and_stops
                      "open('pids', 'w').write(f'{os.getpid()} {child.pid}')\ntime.sleep(300)")
     run = subprocess.Popen([*cmd, str(slow), "out/slow.ipynb"], cwd=tmp_path, start_new_session=True,
                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    kernel, child = map(int, (tmp_path / "pids").read_text().split())
+    kernel, child = _started_pids(tmp_path / "pids", 60)
     start = time.monotonic()
     os.killpg(run.pid, signal.SIGINT)
     assert run.wait(timeout=20) == 130 and time.monotonic() - start < 10
     assert "SIGINT: stopped the kernel and its processes" in run.stderr.read()
-    deadline = time.monotonic() + 5
-    while (_alive(kernel) or _alive(child)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(kernel) and not _alive(child)
+    _assert_gone_within(5, kernel, child)
 
 
 def test_ctrl_c_stops_a_real_dvc_repro_within_seconds_and_the_next_repro_runs_the_stage(tmp_path):
@@ -142,17 +151,11 @@ def test_ctrl_c_stops_a_real_dvc_repro_within_seconds_and_the_next_repro_runs_th
     (tmp_path / "block").touch()
     repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, start_new_session=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "pids").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    kernel, child = map(int, (tmp_path / "pids").read_text().split())
+    kernel, child = _started_pids(tmp_path / "pids", 120)
     start = time.monotonic()
     os.killpg(repro.pid, signal.SIGINT)
     assert repro.wait(timeout=30) != 0 and time.monotonic() - start < 15, repro.stdout.read()
-    deadline = time.monotonic() + 5
-    while (_alive(kernel) or _alive(child)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(kernel) and not _alive(child)
+    _assert_gone_within(5, kernel, child)
     assert not (tmp_path / "dvc.lock").exists() and not (tmp_path / "out/result.txt").exists()
     (tmp_path / "block").unlink()
     again = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=tmp_path, capture_output=True, text=True,

@@ -131,6 +131,15 @@ def _umask() -> int:
     return mask
 
 
+def hard_link_or_copy(source: Path, target: Path) -> None:
+    """``target`` becomes ``source``'s file again: a hard link (no second copy on disk) where the file
+    system allows one, else a copy (another file system, or links not supported)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_output`)."""
     with atomic_output(path) as tmp:

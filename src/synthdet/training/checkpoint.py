@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from synthdet.detectors import create_detector
-from synthdet.fsutil import CheckpointError, atomic_output, load_torch_file
+from synthdet.fsutil import CheckpointError, atomic_output, hard_link_or_copy, load_torch_file
 from synthdet.training.runtime import resolve_device
 
 FORMAT = 1  # the checkpoint format's version; a file of another is refused, saying how to regenerate it
@@ -158,10 +157,7 @@ def link_or_copy(source: Path, target: Path) -> None:
     the file system allows one, else a copy; atomically, replacing what was there."""
     with atomic_output(target) as tmp:
         tmp.unlink()
-        try:
-            os.link(source, tmp)
-        except OSError:  # another file system, or links not supported
-            shutil.copyfile(source, tmp)
+        hard_link_or_copy(source, tmp)
 
 
 def finished_run(detector: Path, fingerprint: str) -> dict | None:

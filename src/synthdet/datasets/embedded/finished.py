@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from synthdet.datasets.embedded.reproducible import subset_hash
-from synthdet.fsutil import atomic_write_bytes, inside, make_owned_dir
+from synthdet.fsutil import atomic_write_bytes, hard_link_or_copy, inside, make_owned_dir
 
 STATE = "done.json"  # written last: an entry without it is unfinished and never used
 FORMAT = 1
@@ -33,11 +33,7 @@ def _link_tree(source: Path, target: Path) -> None:
         rel = Path(folder).relative_to(source)
         (target / rel).mkdir(parents=True, exist_ok=True)
         for name in files:
-            dst = target / rel / name
-            try:
-                os.link(Path(folder) / name, dst)
-            except OSError:
-                shutil.copyfile(Path(folder) / name, dst)
+            hard_link_or_copy(Path(folder) / name, target / rel / name)
 
 
 def prepare(folder: Path, keys: list[str]) -> None:
