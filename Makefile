@@ -1,5 +1,5 @@
 # make repro : set up .venv, restore data/ (verified against data.dvc), run the whole DVC pipeline
-# make test  : set up .venv, lint, run the test suite
+# make test  : set up .venv, restore data/ (one test rebuilds the smoke benchmark from it), lint, run the test suite
 # make test-fast : the same without the end-to-end runs through DVC (the inner loop; CI runs make test)
 # make smoke : the whole pipeline on a tiny profile, in a scratch copy (.smoke/)
 # make paper : every table over three seeds (profiles/paper.yaml), as a DVC experiment
@@ -32,7 +32,7 @@ repro: data
 	$(BIN)/dvc repro
 	$(BIN)/synthdet summary
 
-test: setup
+test: data
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/pytest -q -rs -n 2 --dist worksteal --durations=10
 

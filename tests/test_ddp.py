@@ -52,8 +52,9 @@ sys.exit(main(["stage", "train"]))
 """
 
 
-def _workspace(path: Path) -> Path:
-    """params.yaml (the repository's, with a small model and no workers) and a split manifest."""
+def _workspace(path: Path, model: str = "resnet18", model_kwargs: dict | None = None, **train: object) -> Path:
+    """params.yaml (the repository's, with a small model and no workers; ``train`` overrides its
+    train settings) and a split manifest."""
     (path / "images").mkdir(parents=True)
     rows = []
     for i in range(N_TRAIN + N_VAL):
@@ -70,9 +71,10 @@ def _workspace(path: Path) -> Path:
     (path / "artifacts/split").mkdir(parents=True)
     pd.DataFrame(rows).to_parquet(path / "artifacts/split/splits.parquet", index=False)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params.update(model="resnet18", train_subset="s", device="cpu")
+    params.update(model=model, model_kwargs=model_kwargs or {}, train_subset="s", device="cpu")
     params["train"].update(input_size=32, epochs=EPOCHS, batch_size=4, num_workers=0, warmup_epochs=0.5,
                            resume_every_s=0)  # the resume state after every epoch: killed after the first
+    params["train"].update(train)
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     (path / "entry.py").write_text(ENTRY)
     return path
@@ -144,6 +146,35 @@ def test_under_ddp_rank_0_alone_writes_outputs(tmp_path):
     assert written(1) == set(), f"rank 1 wrote {sorted(written(1))}"
     assert {"artifacts/train/detector.pt", "metrics/train.json", "plots/train_history.csv"} <= written(0)
     assert (ws / "rank1/seen_rank1.txt").read_text()  # rank 1 did train: it loaded its share of the images
+
+
+def test_two_ranks_train_the_weights_one_process_trains_on_the_same_global_batches(tmp_path):
+    """DDP is the single-process run spread over ranks: two ranks with batches of 12 against one
+    process with batches of 24, over the same 24 images (each step's batch is the whole training set,
+    so both see the same images per step whatever the order). DDP must average the ranks' gradients
+    (SGD, unlike Adam, moves twice as far on a summed gradient), shard the images and step the
+    schedule alike, so the weights agree to float rounding. A LayerNorm network (BatchNorm's
+    statistics are per rank by design) without flips (each rank draws its own)."""
+    settings = dict(model="vit_tiny_patch16_224", model_kwargs={"patch_size": 8, "depth": 1}, optimizer="sgd",
+                    lr=0.05, hflip=False, weights_dtype="float32")
+    ddp = _workspace(tmp_path / "ddp", batch_size=N_TRAIN // 2, **settings)
+    done = _torchrun(ddp)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(_seen(ddp, 0)) == len(_seen(ddp, 1)) == EPOCHS * N_TRAIN // 2  # each rank half the images
+    one = _workspace(tmp_path / "one", batch_size=N_TRAIN, **settings)
+    alone = subprocess.run([sys.executable, "-c", "import sys; from synthdet.cli import main; "
+                            "sys.exit(main(['stage', 'train']))"], cwd=one, capture_output=True, text=True,
+                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    history = [pd.read_csv(ws / "plots/train_history.csv") for ws in (ddp, one)]
+    assert len(history[0]) == len(history[1]) == EPOCHS
+    assert np.allclose(history[0]["lr"], history[1]["lr"])  # the same schedule: as many steps per epoch
+    assert history[1]["train_loss"].iloc[-1] < history[1]["train_loss"].iloc[0]  # it did learn something
+    a, b = (torch.load(ws / "artifacts/train/detector.pt", weights_only=True) for ws in (ddp, one))
+    assert a["epoch"] == b["epoch"]
+    far = {k: float((a["model"][k].float() - b["model"][k].float()).abs().max()) for k in a["model"]
+           if not torch.allclose(a["model"][k].float(), b["model"][k].float(), rtol=1e-4, atol=1e-5)}
+    assert not far, f"DDP's weights are not the single process's: {dict(list(far.items())[:5])}"
 
 
 def _accumulating_rank(rank: int, init_file: str, out: str) -> None:

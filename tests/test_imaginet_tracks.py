@@ -13,14 +13,16 @@ import pytest
 import torch
 import yaml
 from PIL import Image, ImageFilter
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from synthdet.cli import deep_update, load_profile
 from synthdet.data.manifest import normalise
 from synthdet.imaginet import dataset as imaginet
 from synthdet.imaginet import tracks as T
-from synthdet.imaginet.augment import apply_condition, condition_names
+from synthdet.imaginet.augment import apply_condition, condition_names, condition_transform
 from synthdet.imaginet.relational import embedding_map, relational_loss
+from synthdet.training import scoring
+from synthdet.training.checkpoint import load_detector
 from tests.conftest import noise_image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,6 +193,41 @@ def test_imaginet_stages_on_a_genimage_layout(tmp_path, monkeypatch):
     assert set(metrics["table7"]["acc"]) == {"diffusion", "gan", "vae", "Mean"}
     assert 0 <= metrics["table7"]["macro_auc"] <= 1
     assert set(metrics["figure3"]) == {"photos"}
+    # the numbers, not only their keys: every score row carries its image's truth (the data stage's
+    # rows), and each table is recomputed here from those rows with sklearn alone
+    truth = test.set_index("path")[["label", "family", "content"]]
+    for scored in (selfcon[selfcon["condition"] == "clean"], loco):
+        assert (scored.set_index("path")[["label", "family", "content"]] == truth.loc[scored["path"]]).all().all()
+    # and each row's score is its own image's: one image per family scored alone gives the row's number
+    picked = test.groupby("family").head(1)
+    alone = scoring.score(Path(imaginet_runs.run_dir("loco", "photos")) / "detector.pt", picked, device="cpu")
+    assert np.allclose(alone["fake_probability"], loco.set_index("path").loc[picked["path"], "score"], atol=1e-5)
+    net, saved = load_detector(Path(imaginet_runs.run_dir("train", "selfcon")) / imaginet_runs.DETECTOR)
+    alone = scoring.score(net, picked, input_size=saved["input_size"], classes=saved["model_classes"], device="cpu",
+                          image_transform=condition_transform("clean", params["imaginet"]["baseline"]
+                                                              ["calibration_size"]))
+    mine = selfcon[selfcon["condition"] == "clean"].set_index("path").loc[picked["path"]]
+    assert np.allclose(alone["fake_probability"], mine["p_synthetic"], atol=1e-5)
+    assert (alone["model_pred"].to_numpy() == mine["model_pred"].to_numpy()).all()
+    clean = pd.concat([pd.read_parquet(Path(imaginet_runs.run_dir("train", m)) / imaginet_runs.SCORES)
+                       for m in params["imaginet"]["methods"]]).query("condition == 'clean'")
+    for method, rows_m in clean.groupby("method"):
+        cells = metrics["table3"][method]
+        for family in ("diffusion", "gan", "vae"):
+            pair = rows_m[(rows_m["label"] == 0) | (rows_m["family"] == family)]
+            y, p = pair["label"].to_numpy(), pair["p_synthetic"].to_numpy()
+            assert cells[family]["acc"] == pytest.approx(balanced_accuracy_score(y, p >= 0.5))
+            assert cells[family]["auc"] == pytest.approx(roc_auc_score(y, p))
+        assert cells["Mean"]["auc"] == pytest.approx(np.mean([cells[f]["auc"] for f in ("diffusion", "gan", "vae")]))
+    fakes = selfcon[(selfcon["condition"] == "clean") & (selfcon["label"] == 1)]
+    for family, g in fakes.groupby("family"):
+        assert metrics["table7"]["acc"][family] == pytest.approx((g["model_pred"] == family).mean())
+    one_vs_rest = [roc_auc_score(fakes["family"] == f, fakes[f"p_{f}"]) for f in ("diffusion", "gan", "vae")]
+    assert metrics["table7"]["macro_auc"] == pytest.approx(np.mean(one_vs_rest))
+    held = loco[loco["content"] == "photos"]
+    y, s = held["label"].to_numpy(), held["score"].to_numpy()
+    assert metrics["figure3"]["photos"]["held_out_acc"] == pytest.approx(balanced_accuracy_score(y, s >= 0.5))
+    assert metrics["figure3"]["photos"]["held_out_auc"] == pytest.approx(roc_auc_score(y, s))
     assert set(metrics["table6_ms_per_image"]) == {"npr", "selfcon (resnet18)", "grag2021 (resnet18)"}
     assert all(v > 0 for v in metrics["table6_ms_per_image"].values())
     for name in ("table3_origin.png", "figure2_map.png", "figure3_leave_one_content_out.png",

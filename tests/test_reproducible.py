@@ -75,6 +75,30 @@ def test_the_default_and_smoke_configurations_have_recorded_hashes(profile):
     assert sorted(recorded[key]) == sorted(names)
 
 
+@pytest.mark.slow(minutes=2)
+@pytest.mark.skipif(not (ROOT / "data/embedded").is_dir(), reason="needs the real embedded sources in data/ "
+                    "(make data; make test runs it first)")
+def test_the_smoke_benchmark_rebuilt_from_the_real_sources_has_its_recorded_hashes(tmp_path, monkeypatch):
+    """The recorded-hash check on a real rebuild, not on whatever is there: the smoke profile's
+    benchmark, built from the real sources through the source and download stages (every generator
+    trained, both pretrained GANs sampled), equals the one recorded with the repository, subset by
+    subset. Recorded on AMD EPYC machines (Zen 3 and Zen 4); an Intel Xeon builds other bytes
+    (issue 39), so there the test says so and is skipped rather than failed."""
+    if "AMD" not in machine.machine_facts()["cpu"]:
+        pytest.skip(f"the recorded hashes hold on the AMD machines measured, not on {machine.machine_facts()['cpu']}"
+                    " (issue 39)")
+    params = cli.deep_update(PARAMS, cli.load_profile("smoke", ROOT / "profiles"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    for stage in ("source", "download"):
+        assert cli.main(["stage", stage, "--params", "params.yaml"]) == 0, stage
+    check = json.loads(Path("metrics/download.json").read_text())["reproducibility"]
+    key = reproducible.config_key(params["seed"], params["embedded"]["prepare"], params["embedded"]["benchmark"])
+    assert check["config_key"] == key and check["status"] == "identical", check["differing"]
+    assert check["observed"] == reproducible.load_expected()[key]
+
+
 def test_hashes_cli_reports_and_refuses_other_metrics(tmp_path, capsys):
     metrics = tmp_path / "download.json"
     e = PARAMS["embedded"]
