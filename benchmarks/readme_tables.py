@@ -1,7 +1,8 @@
-"""The README's pretrained-versus-from-scratch tables and its sharpness-counterfactual table, printed
-from a finished `make repro`'s outputs (``artifacts/tables/transfer.csv``, the probes'
-``cross_generator_<probe>.csv``, ``metrics/tables.json``) and params.yaml (where each detector
-started), so that no number in them is typed by hand.
+"""The README's pretrained-versus-from-scratch tables, its sharpness-counterfactual table and its
+sharpness-matched variant's tables, printed from a finished `make repro`'s outputs
+(``artifacts/tables/transfer.csv``, the probes' ``cross_generator_<probe>.csv``,
+``metrics/tables.json``, ``metrics/audit.json``) and params.yaml (where each detector started), so
+that no number in them is typed by hand.
 
 Usage, in the workspace of that run:  python benchmarks/readme_tables.py
 """
@@ -74,6 +75,13 @@ def main() -> None:
     print("\nSharpness counterfactual: cross-generator accuracy as scored and with the gap closed\n")
     print(survival(json.loads(Path(paths.metrics_file("tables")).read_text())).to_markdown(index=False,
                                                                                         floatfmt=".3f"))
+    audit = Path(paths.metrics_file("audit"))
+    variant = matched_variant(json.loads(audit.read_text())) if audit.is_file() else None
+    if variant is not None:
+        print("\nSharpness-matched variant: the low-level probe and the median sharpness, as stored and matched\n")
+        print(variant[0].to_markdown(index=False, floatfmt=".3f"))
+        print("\nTrained on each, scored on both test sets (mean over the test subsets)\n")
+        print(variant[1].to_markdown(index=False, floatfmt=".3f"))
 
 
 def survival(summary: dict) -> pd.DataFrame:
@@ -90,6 +98,28 @@ def survival(summary: dict) -> pd.DataFrame:
             row[f"above chance kept, {cf.replace('_', ' ')}"] = None if kept is None else f"{kept:.0%}"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+MATCHED = "sharpness-matched variant"
+
+
+def matched_variant(audit: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """metrics/audit.json's sharpness-matched variant: per subset the low-level probe's AUC and the
+    reals' and fakes' median Laplacian variance, as stored and on the variant; and the detectors
+    trained on each, scored on both test sets. None when the run built no variant."""
+    if MATCHED not in audit.get("bias_scores", {}) or "sharpness_matched" not in audit:
+        return None
+    rows = []
+    for subset, stored in audit["bias_scores"]["as stored"].items():
+        row = {"subset": subset, "low-level AUC, as stored": stored["lowlevel_auc"],
+               "low-level AUC, matched": audit["bias_scores"][MATCHED].get(subset, {}).get("lowlevel_auc")}
+        for name, label in (("as stored", "as stored"), (MATCHED, "matched")):
+            m = audit["sharpness"].get(name, {}).get(subset)
+            row[f"Laplacian var. real / fake, {label}"] = (
+                f"{m['real_laplacian_var']:.3g} / {m['fake_laplacian_var']:.3g}" if m else "-")
+        rows.append(row)
+    trained = pd.DataFrame([{"trained on": name, **values} for name, values in audit["sharpness_matched"].items()])
+    return pd.DataFrame(rows), trained
 
 
 if __name__ == "__main__":

@@ -239,6 +239,39 @@ def test_the_biased_variant_stores_reals_as_jpeg_and_fakes_byte_for_byte_in_geni
         write_biased_variant(rows, tmp_path / "theirs")
 
 
+def test_the_sharpness_matched_variant_blurs_every_splits_reals_and_leaves_the_probe_nothing(tmp_path):
+    """The sharpness counterfactual made to every split: a matched subset's reals are their view
+    blurred by the strength chosen on its training split; its fakes, and every image of a subset
+    without a match, keep their view's pixels; all PNG of one size (no file fact to read), splits
+    and groups kept, in GenImage's layout. And it does what it is for: the low-level probe that
+    separates reals from blurred fakes as stored cannot on the variant."""
+    from synthdet.data.imageio import load_rgb
+
+    rows = _textures(tmp_path / "b", 60, blur_fakes=1.0)
+    other = _textures(tmp_path / "o", 4).assign(subset="other")  # test-only, say: no match
+    match = sharpness.match_sharpness(rows[rows["split"] == "train"], 64, seed=0)
+    sigma = float(match.iloc[0]["blur_sigma"])
+    assert list(match["subset"]) == ["gen"] and sigma > 0
+    both = pd.concat([rows, other], ignore_index=True)
+    variant = audit.write_matched_variant(both, match, tmp_path / "variant", 64)
+    assert len(variant) == len(both) and (variant["status"] == "ok").all()
+    assert set(variant["format"]) == {"PNG"} and set(variant["width"]) == set(variant["height"]) == {64}
+    copies = variant.set_index("path")
+    for original in both.itertuples():
+        folder = {"train": "train", "val": "train", "test": "val"}[original.split]
+        copy = copies.loc[(tmp_path / "variant" / original.subset / folder / ("ai" if original.label else "nature")
+                           / f"{Path(original.path).stem}.png").as_posix()]
+        assert (copy["split"], copy["group"], copy["label"]) == (original.split, original.group, original.label)
+        want = np.asarray(load_rgb(original.path))  # 64 px already: the view is the image
+        if original.label == 0 and original.subset == "gen":
+            want = np.asarray(load_rgb(original.path).filter(ImageFilter.GaussianBlur(sigma)))
+        assert np.array_equal(np.asarray(load_rgb(copy.name)), want), copy.name
+    assert len(index_genimage_tree(tmp_path / "variant")) == len(both)
+    probes = {name: audit.shortcut_probes(m[m["subset"] == "gen"], 64, seed=0).iloc[0]["low-level"]
+              for name, m in (("as stored", rows), ("variant", variant))}
+    assert probes["as stored"] > 0.95 and probes["variant"] < 0.75, probes
+
+
 def test_the_debiased_protocol_keeps_q96_reals_in_the_window_balances_classes_and_prepares_fakes(tmp_path):
     q96 = _manifest(tmp_path / "a", 8, {"format": "JPEG", "quality": 96}, {"format": "PNG"}, real_size=64)
     q75 = _manifest(tmp_path / "b", 8, {"format": "JPEG", "quality": 75}, {"format": "PNG"}, subset="gen")

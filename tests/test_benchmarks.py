@@ -88,6 +88,13 @@ def test_readme_tables_come_from_the_tables_outputs_and_the_params(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/tables.json").write_text(json.dumps({"sharpness_cross_generator_acc": {
         "resnet50: table 1 off the diagonal": {"as_is": 0.625, "reals_blurred": 0.6, "fakes_sharpened": 0.55}}}))
+    sharp = {"real_laplacian_var": 0.0123, "fake_laplacian_var": 0.000456}
+    (tmp_path / "metrics/audit.json").write_text(json.dumps({
+        "bias_scores": {"as stored": {"ldm": {"metadata_auc": 0.5, "lowlevel_auc": 0.989}},
+                        "sharpness-matched variant": {"ldm": {"metadata_auc": 0.5, "lowlevel_auc": 0.612}}},
+        "sharpness": {"as stored": {"ldm": sharp},
+                      "sharpness-matched variant": {"ldm": {**sharp, "real_laplacian_var": 0.0004}}},
+        "sharpness_matched": {"sharpness-matched variant": {"clean_acc": 0.71, "matched_acc": 0.93}}}))
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks/readme_tables.py")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -98,6 +105,10 @@ def test_readme_tables_come_from_the_tables_outputs_and_the_params(tmp_path):
     assert header.index("clean") < header.index("jpeg_q30") < header.index("blur_sigma5") < header.index("Avg")
     # the share of the accuracy above chance kept under each counterfactual: 0.1 / 0.125 and 0.05 / 0.125
     assert any("table 1 off the diagonal" in line and "80%" in line and "40%" in line for line in lines)
+    # the sharpness-matched variant: the probe and the medians as stored and matched; the run trained on it
+    assert any(line.startswith("| ldm") and "0.989" in line and "0.612" in line and "0.0123 / 0.000456" in line
+               and "0.0004 / 0.000456" in line for line in lines)
+    assert any("sharpness-matched variant" in line and "0.710" in line and "0.930" in line for line in lines)
     ldm = next(line for line in lines if line.startswith("| ldm") and "0.625" in line)
     assert ldm.rstrip(" |").endswith(f"{(1 + 0.625 * (len(subsets) - 1)) / len(subsets):.3f}")  # the row's mean
 

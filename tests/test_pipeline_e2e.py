@@ -106,7 +106,14 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert set(matched) == set(subsets) and all(m["real_images"] > 0 and m["fake_images"] > 0 for m in matched.values())
     assert set(audit["bias_recovery"]) == {"clean benchmark (the train stage)", "biased variant",
                                            "biased variant, debiased protocol"}
+    # the sharpness-matched variant: audited (its probes and sharpness), and the detector trained on it
+    assert set(audit["bias_scores"]["sharpness-matched variant"]) == set(audit["bias_scores"]["as stored"])
+    assert set(audit["sharpness"]["sharpness-matched variant"]) == set(subsets)
+    assert set(audit["sharpness_matched"]) == {"clean benchmark (the train stage)", "sharpness-matched variant"}
+    assert not audit["counterfactual_acc_change"].get("sharpness-matched variant")  # it is that change already
+    matched_rows = pd.read_parquet(ws / "artifacts/audit/sharpness_matched_manifest.parquet")
     variant = pd.read_parquet(ws / "artifacts/audit/biased_variant_manifest.parquet")
+    assert set(matched_rows["format"]) == {"PNG"} and len(matched_rows) == len(variant)  # both: every usable image
     assert set(variant.loc[variant["label"] == 0, "jpeg_quality"]) == {96}
     assert set(variant.loc[variant["label"] == 1, "format"]) == {"PNG"}
     # ImagiNet's tracks on the embedded benchmark, written in ImagiNet's format and read back

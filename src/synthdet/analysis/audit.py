@@ -12,10 +12,15 @@ format. The probes say how far each subset is separable without looking for a ge
 - **counterfactual**: a trained detector re-scored with the shortcut removed (fakes JPEG-compressed
   at the reals' typical quality; every image brought to the other label's typical size); the
   accuracy change says how much it relied on format and size.
+
+And the sharpness-matched variant (:func:`write_matched_variant`): the sharpness counterfactual
+(:mod:`synthdet.analysis.sharpness`) made to every split, for the probes and a detector to be
+trained where blur tells nothing.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -29,6 +34,9 @@ from tqdm.auto import tqdm
 
 from synthdet.analysis import sharpness
 from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
+from synthdet.data.manifest import FILE_COLUMNS, describe_files, normalise
+from synthdet.datasets.embedded.biased import GENIMAGE_LABEL_DIRS, GENIMAGE_SPLIT_DIRS
+from synthdet.fsutil import atomic_write_bytes, inside, make_owned_dir
 from synthdet.metrics import binary_metrics
 from synthdet.training import scoring
 from synthdet.training.checkpoint import load_detector
@@ -112,14 +120,25 @@ def lowlevel_features(paths: list[str], size: int, workers: int = 4) -> pd.DataF
     return pd.DataFrame(np.stack(stats) if stats else np.empty((0, len(STATISTIC_NAMES))), columns=STATISTIC_NAMES)
 
 
+def probe_folds(labels: np.ndarray, groups: np.ndarray, seed: int, folds: int = 5) -> list[tuple[np.ndarray, ...]]:
+    """The probes' cross-validation folds: stratified by label, each ``group`` (images cut from one
+    source) on one side. They depend on the labels and groups only, so two probes of the same rows
+    share them (the search costs more than a probe's fit on thousands of groups)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    labels, groups = np.asarray(labels).astype(int), np.asarray(groups)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros((len(labels), 1)), labels, groups))
+
+
 def probe_auc(features: pd.DataFrame, labels: np.ndarray, groups: np.ndarray, seed: int, folds: int = 5,
-              min_images: int = MIN_PROBE_IMAGES) -> float:
+              min_images: int = MIN_PROBE_IMAGES, cv: list | None = None) -> float:
     """Cross-validated AUC of a gradient-boosted classifier predicting real vs fake from
-    ``features``; folds keep each ``group`` (images cut from one source) on one side. NaN when a
-    label has fewer than ``min_images`` images or there are fewer groups than folds."""
+    ``features``, over :func:`probe_folds` (``cv``: those of these very rows, computed once). NaN
+    when a label has fewer than ``min_images`` images or there are fewer groups than folds."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+    from sklearn.model_selection import cross_val_predict
 
     labels = np.asarray(labels).astype(int)
     keep = np.isfinite(features.to_numpy(dtype=float)).all(axis=1)
@@ -127,8 +146,9 @@ def probe_auc(features: pd.DataFrame, labels: np.ndarray, groups: np.ndarray, se
     if len(np.unique(y)) < 2 or np.bincount(y).min() < min_images or len(np.unique(g)) < folds:
         return float("nan")
     model = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, min_samples_leaf=5, random_state=seed)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    scores = cross_val_predict(model, x, y, groups=g, cv=splitter, method="predict_proba")[:, 1]
+    if cv is None or not keep.all():  # folds of other rows do not fit these
+        cv = probe_folds(y, g, seed, folds)
+    scores = cross_val_predict(model, x, y, cv=cv, method="predict_proba")[:, 1]
     return float(roc_auc_score(y, scores))
 
 
@@ -152,9 +172,13 @@ def shortcut_probes(manifest: pd.DataFrame, input_size: int, seed: int, max_imag
     for subset, g in manifest.groupby("subset", sort=True):
         s = sampled[sampled["subset"] == subset]
         name, auc = most_telling(stats.loc[s.index], s["label"].to_numpy())
+        counts = g["label"].value_counts()
+        enough = len(counts) == 2 and counts.min() >= min_images and g["group"].nunique() >= folds
+        cv = probe_folds(g["label"], g["group"], seed, folds) if enough else None  # both probes', when s is g
         rows.append({"subset": subset, "images": len(g),
-                     "metadata": probe_auc(meta.loc[g.index], g["label"], g["group"], seed, folds, min_images),
-                     "low-level": probe_auc(stats.loc[s.index], s["label"], s["group"], seed, folds, min_images),
+                     "metadata": probe_auc(meta.loc[g.index], g["label"], g["group"], seed, folds, min_images, cv),
+                     "low-level": probe_auc(stats.loc[s.index], s["label"], s["group"], seed, folds, min_images,
+                                            cv if s.index.equals(g.index) else None),
                      "most telling statistic": name, "its AUC": auc})
     return pd.DataFrame(rows)
 
@@ -251,3 +275,34 @@ def counterfactual_scores(detector: Path | nn.Module, test: pd.DataFrame, batch_
     for metric in ("acc", "auc"):
         table[f"{metric}_change"] = table[metric] - table["subset"].map(base[metric])
     return table, notes
+
+
+def write_matched_variant(manifest: pd.DataFrame, matching: pd.DataFrame, out: Path, size: int) -> pd.DataFrame:
+    """The sharpness-matched benchmark: the sharpness counterfactual's change made to every split,
+    so that a detector can be trained and probed where blur tells nothing. Every image is stored as
+    its view (``size`` px, lossless PNG: both labels alike, no format or size to read), the reals of
+    each matched subset blurred by the strength chosen on its training split (``matching``'s
+    ``blur_sigma``); fakes, and the reals of a subset without a match (test-only subsets), as they
+    are seen. Returns the variant's manifest: the same rows, splits and groups, new paths and file
+    facts; a GenImage-layout tree like the biased variant's. An image that does not decode keeps
+    its row, indexed as missing."""
+    out = make_owned_dir(Path(out))
+    sigma = {str(m.subset): float(m.blur_sigma) for m in matching.itertuples()}
+    rows = manifest.reset_index(drop=True).copy()
+    paths = []
+    for r in tqdm(rows.itertuples(index=False), total=len(rows), desc="sharpness-matched variant"):
+        folder = f"{r.subset}/{GENIMAGE_SPLIT_DIRS[r.split]}/{GENIMAGE_LABEL_DIRS[int(r.label)]}"
+        target = inside(out, f"{folder}/{Path(r.path).stem}.png", "sharpness-matched variant")
+        paths.append(target.as_posix())
+        try:
+            view = fit_to_input(load_rgb(r.path), size)
+        except ImageDecodeError:
+            continue  # not written: indexed as missing below
+        if int(r.label) == 0 and sigma.get(str(r.subset)):
+            view = sharpness.blurred(sigma[str(r.subset)], size)(view)
+        buf = io.BytesIO()
+        view.save(buf, format="PNG")
+        atomic_write_bytes(target, buf.getvalue())
+    facts = pd.DataFrame(describe_files([Path(p) for p in paths], desc="index sharpness-matched variant"))
+    rows = rows.drop(columns=list(FILE_COLUMNS)).assign(path=paths)
+    return normalise(pd.concat([rows, facts], axis=1))

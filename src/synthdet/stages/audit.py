@@ -6,6 +6,11 @@ On the embedded benchmark it also builds and audits its biased variant (reals st
 fakes as PNG: GenImage's bias), which the audit must flag, and trains the pipeline's detector on
 it twice, as it is and under the debiased protocol (``data.debias``), to measure both against
 the clean benchmark: how much a shortcut costs, and how much of it the protocol recovers.
+
+And its sharpness-matched variant (``audit.sharpness_variant``): every split's reals blurred as
+the sharpness counterfactual blurs the test reals, so that blur tells nothing; audited the same
+way (do the probes still separate the labels?), and the pipeline's detector trained on it: what a
+detector learns, and keeps on the benchmark as stored, when it cannot read sharpness.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from synthdet.training.runtime import workers_param
 BIAS_PLOT, COUNTERFACTUAL_PLOT = f"{paths.PLOTS}/audit_bias_scores.png", f"{paths.PLOTS}/audit_counterfactual.png"
 RECOVERY_PLOT = f"{paths.PLOTS}/audit_bias_recovery.png"
 SHARPNESS_PLOT = f"{paths.PLOTS}/audit_sharpness.png"
+MATCHED_PLOT = f"{paths.PLOTS}/audit_sharpness_matched.png"
 VARIANT_CHECKPOINTS = f"{paths.RUN_CHECKPOINTS}/audit"  # persisted, uncached: an interrupted audit resumes
 STAGE = Stage(
     name="audit", notebook="notebooks/08_audit.ipynb", module=__name__,
@@ -37,14 +43,17 @@ STAGE = Stage(
     deps=(paths.SPLITS, paths.DETECTOR, paths.SHARPNESS_STRENGTHS),
     outs=(Out(paths.AUDIT), Out(VARIANT_CHECKPOINTS, cache=False, persist=True)),
     metrics=(paths.metrics_file("audit"),),
-    plots=(BIAS_PLOT, COUNTERFACTUAL_PLOT, RECOVERY_PLOT, SHARPNESS_PLOT), detectors=("${model}",),
+    plots=(BIAS_PLOT, COUNTERFACTUAL_PLOT, RECOVERY_PLOT, SHARPNESS_PLOT, MATCHED_PLOT), detectors=("${model}",),
 )
 RECOVERY_METRICS = ("clean_acc", "clean_real_acc", "clean_fake_acc", "clean_auc", "biased_acc", "biased_auc")
+MATCHED_METRICS = ("clean_acc", "clean_real_acc", "clean_fake_acc", "clean_auc", "matched_acc", "matched_auc")
 VARIANT_MANIFEST = "biased_variant_manifest.parquet"
+MATCHED_MANIFEST = "sharpness_matched_manifest.parquet"
 AS_IS = "as stored"
 BIASED = "biased variant"
+MATCHED = "sharpness-matched variant"
 TRAINED_ON = {"clean": "clean benchmark (the train stage)", "biased": "biased variant",
-              "debiased": "biased variant, debiased protocol"}
+              "debiased": "biased variant, debiased protocol", "matched": MATCHED}
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class Config:
     train_subset: str
     train: dict
     variant_debias: dict
+    sharpness_variant: bool
 
 
     @classmethod
@@ -78,41 +88,46 @@ class Config:
                    str(p["model"]), dict(p["model_kwargs"] or {}), str(p["train_subset"]),
                    checked_train_settings(p["train"]),
                    {**(p["data"]["debias"] or {}), "enabled": True, "size_window": a["variant_size_window"],
-                    "real_jpeg_quality": quality, "fake_jpeg_quality": quality})
+                    "real_jpeg_quality": quality, "fake_jpeg_quality": quality},
+                   bool(a["sharpness_variant"]) and p["data"]["name"] == "embedded")
 
 
-def audit_one(manifest: pd.DataFrame, cfg: Config, matching: pd.DataFrame | None = None) -> tuple[pd.DataFrame, ...]:
+def audit_one(manifest: pd.DataFrame, cfg: Config, matching: pd.DataFrame | None = None,
+              rescore_sharpness: bool = True) -> tuple[pd.DataFrame, ...]:
     """File facts, probe AUCs, the sharpness match (chosen on the training split; ``matching``: the
     degrade stage's, which the table runs score) and the detector's counterfactual scores of one
-    dataset, and the notes."""
+    dataset (``rescore_sharpness``: with the sharpness counterfactual; not for the variant that is
+    that change already), and the notes."""
     facts = audit.file_facts(manifest)
     probes = audit.shortcut_probes(manifest, cfg.input_size, cfg.seed, cfg.max_images, cfg.folds, cfg.min_images)
     if matching is None:
         matching = sharpness.match_sharpness(manifest[manifest["split"] == "train"], cfg.input_size, cfg.seed)
     scores, notes = audit.counterfactual_scores(Path(paths.DETECTOR), manifest[manifest["split"] == "test"],
                                                 cfg.batch_size, cfg.device, cfg.num_workers,
-                                                more=sharpness.conditions(matching, cfg.input_size))
+                                                more=sharpness.conditions(matching, cfg.input_size)
+                                                if rescore_sharpness else None)
     unmatched = sorted(set(manifest["subset"]) - set(matching["subset"]))
-    if unmatched:
+    if unmatched and rescore_sharpness:
         notes.append(f"No sharpness counterfactual for {', '.join(unmatched)}: no training images of both labels.")
     return facts, probes, matching, scores, notes
 
 
-def bias_recovery(cfg: Config, out: Path, datasets: dict[str, pd.DataFrame],
-                  counterfactual: pd.DataFrame) -> pd.DataFrame:
-    """The pipeline's detector, one trained on the biased variant and one trained on it under the
-    debiased protocol, each scored on the clean and the biased test sets: accuracy per test
-    subset and their mean. The pipeline's detector's scores as the files are come from the
-    counterfactual table (``counterfactual``, one row per dataset and subset): not scored twice."""
+def variant_recovery(cfg: Config, out: Path, datasets: dict[str, pd.DataFrame], counterfactual: pd.DataFrame,
+                     variant: str, manifest: Path, runs: dict[str, dict | None], column: str) -> pd.DataFrame:
+    """The pipeline's detector and one trained on ``variant`` per entry of ``runs`` (run name ->
+    ``data.debias``; None: as it is), each scored on the clean test set and the variant's:
+    accuracy per test subset and their mean (``clean_*``, ``<column>_acc``, ``<column>_auc``).
+    The pipeline's detector's scores as the files are come from the counterfactual table
+    (``counterfactual``, one row per dataset and subset): not scored twice."""
     as_is = counterfactual[counterfactual["condition"] == audit.AS_IS_CONDITION]
     per_detector = {"clean": {name: g.set_index("subset") for name, g in as_is.groupby("dataset")}}
-    for name, debias in (("biased", None), ("debiased", cfg.variant_debias)):
+    for name, debias in runs.items():
         run_dir = out / "variant_runs" / name
-        train_on_manifest(out / VARIANT_MANIFEST, run_dir, Path(VARIANT_CHECKPOINTS) / name, cfg.model,
+        train_on_manifest(manifest, run_dir, Path(VARIANT_CHECKPOINTS) / name, cfg.model,
                           cfg.train_subset, cfg.train, cfg.seed, cfg.model_kwargs, device=cfg.device, debias=debias,
                           release=False)  # released when the audit is complete
         per_detector[name] = {}
-        for test_name in (AS_IS, BIASED):
+        for test_name in (AS_IS, variant):
             test = datasets[test_name][datasets[test_name]["split"] == "test"]
             probability = scoring.score(run_dir / "detector.pt", test, batch_size=cfg.batch_size,
                                         num_workers=cfg.num_workers, device=cfg.device)["fake_probability"]
@@ -120,10 +135,10 @@ def bias_recovery(cfg: Config, out: Path, datasets: dict[str, pd.DataFrame],
             per_detector[name][test_name] = metrics_table(scored, ["subset"], n_bootstrap=0).set_index("subset")
     rows = []
     for name, per_test in per_detector.items():
-        clean, biased = per_test[AS_IS], per_test[BIASED]
+        clean, changed = per_test[AS_IS], per_test[variant]
         table = pd.DataFrame({"clean_acc": clean["acc"], "clean_real_acc": clean["real_acc"],
                               "clean_fake_acc": clean["fake_acc"], "clean_auc": clean["auc"],
-                              "biased_acc": biased["acc"], "biased_auc": biased["auc"]})
+                              f"{column}_acc": changed["acc"], f"{column}_auc": changed["auc"]})
         table.loc["mean"] = table.mean()
         rows.append(table.reset_index(names="subset").assign(trained_on=TRAINED_ON[name]))
     return pd.concat(rows, ignore_index=True)
@@ -143,17 +158,26 @@ def run(params: dict) -> Result:
         datasets[BIASED] = usable(variant)
     else:
         notes.append("No biased variant: it is built from the embedded benchmark only (audit.biased_variant_quality).")
+    strengths = {AS_IS: pd.read_csv(paths.SHARPNESS_STRENGTHS, dtype={"subset": str})}  # the variants: their own
+    if cfg.sharpness_variant:
+        matched = audit.write_matched_variant(datasets[AS_IS], strengths[AS_IS], out / "sharpness_matched_variant",
+                                              cfg.input_size)
+        matched.to_parquet(out / MATCHED_MANIFEST, index=False)
+        datasets[MATCHED] = usable(matched)
     facts, probes, matches, scores = [], [], [], []
-    strengths = {AS_IS: pd.read_csv(paths.SHARPNESS_STRENGTHS, dtype={"subset": str})}  # the biased variant: its own
     for name, manifest in datasets.items():
-        f, p, m, s, n = audit_one(manifest, cfg, strengths.get(name))
+        f, p, m, s, n = audit_one(manifest, cfg, strengths.get(name), rescore_sharpness=name != MATCHED)
         facts.append(f.assign(dataset=name))
         probes.append(p.assign(dataset=name))
         matches.append(m.assign(dataset=name))
         scores.append(s.assign(dataset=name))
         notes += [f"{name}: {note}" for note in n]
     facts_t, probes_t, match_t, scores_t = (pd.concat(t, ignore_index=True) for t in (facts, probes, matches, scores))
-    recovery = bias_recovery(cfg, out, datasets, scores_t) if BIASED in datasets else pd.DataFrame()
+    recovery = (variant_recovery(cfg, out, datasets, scores_t, BIASED, out / VARIANT_MANIFEST,
+                                 {"biased": None, "debiased": cfg.variant_debias}, "biased")
+                if BIASED in datasets else pd.DataFrame())
+    matched_runs = (variant_recovery(cfg, out, datasets, scores_t, MATCHED, out / MATCHED_MANIFEST,
+                                     {"matched": None}, "matched") if MATCHED in datasets else pd.DataFrame())
     facts_t.to_csv(out / "file_facts.csv", index=False)
     probes_t.to_csv(out / "probes.csv", index=False)
     scores_t.to_csv(out / "counterfactual.csv", index=False)
@@ -179,8 +203,12 @@ def run(params: dict) -> Result:
         recovery.to_csv(out / "bias_recovery.csv", index=False)
         metrics["bias_recovery"] = {r["trained_on"]: {k: round(r[k], 4) for k in RECOVERY_METRICS}
                                     for r in recovery[recovery["subset"] == "mean"].to_dict("records")}
+    if len(matched_runs):
+        matched_runs.to_csv(out / "sharpness_matched.csv", index=False)
+        metrics["sharpness_matched"] = {r["trained_on"]: {k: round(r[k], 4) for k in MATCHED_METRICS}
+                                        for r in matched_runs[matched_runs["subset"] == "mean"].to_dict("records")}
     write_json(metrics, Path(paths.metrics_file("audit")))
-    for name in ("biased", "debiased"):  # the audit is complete: its variant runs' resume state goes
+    for name in ("biased", "debiased", "matched"):  # the audit is complete: its variant runs' resume state goes
         checkpoint.release_resume_state(Path(VARIANT_CHECKPOINTS) / name)
     long = probes_t.melt(id_vars=["dataset", "subset"], value_vars=list(audit.PROBES), var_name="probe",
                          value_name="AUC")
@@ -208,9 +236,20 @@ def run(params: dict) -> Result:
     else:
         report.message("No biased variant in this run: it is built from the embedded benchmark only.",
                        Path(RECOVERY_PLOT))
+    if len(matched_runs):
+        mean = matched_runs[matched_runs["subset"] == "mean"]
+        figures["sharpness-matched variant"] = report.bars(
+            mean.melt(id_vars="trained_on", value_vars=["clean_acc", "clean_auc", "matched_acc", "matched_auc"],
+                      var_name="measured on", value_name="value"), "measured on", "value", "trained_on",
+            "Trained on the benchmark as stored and on its sharpness-matched variant (mean over test subsets)",
+            Path(MATCHED_PLOT), ylim=(0, 1.05))
+    else:
+        report.message("No sharpness-matched variant in this run (audit.sharpness_variant).", Path(MATCHED_PLOT))
     wide = scores_t.pivot_table(index=["dataset", "condition"], columns="subset", values="acc", sort=False)
     tables = ({"bias recovery (mean over test subsets)": recovery[recovery["subset"] == "mean"].round(3)}
               if len(recovery) else {})
+    if len(matched_runs):
+        tables["sharpness-matched variant: trained on each, scored on both test sets"] = matched_runs.round(3)
     return Result(tables={**tables, "file facts": facts_t, "bias scores": probes_t.round(3),
                           "sharpness (medians of the training views; the counterfactual's strengths)":
                               match_t.round(4),
