@@ -1,6 +1,6 @@
 """The README's pretrained-versus-from-scratch tables, its sharpness-counterfactual table and its
-sharpness-matched variant's tables, printed from a finished `make repro`'s outputs
-(``artifacts/tables/transfer.csv``, the probes' ``cross_generator_<probe>.csv``,
+sharpness-matched variant's tables (table 1 on it among them), printed from a finished `make repro`'s
+outputs (``artifacts/tables/transfer.csv``, the probes' and the matched runs' ``cross_generator_*.csv``,
 ``metrics/tables.json``, ``metrics/audit.json``) and params.yaml (where each detector started), so
 that no number in them is typed by hand.
 
@@ -82,6 +82,12 @@ def main() -> None:
         print(variant[0].to_markdown(index=False, floatfmt=".3f"))
         print("\nTrained on each, scored on both test sets (mean over the test subsets)\n")
         print(variant[1].to_markdown(index=False, floatfmt=".3f"))
+    summary = json.loads(Path(paths.metrics_file("tables")).read_text())
+    for model in summary.get("matched_cross_generator", {}):  # the matched runs' models, the probes
+        print(f"\nTable 1 on the sharpness-matched variant, {model} (accuracy; rows: training subset)\n")
+        print(matrix(tables / f"cross_generator_matched_{model}.csv", order).to_markdown(floatfmt=".3f"))
+        print(f"\nTable 1's same- and cross-generator accuracy, {model}\n")
+        print(matched_table1(summary, model).to_markdown(index=False, floatfmt=".3f"))
 
 
 def survival(summary: dict) -> pd.DataFrame:
@@ -97,6 +103,36 @@ def survival(summary: dict) -> pd.DataFrame:
             kept = (acc[cf] - 0.5) / above if cf in acc and above > 0 else None
             row[f"above chance kept, {cf.replace('_', ' ')}"] = None if kept is None else f"{kept:.0%}"
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def matrix(csv: Path, order: list[str]) -> pd.DataFrame:
+    """A table 1 long table (train_subset, subset, acc) as the paper's matrix, with its rows' mean."""
+    wide = pd.read_csv(csv).pivot(index="train_subset", columns="subset", values="acc").reindex(index=order,
+                                                                                                columns=order)
+    wide["Avg"] = wide.mean(axis=1)
+    return wide
+
+
+MATCHED_ROWS = {"stored": "benchmark as stored (table 1)", "variant": "sharpness-matched variant",
+                "variant_to_stored": "trained on the variant, tested as stored"}
+
+
+def matched_table1(summary: dict, model: str) -> pd.DataFrame:
+    """metrics/tables.json's ``matched_cross_generator`` for ``model``: same- and cross-generator
+    accuracy per way of training and testing, and the share of the stored cross-generator accuracy
+    above chance (0.5) that each keeps."""
+    cells = summary["matched_cross_generator"][model]
+    base = cells.get("stored", {}).get("cross_generator_acc")
+    rows = []
+    for key, label in MATCHED_ROWS.items():
+        if key not in cells:
+            continue
+        cross = cells[key]["cross_generator_acc"]
+        kept = (cross - 0.5) / (base - 0.5) if base is not None and base > 0.5 else None
+        rows.append({"trained and tested on": label, "same generator": cells[key]["same_generator_acc"],
+                     "cross generator": cross,
+                     "cross above chance, of table 1's": None if kept is None else f"{kept:.0%}"})
     return pd.DataFrame(rows)
 
 

@@ -66,6 +66,44 @@ def test_the_low_level_probe_separates_blurred_fakes_and_not_the_same_process(tm
     assert np.isnan(audit.shortcut_probes(same, 64, seed=0, min_images=61).iloc[0]["metadata"])
 
 
+def test_the_probes_folds_keep_each_source_on_one_side_and_a_memorised_source_tells_nothing():
+    """Crops of one source never straddle a fold: a probe that can only memorise which source an
+    image came from (its feature is the source's id, the labels random per source) scores chance."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat([f"src{k}" for k in range(40)], 6)  # 40 sources, 6 crops each
+    labels = np.repeat(rng.permutation([0, 1] * 20), 6)
+    for fit, held_out in audit.probe_folds(labels, groups, seed=0):
+        assert not set(groups[fit]) & set(groups[held_out])
+    source_id = pd.DataFrame({"source": np.repeat(np.arange(40), 6).astype(float)})
+    assert abs(audit.probe_auc(source_id, labels, groups, seed=0) - 0.5) < 0.2
+
+
+def test_a_probe_needs_the_minimum_of_each_label_and_samples_each_label_apart():
+    features = pd.DataFrame({"x": np.arange(65, dtype=float)})
+    labels = np.r_[np.zeros(60), np.ones(5)].astype(int)  # plenty of reals, 5 fakes
+    groups = np.arange(65).astype(str)
+    assert np.isnan(audit.probe_auc(features, labels, groups, seed=0, min_images=10))
+    assert audit.probe_auc(features, labels, groups, seed=0, min_images=5) > 0.9
+    # the pixel probe's sample: at most max_images of each label of each subset, both labels kept
+    manifest = pd.DataFrame({"subset": ["a"] * 150 + ["b"] * 20, "label": [0] * 100 + [1] * 50 + [0, 1] * 10,
+                             "path": [f"{k}.png" for k in range(170)]})
+    sample = audit.sample_per_group(manifest, 30, seed=0)
+    assert sample.groupby(["subset", "label"]).size().to_dict() == {("a", 0): 30, ("a", 1): 30, ("b", 0): 10,
+                                                                    ("b", 1): 10}
+
+
+def test_every_file_fact_the_audit_lists_is_a_metadata_feature(tmp_path):
+    """Two labels that differ in one file fact only (format; colour mode; chroma subsampling; JPEG
+    quality; size; EXIF) are told apart by the metadata features, whichever fact it is."""
+    base = {"format": "PNG", "mode": "RGB", "subsampling": "", "jpeg_quality": None, "width": 64, "height": 64,
+            "exif": False}
+    for fact, other in (("format", "WEBP"), ("mode", "L"), ("subsampling", "4:2:0"), ("jpeg_quality", 90),
+                        ("width", 48), ("exif", True)):
+        manifest = pd.DataFrame([{**base, **({fact: other} if label else {})} for label in (0, 1)])
+        features = audit.metadata_features(manifest)
+        assert not features.iloc[0].equals(features.iloc[1]), fact
+
+
 def test_counterfactual_rescoring_exposes_a_detector_that_reads_the_format(tmp_path):
     """Reals are JPEG q30, fakes PNG, both the same noise: the only cue is the compression, whose
     8x8 grid the Spec detector sees in the spectrum. With the fakes JPEG q30 too, it cannot tell
@@ -253,7 +291,7 @@ def test_the_sharpness_matched_variant_blurs_every_splits_reals_and_leaves_the_p
     sigma = float(match.iloc[0]["blur_sigma"])
     assert list(match["subset"]) == ["gen"] and sigma > 0
     both = pd.concat([rows, other], ignore_index=True)
-    variant = audit.write_matched_variant(both, match, tmp_path / "variant", 64)
+    variant = sharpness.write_matched_variant(both, match, tmp_path / "variant", 64)
     assert len(variant) == len(both) and (variant["status"] == "ok").all()
     assert set(variant["format"]) == {"PNG"} and set(variant["width"]) == set(variant["height"]) == {64}
     copies = variant.set_index("path")
@@ -302,6 +340,18 @@ def test_the_debiased_protocol_keeps_q96_reals_in_the_window_balances_classes_an
         DebiasConfig.from_params({"enabled": True, "size_windw": [1, 2]})
     with pytest.raises(ValueError, match="size_window"):
         DebiasConfig.from_params({"enabled": True, "size_window": [500, 400]})
+
+
+def test_the_debiased_size_window_needs_both_sides_inside_it():
+    """GenImage's debiased protocol keeps an image only when its width and its height are in the
+    window: a wide or a tall image of either label is dropped (portrait and landscape alike)."""
+    sizes = [(500, 500), (500, 300), (300, 500), (600, 500), (500, 600)]
+    rows = pd.DataFrame([{"path": f"{label}_{w}x{h}.png", "label": label, "format": "PNG", "jpeg_quality": None,
+                          "width": w, "height": h, "class": "c"} for label in (0, 1) for w, h in sizes])
+    cfg = DebiasConfig.from_params({"enabled": True, "real_jpeg_quality": None, "size_window": [450, 550],
+                                    "balance": False})
+    kept = select_rows(rows, cfg, seed=0)
+    assert set(zip(kept["width"], kept["height"], strict=True)) == {(500, 500)} and len(kept) == 2
 
 
 def test_temperature_scaling_is_kept_only_where_it_lowers_the_held_out_calibration_error():

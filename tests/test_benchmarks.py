@@ -86,8 +86,15 @@ def test_readme_tables_come_from_the_tables_outputs_and_the_params(tmp_path):
     pd.DataFrame([{"model": m, "subset": s, "acc": 1.0} for m in models for s in ("ldm", "faces")]).to_csv(
         tables / "content.csv", index=False)
     (tmp_path / "metrics").mkdir()
+    pd.DataFrame([{"train_subset": t, "subset": s, "acc": 0.9 if t == s else 0.5}
+                  for t in subsets for s in subsets]).to_csv(tables / "cross_generator_matched_resnet50.csv",
+                                                             index=False)
     (tmp_path / "metrics/tables.json").write_text(json.dumps({"sharpness_cross_generator_acc": {
-        "resnet50: table 1 off the diagonal": {"as_is": 0.625, "reals_blurred": 0.6, "fakes_sharpened": 0.55}}}))
+        "resnet50: table 1 off the diagonal": {"as_is": 0.625, "reals_blurred": 0.6, "fakes_sharpened": 0.55}},
+        "matched_cross_generator": {"resnet50": {
+            "stored": {"same_generator_acc": 0.97, "cross_generator_acc": 0.7},
+            "variant": {"same_generator_acc": 0.9, "cross_generator_acc": 0.55},
+            "variant_to_stored": {"same_generator_acc": 0.8, "cross_generator_acc": 0.65}}}}))
     sharp = {"real_laplacian_var": 0.0123, "fake_laplacian_var": 0.000456}
     (tmp_path / "metrics/audit.json").write_text(json.dumps({
         "bias_scores": {"as stored": {"ldm": {"metadata_auc": 0.5, "lowlevel_auc": 0.989}},
@@ -109,6 +116,11 @@ def test_readme_tables_come_from_the_tables_outputs_and_the_params(tmp_path):
     assert any(line.startswith("| ldm") and "0.989" in line and "0.612" in line and "0.0123 / 0.000456" in line
                and "0.0004 / 0.000456" in line for line in lines)
     assert any("sharpness-matched variant" in line and "0.710" in line and "0.930" in line for line in lines)
+    # table 1 on the variant, and the share of table 1's cross-generator accuracy above chance each keeps
+    assert any(line.startswith("| ldm") and "0.500" in line and "0.900" in line for line in lines)
+    assert any("sharpness-matched variant" in line and "0.550" in line and "25%" in line for line in lines)
+    assert any("trained on the variant, tested as stored" in line and "0.650" in line and "75%" in line
+               for line in lines)
     ldm = next(line for line in lines if line.startswith("| ldm") and "0.625" in line)
     assert ldm.rstrip(" |").endswith(f"{(1 + 0.625 * (len(subsets) - 1)) / len(subsets):.3f}")  # the row's mean
 

@@ -19,6 +19,12 @@ from synthdet.data.manifest import COLUMNS
 from tests.conftest import noise_image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pythonpath() -> str:
+    """The repository root (for ``tests``) after whatever PYTHONPATH this process has: a process it
+    starts imports the same ``synthdet`` as it does (scripts/mutants.py puts a mutated copy first)."""
+    return os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
 N_TRAIN, N_VAL, EPOCHS = 24, 8, 3
 
 # What torchrun starts on each rank: the CLI's own main, after two test hooks: every training
@@ -83,7 +89,7 @@ def _workspace(path: Path, model: str = "resnet18", model_kwargs: dict | None = 
 def _torchrun(ws: Path, **env: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "entry.py"]
     return subprocess.run(cmd, cwd=ws, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **env})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _pythonpath(), **env})
 
 
 def _seen(ws: Path, rank: int) -> list[str]:
@@ -164,7 +170,7 @@ def test_two_ranks_train_the_weights_one_process_trains_on_the_same_global_batch
     one = _workspace(tmp_path / "one", batch_size=N_TRAIN, **settings)
     alone = subprocess.run([sys.executable, "-c", "import sys; from synthdet.cli import main; "
                             "sys.exit(main(['stage', 'train']))"], cwd=one, capture_output=True, text=True,
-                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": _pythonpath()})
     assert alone.returncode == 0, alone.stderr[-3000:]
     history = [pd.read_csv(ws / "plots/train_history.csv") for ws in (ddp, one)]
     assert len(history[0]) == len(history[1]) == EPOCHS

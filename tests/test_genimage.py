@@ -114,6 +114,63 @@ def test_corrupt_archive_data_is_detected(tmp_path):
     assert not list((tmp_path / "out").rglob("*.bin"))
 
 
+def test_an_archive_given_the_wrong_number_of_parts_is_refused(tmp_path):
+    path = tmp_path / "one.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("imagenet_glide/a.bin", b"A" * 5000)
+    stray = tmp_path / "one.z01"
+    stray.write_bytes(b"not a part of this archive" * 100)
+    with pytest.raises(DataSourceError, match="one.zip: the archive has 1 disks but 2 parts were given"):
+        SplitZip([stray, path])  # one part too many: its disk numbers would read the stray file
+
+
+def test_encrypted_entries_are_refused(tmp_path):
+    path = tmp_path / "locked.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("imagenet_glide/a.bin", b"A" * 500)
+    data = bytearray(path.read_bytes())
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers
+        i = data.find(signature)
+        data[i + flags_at] |= 0x1  # general-purpose bit 0: encrypted (the data itself is left readable)
+    path.write_bytes(bytes(data))
+    with SplitZip([path]) as archive, pytest.raises(DataSourceError, match="encrypted entries are not supported"):
+        extract(archive, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("*.bin"))
+
+
+def test_an_entry_shorter_than_its_directory_declares_is_refused(tmp_path):
+    import struct
+
+    path = tmp_path / "short.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("imagenet_glide/a.bin", b"A" * 5000)
+    data = bytearray(path.read_bytes())
+    for signature, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size, both headers
+        i = data.find(signature) + size_at
+        data[i:i + 4] = struct.pack("<I", 5010)  # the data (and its CRC) intact: only the size lies
+    path.write_bytes(bytes(data))
+    with SplitZip([path]) as archive, pytest.raises(DataSourceError, match="5,000 bytes, the directory declares 5,010"):
+        extract(archive, tmp_path / "out")
+    assert not list((tmp_path / "out").rglob("*.bin"))
+
+
+def test_a_kept_file_changed_in_place_is_extracted_again(tmp_path):
+    """A file of the right size is kept on resume only when the extraction log holds its size, mtime
+    and CRC, or its own CRC matches the entry: one edited in place (same size) is extracted again."""
+    path = tmp_path / "one.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("imagenet_glide/a.bin", b"A" * 5000)
+        zf.writestr("imagenet_glide/b.bin", b"B" * 5000)
+    out = tmp_path / "out"
+    with SplitZip([path]) as archive:
+        assert extract(archive, out) == {"extracted": 2, "skipped": 0}
+    edited = out / "imagenet_glide/a.bin"
+    edited.write_bytes(b"X" + b"A" * 4999)  # same size, new mtime: the log no longer vouches for it
+    with SplitZip([path]) as archive:
+        assert extract(archive, out) == {"extracted": 1, "skipped": 1}
+    assert edited.read_bytes() == b"A" * 5000
+
+
 def test_shipped_reference_lists():
     checksums = load_checksums()
     assert len(checksums) == 207  # 208 rows, sdv5.z26 listed twice with the same MD5

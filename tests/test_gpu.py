@@ -25,6 +25,8 @@ from tests.conftest import noise_image
 CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not CUDA, reason="no CUDA device: the GPU tests run only on a GPU machine")
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _rows(folder: Path, n: int = 32) -> pd.DataFrame:
     rows = []
@@ -74,7 +76,8 @@ def test_two_gpu_ddp_over_nccl_trains_and_writes_once(tmp_path):
     (ws / "params.yaml").write_text(params)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "entry.py"]
     done = subprocess.run(cmd, cwd=ws, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(  # a mutated copy (scripts/mutants.py) first
+                              p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)})
     assert done.returncode == 0, done.stderr[-3000:]
     saved = torch.load(ws / "artifacts/train/detector.pt", weights_only=True)
     assert len(saved["result"]["history"]) == EPOCHS

@@ -172,6 +172,28 @@ def test_class_budgets_draw_whole_classes_with_equal_real_and_fake_counts():
             parse_class_budget(bad)
 
 
+def test_a_class_budget_draws_distinct_images_of_classes_with_enough_of_both_labels():
+    # c0-c3: 5 reals and 5 fakes; c4: 9 reals but 1 fake, so it cannot give 4 of each
+    rows = pd.DataFrame([{"path": f"{c}_{label}_{k}.png", "class": f"c{c}", "label": label}
+                         for c in range(5) for label in (0, 1) for k in range(1 if (c, label) == (4, 1) else
+                                                                             9 if c == 4 else 5)])
+    for seed in range(8):
+        sub = class_subset(rows, n_classes=4, per_class=4, seed=seed)
+        assert set(sub["class"]) == {"c0", "c1", "c2", "c3"} and sub["path"].is_unique
+        whole = class_subset(rows, n_classes=2, per_class=5, seed=seed)  # every image of each drawn class, once
+        assert len(whole) == 20 and whole["path"].is_unique
+
+
+def test_ungrouped_images_are_each_their_own_group_in_the_val_split():
+    """Rows without a group (a dataset that names none) are carved into val one by one, not as one
+    block: about ``val_fraction`` of them move."""
+    df = pd.DataFrame({"path": [f"img_{i}.png" for i in range(400)], "split": "train", "group": None,
+                       "sha256": [f"h{i}" for i in range(400)]})
+    for seed in range(3):
+        moved = (assign_splits(df, 0.25, seed=seed)["split"] == "val").sum()
+        assert 60 < moved < 140
+
+
 def test_fake_class_indices_map_to_imagenet_synsets():
     from synthdet.genimage.layout import image_class
 

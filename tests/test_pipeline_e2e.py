@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -87,6 +88,33 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert set(tables["sharpness_cross_generator_acc"]["resnet50: table 1 off the diagonal"]) == {"as_is", *sharp}
     changed = pd.read_parquet(ws / "artifacts/degrade/sharpness_matched.parquet")
     assert len(changed) and set(changed["condition"]) <= sharp and set(changed["subset"]) <= set(subsets)
+    # table 1 on the sharpness-matched variant: resnet50 (the matched runs) and the probe (its matched
+    # heads) trained on each subset of the variant, scored on the variant's test images and the
+    # benchmark's; the resnet50 run on ldm and the audit's are one training
+    assert set(tables["matched_cross_generator"]) == {"resnet50", "efficientnet_lite0_probe"}
+    for cells in tables["matched_cross_generator"].values():
+        assert set(cells) == {"stored", "variant", "variant_to_stored"}
+    matched = tables["matched_cross_generator"]["resnet50"]
+    assert matched["stored"] == pytest.approx(tables["cross_generator"], abs=1e-4)  # table 1 as stored
+    assert all(0 <= v <= 1 for cells in matched.values() for v in cells.values())
+    variant_rows = pd.read_parquet(ws / "artifacts/degrade/sharpness_matched_variant.parquet")
+    sigma = pd.read_csv(ws / "artifacts/degrade/sharpness.csv").set_index("subset")["blur_sigma"]
+    assert sigma["ldm"] > 0  # the subset whose reals the variant blurs (dcgan's may need none)
+    for subset in ("ldm", "dcgan"):
+        variant_run = pd.read_parquet(ws / f"artifacts/runs/matched/resnet50__{subset}__s0/scores.parquet")
+        on_variant = variant_run[variant_run["condition"] == "sharpness_matched"]
+        assert set(on_variant["path"]) == set(variant_rows.loc[variant_rows["split"] == "test", "path"])
+        clean = variant_run[variant_run["condition"] == "clean"].set_index("path")["score"].sort_index()
+        stored_run = pd.read_parquet(ws / f"artifacts/runs/xgen/resnet50__{subset}__s0/scores.parquet")
+        stored = stored_run[stored_run["condition"] == "clean"].set_index("path")["score"].sort_index()
+        assert list(clean.index) == list(stored.index)
+        # trained on blurred reals: another detector; with no blur the variant is the detector's own view
+        # of each image (its pixels), so the same training gives the same detector
+        assert np.allclose(clean, stored) == (sigma[subset] == 0), subset
+    reused = [r for r in ("reports/runs/matched/resnet50__ldm__s0.ipynb", "reports/08_audit.ipynb")
+              if "its weights are reused" in (ws / r).read_text()]
+    assert len(reused) == 1, reused
+    assert (ws / "plots/tables/cross_generator_matched_resnet50.png").stat().st_size > 0
     features = json.loads((ws / "artifacts/features/efficientnet_lite0/info.json").read_text())
     assert features["width"] == 1280 and features["unreadable"] == 0
     assert (ws / "artifacts/tables/cross_generator_efficientnet_lite0_probe.csv").is_file()
@@ -111,7 +139,7 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert set(audit["sharpness"]["sharpness-matched variant"]) == set(subsets)
     assert set(audit["sharpness_matched"]) == {"clean benchmark (the train stage)", "sharpness-matched variant"}
     assert not audit["counterfactual_acc_change"].get("sharpness-matched variant")  # it is that change already
-    matched_rows = pd.read_parquet(ws / "artifacts/audit/sharpness_matched_manifest.parquet")
+    matched_rows = pd.read_parquet(ws / "artifacts/degrade/sharpness_matched_variant.parquet")  # degrade's
     variant = pd.read_parquet(ws / "artifacts/audit/biased_variant_manifest.parquet")
     assert set(matched_rows["format"]) == {"PNG"} and len(matched_rows) == len(variant)  # both: every usable image
     assert set(variant.loc[variant["label"] == 0, "jpeg_quality"]) == {96}
@@ -237,6 +265,20 @@ def _every_finished_run_keeps_its_weights_once(ws: Path) -> None:
     _dvc(ws, "repro", "tables")  # the rerun's scores carry its own train_seconds: bring the tables up to date
 
 
+def _assert_sharpness_audited(audit: dict, subsets: list[str] | tuple[str, ...]) -> None:
+    """The audit's sharpness statistics (medians over each subset's training views, both labels) and
+    the counterfactual they set, for every subset of a dataset that is not the embedded one."""
+    stats = audit["sharpness"]["as stored"]
+    assert set(stats) == set(subsets)
+    for s in stats.values():
+        assert s["real_images"] > 0 and s["fake_images"] > 0
+        assert s["real_laplacian_var"] > 0 and s["fake_laplacian_var"] > 0
+        assert 0 < s["real_high_freq_share"] < 1 and 0 < s["fake_high_freq_share"] < 1
+    changes = audit["counterfactual_acc_change"]["as stored"]
+    assert {sharpness.REALS_BLURRED, sharpness.FAKES_SHARPENED} <= set(changes)
+    assert set(changes[sharpness.REALS_BLURRED]) <= set(subsets)
+
+
 def _workspace_for(tmp_path: Path, profile: str, overrides: dict) -> Path:
     """A scratch repository running ``profile`` (plus ``overrides``); data/ holds fabricated
     embedded data because the download stage depends on it whatever the dataset."""
@@ -298,6 +340,7 @@ def test_genimage_archives_run_the_same_tables(tmp_path, monkeypatch):
     assert set(audit["counterfactual_acc_change"]["as stored"]) == {"fakes_jpeg_q75", sharpness.REALS_BLURRED,
                                                                      sharpness.FAKES_SHARPENED}
     assert "bias_recovery" not in audit
+    _assert_sharpness_audited(audit, subsets)  # the blur shortcut measured on real data (issue 28)
 
     # a re-downloaded part (same bytes, new mtime): the source check sees it, `dvc status` then reports
     # the download stage changed, and its rerun decodes no image again (the index cache)
@@ -340,7 +383,7 @@ def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     ws = _workspace_for(tmp_path, "imaginet", {"data": {"imaginet": {"root": str(root)}},
                                                "tables": {"subsets": ["photos", "faces"]}})
-    _dvc(ws, "repro", "tables", "imaginet_tables")  # both papers' tables (evaluate, audit: the tests above)
+    _dvc(ws, "repro", "tables", "imaginet_tables", "audit")  # both papers' tables, and the audit of ImagiNet
     manifest = pd.read_parquet(ws / "artifacts/download/manifest.parquet")
     test = manifest[manifest.split == "test"]
     assert set(test["width"]) == {256} and len(test) == 16  # the perturbed copies, 256 x 256
@@ -353,6 +396,11 @@ def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
     tracks = json.loads((ws / "metrics/imaginet.json").read_text())  # ImagiNet's own codes and families
     assert set(tracks["table3"]["selfcon"]) == {"gan", "sd", "dalle3", "Mean"}
     assert set(tracks["table7"]["acc"]) == {"gan", "sd", "dalle3", "Mean"} and set(tracks["figure3"]) == {"faces"}
+    # the audit reads ImagiNet's content types as GenImage's subsets: file facts, probes and the
+    # sharpness statistics and counterfactual of each, no variant (those are the embedded benchmark's)
+    audit = json.loads((ws / "metrics/audit.json").read_text())
+    assert set(audit["bias_scores"]) == {"as stored"} and "sharpness_matched" not in audit
+    _assert_sharpness_audited(audit, sorted(set(manifest[manifest.split == "train"]["subset"])))
     if SEVEN_ZIP:  # (tests/test_imaginet.py says when it is missing)
         # the packed distribution: a split 7z holding the sources and the ready WebP test set listed in
         # test_all.txt; the ingest stages extract it and use that test set as it is

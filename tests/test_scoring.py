@@ -144,3 +144,29 @@ def test_the_old_scoring_entry_points_are_gone():
 
     assert not any(hasattr(scoring, name) for name in ("predict", "embed", "score_table"))
     assert not hasattr(baseline, "predict_both")
+
+
+def test_calibration_fits_only_on_scored_images_and_only_from_the_minimum(monkeypatch):
+    """The temperature is fitted on the validation images that were scored (an unreadable one has
+    no logit and stays out of the fit and its count), and not at all below the minimum number."""
+    from synthdet.metrics import expected_calibration_error, select_temperature, sigmoid
+    from synthdet.training import scoring
+    from synthdet.training.config import TrainConfig
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 4, 200)
+    labels = (rng.random(200) < sigmoid(logits / 3.0)).astype(int)  # overconfident: scaling helps
+    with_unread = np.r_[logits, np.nan, np.nan]
+    rows = pd.DataFrame({"path": [f"{k}.png" for k in range(202)], "label": np.r_[labels, 1, 0]})
+    monkeypatch.setattr(scoring, "score", lambda model, val_rows, **kw: pd.DataFrame(
+        {"logit": with_unread[: len(val_rows)]}))
+    cfg = TrainConfig(model="resnet50", seed=0)
+    got = scoring.calibrate(None, rows, cfg, "cpu", 0)
+    want = select_temperature(logits, labels, scoring.CALIBRATION_FOLDS, seed=0)
+    assert got["calibration_images"] == 200 and got["temperature"] == pytest.approx(want["temperature"], abs=1e-5)
+    assert got["temperature"] > 2 and np.isfinite(got["ece_after"])
+    few = rows.iloc[: scoring.MIN_CALIBRATION_IMAGES - 1]  # both labels, but too few images
+    got = scoring.calibrate(None, few, cfg, "cpu", 0)
+    raw = expected_calibration_error(labels[: len(few)], sigmoid(logits[: len(few)]))
+    assert got == {"temperature": 1.0, "ece_before": round(raw, 6), "ece_after": round(raw, 6), "ece_scaled": None,
+                   "calibration_images": len(few)}

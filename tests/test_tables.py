@@ -129,3 +129,21 @@ def test_transfer_reads_own_other_and_off_diagonal_cells_in_accuracy_and_auc():
     off = cells[[t != s for t, s in cells.index]]
     assert out.loc["probe", "off_diagonal_acc"] == pytest.approx(off["acc"].mean())
     assert np.isnan(out.loc["npr", "off_diagonal_acc"])  # no whole matrix for a detector trained once
+
+
+def test_table1_on_the_matched_variant_reads_its_condition_and_says_what_survives():
+    """The matched runs' scores hold two test sets: the variant's (condition ``sharpness_matched``) and
+    the benchmark's clean images. Table 1 on the variant reads only the first, the "tested as stored"
+    matrix only the second, and the summary sets both beside table 1 as stored."""
+    # here the detector trained on the variant is right on the variant's own subset and at chance as stored
+    right = _scores(seeds=(0,))
+    variant = pd.concat([right.assign(condition="sharpness_matched"), right.assign(score=0.5)], ignore_index=True)
+    on_variant = T.cross_generator(variant, condition="sharpness_matched", n_bootstrap=0)
+    to_stored = T.cross_generator(variant, n_bootstrap=0)
+    assert T.same_vs_cross(on_variant)[0] == 1.0 and T.same_vs_cross(to_stored) == (0.5, 0.5)
+    stored = T.cross_generator(_scores(seeds=(0,)), n_bootstrap=0)
+    summary = T.matched_survival(stored, on_variant, to_stored)
+    assert list(summary) == ["stored", "variant", "variant_to_stored"]
+    assert summary["stored"]["same_generator_acc"] == 1.0 and summary["variant_to_stored"] == {
+        "same_generator_acc": 0.5, "cross_generator_acc": 0.5}
+    assert set(T.matched_survival(None, on_variant, to_stored)) == {"variant", "variant_to_stored"}

@@ -12,15 +12,10 @@ format. The probes say how far each subset is separable without looking for a ge
 - **counterfactual**: a trained detector re-scored with the shortcut removed (fakes JPEG-compressed
   at the reals' typical quality; every image brought to the other label's typical size); the
   accuracy change says how much it relied on format and size.
-
-And the sharpness-matched variant (:func:`write_matched_variant`): the sharpness counterfactual
-(:mod:`synthdet.analysis.sharpness`) made to every split, for the probes and a detector to be
-trained where blur tells nothing.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -34,9 +29,6 @@ from tqdm.auto import tqdm
 
 from synthdet.analysis import sharpness
 from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
-from synthdet.data.manifest import FILE_COLUMNS, describe_files, normalise
-from synthdet.datasets.embedded.biased import GENIMAGE_LABEL_DIRS, GENIMAGE_SPLIT_DIRS
-from synthdet.fsutil import atomic_write_bytes, inside, make_owned_dir
 from synthdet.metrics import binary_metrics
 from synthdet.training import scoring
 from synthdet.training.checkpoint import load_detector
@@ -275,34 +267,3 @@ def counterfactual_scores(detector: Path | nn.Module, test: pd.DataFrame, batch_
     for metric in ("acc", "auc"):
         table[f"{metric}_change"] = table[metric] - table["subset"].map(base[metric])
     return table, notes
-
-
-def write_matched_variant(manifest: pd.DataFrame, matching: pd.DataFrame, out: Path, size: int) -> pd.DataFrame:
-    """The sharpness-matched benchmark: the sharpness counterfactual's change made to every split,
-    so that a detector can be trained and probed where blur tells nothing. Every image is stored as
-    its view (``size`` px, lossless PNG: both labels alike, no format or size to read), the reals of
-    each matched subset blurred by the strength chosen on its training split (``matching``'s
-    ``blur_sigma``); fakes, and the reals of a subset without a match (test-only subsets), as they
-    are seen. Returns the variant's manifest: the same rows, splits and groups, new paths and file
-    facts; a GenImage-layout tree like the biased variant's. An image that does not decode keeps
-    its row, indexed as missing."""
-    out = make_owned_dir(Path(out))
-    sigma = {str(m.subset): float(m.blur_sigma) for m in matching.itertuples()}
-    rows = manifest.reset_index(drop=True).copy()
-    paths = []
-    for r in tqdm(rows.itertuples(index=False), total=len(rows), desc="sharpness-matched variant"):
-        folder = f"{r.subset}/{GENIMAGE_SPLIT_DIRS[r.split]}/{GENIMAGE_LABEL_DIRS[int(r.label)]}"
-        target = inside(out, f"{folder}/{Path(r.path).stem}.png", "sharpness-matched variant")
-        paths.append(target.as_posix())
-        try:
-            view = fit_to_input(load_rgb(r.path), size)
-        except ImageDecodeError:
-            continue  # not written: indexed as missing below
-        if int(r.label) == 0 and sigma.get(str(r.subset)):
-            view = sharpness.blurred(sigma[str(r.subset)], size)(view)
-        buf = io.BytesIO()
-        view.save(buf, format="PNG")
-        atomic_write_bytes(target, buf.getvalue())
-    facts = pd.DataFrame(describe_files([Path(p) for p in paths], desc="index sharpness-matched variant"))
-    rows = rows.drop(columns=list(FILE_COLUMNS)).assign(path=paths)
-    return normalise(pd.concat([rows, facts], axis=1))

@@ -7,6 +7,9 @@ Gaussian blur) until the median high-frequency share of their view matches the f
 fakes sharpened (an unsharp mask) until theirs matches the reals'; the strengths are chosen on the
 training split, never on the test images, and recorded. A detector that keeps its accuracy under
 both did not rely on sharpness; one that loses it did.
+
+The sharpness-matched variant (:func:`write_matched_variant`) makes that change to every split
+of the embedded benchmark, so that the probes and detectors can be trained where blur tells nothing.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
-from synthdet.data.imageio import ImageDecodeError, fit_to_input, load_rgb
+from synthdet.data.imageio import STATUS_OK, ImageDecodeError, fit_to_input, load_rgb
+from synthdet.datasets.embedded.biased import write_variant
 from synthdet.fsutil import atomic_write_bytes, inside
 from synthdet.transforms.degrade import gaussian_blur
 
@@ -171,3 +176,41 @@ def write_matched(test: pd.DataFrame, matching: pd.DataFrame, out: Path, size: i
                              "effective_value": strength})
     return pd.DataFrame(rows, columns=["path", "source_path", "label", "subset", "generator", "content", "class",
                                        "condition", "kind", "paper_value", "effective_value"])
+
+
+def write_matched_variant(manifest: pd.DataFrame, matching: pd.DataFrame, out: Path, size: int) -> pd.DataFrame:
+    """The sharpness-matched benchmark: the sharpness counterfactual's change made to every split,
+    so that a detector can be trained and probed where blur tells nothing. Every image is stored as
+    its view (``size`` px, lossless PNG: both labels alike, no format or size to read), the reals of
+    each matched subset blurred by the strength chosen on its training split (``matching``'s
+    ``blur_sigma``); fakes, and the reals of a subset without a match (test-only subsets), as they
+    are seen. Returns the variant's manifest: the same rows, splits and groups, new paths and file
+    facts; a GenImage-layout tree like the biased variant's. An image that does not decode keeps
+    its row, indexed as missing."""
+    out = Path(out)
+    sigma = {str(m.subset): float(m.blur_sigma) for m in matching.itertuples()}
+
+    def write(r: Any, folder: str) -> Path:
+        target = inside(out, f"{folder}/{Path(r.path).stem}.png", "sharpness-matched variant")
+        try:
+            view = fit_to_input(load_rgb(r.path), size)
+        except ImageDecodeError:
+            return target  # not written: indexed as missing
+        if int(r.label) == 0 and sigma.get(str(r.subset)):
+            view = blurred(sigma[str(r.subset)], size)(view)
+        buf = io.BytesIO()
+        view.save(buf, format="PNG")
+        atomic_write_bytes(target, buf.getvalue())
+        return target
+
+    return write_variant(manifest, out, "sharpness-matched variant", write)
+
+
+def variant_test_rows(variant: pd.DataFrame, condition: str, columns: pd.Index | list[str]) -> pd.DataFrame:
+    """The usable test images of the sharpness-matched variant (its manifest) as rows of the
+    degraded table (``columns``), under ``condition``: scored as the table runs score degraded images."""
+    test = variant[(variant["split"] == "test") & (variant["status"] == STATUS_OK)]
+    rows = test[["path", "label", "subset", "generator", "content", "class"]].assign(
+        source_path=test["path"], condition=condition, kind="sharpness", paper_value=float("nan"),
+        effective_value=float("nan"))
+    return rows.reindex(columns=columns)

@@ -46,10 +46,11 @@ def full_runs(scores: pd.DataFrame) -> pd.DataFrame:
     return s.merge(first[["family", "model", "train_subset", "seed"]], on=["family", "model", "train_subset", "seed"])
 
 
-def cross_generator(scores: pd.DataFrame, model: str = "resnet50", **kw) -> pd.DataFrame:
-    """Task 1 matrix: rows = training subset, columns = testing subset (clean test images)."""
+def cross_generator(scores: pd.DataFrame, model: str = "resnet50", condition: str = "clean", **kw) -> pd.DataFrame:
+    """Task 1 matrix: rows = training subset, columns = testing subset (clean test images, or those
+    of another ``condition``: the sharpness-matched variant's)."""
     s = full_runs(scores)
-    s = s[(s["model"] == model) & (s["condition"] == "clean")]
+    s = s[(s["model"] == model) & (s["condition"] == condition)]
     return over_seeds(per_seed(s, ["train_subset", "subset"], **kw), ["train_subset", "subset"])
 
 
@@ -111,6 +112,17 @@ def sharpness_survival(cells: pd.DataFrame, main_model: str, train_subset: str) 
         out[f"{model}: trained on {train_subset}, other subsets"] = (
             g.groupby("counterfactual", sort=False)["acc"].mean())
     return {k: {c: float(v) for c, v in means.items()} for k, means in out.items()}
+
+
+def matched_survival(stored: pd.DataFrame | None, variant: pd.DataFrame, to_stored: pd.DataFrame
+                     ) -> dict[str, dict[str, float]]:
+    """Table 1's same- and cross-generator accuracy (:func:`same_vs_cross`) trained and tested on the
+    benchmark as stored (``stored``: the xgen matrix, when the model has one), trained and tested on
+    the sharpness-matched variant (``variant``), and trained on the variant, tested as stored."""
+    out = {"variant": same_vs_cross(variant), "variant_to_stored": same_vs_cross(to_stored)}
+    if stored is not None and len(stored):
+        out = {"stored": same_vs_cross(stored), **out}
+    return {k: {"same_generator_acc": same, "cross_generator_acc": cross} for k, (same, cross) in out.items()}
 
 
 def wide(table: pd.DataFrame, index: str, columns: str, value: str = "acc", order: list[str] | None = None,

@@ -7,10 +7,11 @@ fakes as PNG: GenImage's bias), which the audit must flag, and trains the pipeli
 it twice, as it is and under the debiased protocol (``data.debias``), to measure both against
 the clean benchmark: how much a shortcut costs, and how much of it the protocol recovers.
 
-And its sharpness-matched variant (``audit.sharpness_variant``): every split's reals blurred as
-the sharpness counterfactual blurs the test reals, so that blur tells nothing; audited the same
-way (do the probes still separate the labels?), and the pipeline's detector trained on it: what a
-detector learns, and keeps on the benchmark as stored, when it cannot read sharpness.
+And its sharpness-matched variant (the degrade stage's, ``degrade.sharpness_variant``): every
+split's reals blurred as the sharpness counterfactual blurs the test reals, so that blur tells
+nothing; audited the same way (do the probes still separate the labels?), and the pipeline's
+detector trained on it: what a detector learns, and keeps on the benchmark as stored, when it
+cannot read sharpness.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from synthdet.fsutil import make_owned_dir, replace_owned_dir, write_json
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
+from synthdet.stages.paths import run_name
 from synthdet.training import checkpoint, scoring
 from synthdet.training.config import checked_train_settings
 from synthdet.training.loop import train_on_manifest
@@ -35,12 +37,12 @@ BIAS_PLOT, COUNTERFACTUAL_PLOT = f"{paths.PLOTS}/audit_bias_scores.png", f"{path
 RECOVERY_PLOT = f"{paths.PLOTS}/audit_bias_recovery.png"
 SHARPNESS_PLOT = f"{paths.PLOTS}/audit_sharpness.png"
 MATCHED_PLOT = f"{paths.PLOTS}/audit_sharpness_matched.png"
-VARIANT_CHECKPOINTS = f"{paths.RUN_CHECKPOINTS}/audit"  # persisted, uncached: an interrupted audit resumes
+VARIANT_CHECKPOINTS = paths.AUDIT_CHECKPOINTS  # persisted, uncached: an interrupted audit resumes
 STAGE = Stage(
     name="audit", notebook="notebooks/08_audit.ipynb", module=__name__,
     params=("seed", "data.name", "data.debias", "model", "model_kwargs", "train_subset", "train", "audit",
             "evaluate.batch_size", "evaluate.num_workers", "device"),
-    deps=(paths.SPLITS, paths.DETECTOR, paths.SHARPNESS_STRENGTHS),
+    deps=(paths.SPLITS, paths.DETECTOR, paths.SHARPNESS_STRENGTHS, paths.MATCHED_VARIANT_MANIFEST),
     outs=(Out(paths.AUDIT), Out(VARIANT_CHECKPOINTS, cache=False, persist=True)),
     metrics=(paths.metrics_file("audit"),),
     plots=(BIAS_PLOT, COUNTERFACTUAL_PLOT, RECOVERY_PLOT, SHARPNESS_PLOT, MATCHED_PLOT), detectors=("${model}",),
@@ -48,7 +50,6 @@ STAGE = Stage(
 RECOVERY_METRICS = ("clean_acc", "clean_real_acc", "clean_fake_acc", "clean_auc", "biased_acc", "biased_auc")
 MATCHED_METRICS = ("clean_acc", "clean_real_acc", "clean_fake_acc", "clean_auc", "matched_acc", "matched_auc")
 VARIANT_MANIFEST = "biased_variant_manifest.parquet"
-MATCHED_MANIFEST = "sharpness_matched_manifest.parquet"
 AS_IS = "as stored"
 BIASED = "biased variant"
 MATCHED = "sharpness-matched variant"
@@ -73,8 +74,6 @@ class Config:
     train_subset: str
     train: dict
     variant_debias: dict
-    sharpness_variant: bool
-
 
     @classmethod
     def from_params(cls, params: dict) -> Config:
@@ -88,8 +87,7 @@ class Config:
                    str(p["model"]), dict(p["model_kwargs"] or {}), str(p["train_subset"]),
                    checked_train_settings(p["train"]),
                    {**(p["data"]["debias"] or {}), "enabled": True, "size_window": a["variant_size_window"],
-                    "real_jpeg_quality": quality, "fake_jpeg_quality": quality},
-                   bool(a["sharpness_variant"]) and p["data"]["name"] == "embedded")
+                    "real_jpeg_quality": quality, "fake_jpeg_quality": quality})
 
 
 def audit_one(manifest: pd.DataFrame, cfg: Config, matching: pd.DataFrame | None = None,
@@ -123,8 +121,11 @@ def variant_recovery(cfg: Config, out: Path, datasets: dict[str, pd.DataFrame], 
     per_detector = {"clean": {name: g.set_index("subset") for name, g in as_is.groupby("dataset")}}
     for name, debias in runs.items():
         run_dir = out / "variant_runs" / name
+        # the matched run is the `matched` table run of this model, subset and seed, when that has finished
+        same = Path(paths.RUN_CHECKPOINTS) / run_name("matched", cfg.model, cfg.train_subset, cfg.seed) / "detector.pt"
         train_on_manifest(manifest, run_dir, Path(VARIANT_CHECKPOINTS) / name, cfg.model,
                           cfg.train_subset, cfg.train, cfg.seed, cfg.model_kwargs, device=cfg.device, debias=debias,
+                          reuse=(same,) if name == "matched" else (),
                           release=False)  # released when the audit is complete
         per_detector[name] = {}
         for test_name in (AS_IS, variant):
@@ -159,10 +160,8 @@ def run(params: dict) -> Result:
     else:
         notes.append("No biased variant: it is built from the embedded benchmark only (audit.biased_variant_quality).")
     strengths = {AS_IS: pd.read_csv(paths.SHARPNESS_STRENGTHS, dtype={"subset": str})}  # the variants: their own
-    if cfg.sharpness_variant:
-        matched = audit.write_matched_variant(datasets[AS_IS], strengths[AS_IS], out / "sharpness_matched_variant",
-                                              cfg.input_size)
-        matched.to_parquet(out / MATCHED_MANIFEST, index=False)
+    matched = read_manifest(Path(paths.MATCHED_VARIANT_MANIFEST))
+    if len(matched):
         datasets[MATCHED] = usable(matched)
     facts, probes, matches, scores = [], [], [], []
     for name, manifest in datasets.items():
@@ -176,7 +175,7 @@ def run(params: dict) -> Result:
     recovery = (variant_recovery(cfg, out, datasets, scores_t, BIASED, out / VARIANT_MANIFEST,
                                  {"biased": None, "debiased": cfg.variant_debias}, "biased")
                 if BIASED in datasets else pd.DataFrame())
-    matched_runs = (variant_recovery(cfg, out, datasets, scores_t, MATCHED, out / MATCHED_MANIFEST,
+    matched_runs = (variant_recovery(cfg, out, datasets, scores_t, MATCHED, Path(paths.MATCHED_VARIANT_MANIFEST),
                                      {"matched": None}, "matched") if MATCHED in datasets else pd.DataFrame())
     facts_t.to_csv(out / "file_facts.csv", index=False)
     probes_t.to_csv(out / "probes.csv", index=False)
@@ -244,7 +243,7 @@ def run(params: dict) -> Result:
             "Trained on the benchmark as stored and on its sharpness-matched variant (mean over test subsets)",
             Path(MATCHED_PLOT), ylim=(0, 1.05))
     else:
-        report.message("No sharpness-matched variant in this run (audit.sharpness_variant).", Path(MATCHED_PLOT))
+        report.message("No sharpness-matched variant in this run (degrade.sharpness_variant).", Path(MATCHED_PLOT))
     wide = scores_t.pivot_table(index=["dataset", "condition"], columns="subset", values="acc", sort=False)
     tables = ({"bias recovery (mean over test subsets)": recovery[recovery["subset"] == "mean"].round(3)}
               if len(recovery) else {})

@@ -20,7 +20,8 @@ from synthdet.stages import paths
 
 PARAMS_FILE = "params.yaml"
 # params keys that were renamed: an old params file says so instead of failing on a missing key
-RENAMED = {"tables.train_subset": "tables.detector_subset"}  # the top-level train_subset is the train stage's
+RENAMED = {"tables.train_subset": "tables.detector_subset",  # the top-level train_subset is the train stage's
+           "audit.sharpness_variant": "degrade.sharpness_variant"}  # the degrade stage builds the variant
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,16 @@ DEGRADE = "artifacts/degrade"
 DEGRADED = f"{DEGRADE}/degraded.parquet"
 SHARPNESS_MATCHED = f"{DEGRADE}/sharpness_matched.parquet"  # the test images the sharpness counterfactual changes
 SHARPNESS_STRENGTHS = f"{DEGRADE}/sharpness.csv"  # its strengths per subset, chosen on training views
+# the sharpness-matched variant (embedded only): every split with the counterfactual's change, its manifest
+# (empty when not built) and its GenImage-layout tree
+MATCHED_VARIANT = f"{DEGRADE}/sharpness_matched_variant"
+MATCHED_VARIANT_MANIFEST = f"{DEGRADE}/sharpness_matched_variant.parquet"
 EVALUATE = "artifacts/evaluate"
 AUDIT = "artifacts/audit"
 RUNS = "artifacts/runs"
 RUN_CHECKPOINTS = "artifacts/checkpoints"
 GENERATOR_GROUPS = f"{RUN_CHECKPOINTS}/download"  # finished generator groups, kept for a rerun
+AUDIT_CHECKPOINTS = f"{RUN_CHECKPOINTS}/audit"  # the audit's variant runs, a folder per run
 SOURCE_TREE = "src/synthdet"  # what the code stage hashes (one DVC dependency)
 CODE = "artifacts/code"  # a file per stage module and per detector name: the hashes of the code it runs
 FEATURES = "artifacts/features"  # the probes' frozen-backbone features, a folder per backbone
@@ -55,6 +60,7 @@ def run_name(family: str, model: str, subset: str, seed: int | str, budget: str 
     return f"{family}/{model}__{subset}{middle}__s{seed}"
 
 
+MATCHED_CONDITION = "sharpness_matched"  # a matched run's scores of the variant's test images (tables read it)
 EACH = "each"  # the training-subset part of a probe run's name: it holds one head per training subset
 
 

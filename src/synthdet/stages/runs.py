@@ -2,12 +2,16 @@
 every clean test image of every subset and, where table 3 reads them, the degraded test images
 of its own subset.
 
-Three families, each a DVC matrix stage:
+Four families, each a DVC matrix stage:
 - ``xgen``: every model of ``tables.xgen_models`` x every subset of ``tables.subsets`` (GenImage's
   cross-generator matrix, and its "different generators" table when several models are listed);
 - ``zoo``: every model of ``tables.detectors`` on ``tables.detector_subset`` (the detector tables);
 - ``ablate``: ``tables.ablation_model`` on class budgets of ``tables.detector_subset`` (tables 4-5;
-  clean test images only).
+  clean test images only);
+- ``matched``: every model of ``tables.matched_models`` x every subset, trained on the
+  sharpness-matched variant (the degrade stage's, embedded only: every split's reals blurred until
+  blur tells nothing) and scored on its test images (condition ``sharpness_matched``) and on the
+  benchmark's clean ones: table 1 where a detector cannot read sharpness, and what it keeps as stored.
 Runs of ``xgen`` and ``zoo`` also score the sharpness counterfactual's test images (the degrade
 stage's: every subset's reals blurred, its fakes sharpened), which the tables stage turns into
 each detector's reliance on sharpness. A run's folder is
@@ -22,10 +26,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from synthdet.analysis import sharpness
+from synthdet.data.manifest import read_manifest
 from synthdet.metrics import metrics_table
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.stages.paths import FULL, run_name
+from synthdet.stages.paths import FULL, MATCHED_CONDITION, run_name
 from synthdet.training import checkpoint, scoring
 from synthdet.training.config import checked_train_settings
 from synthdet.training.loop import train_on_manifest
@@ -46,6 +52,7 @@ class Family:
     degraded: str  # which runs also score their training subset's degraded test images (table 3):
     # "always", "detector_subset" (only the run on tables.detector_subset) or "never"
     sharpness: bool  # whether its runs score every subset's sharpness-matched test images (the counterfactual)
+    variant: bool = False  # trained on the sharpness-matched variant instead of the benchmark as split
 
 
 FAMILIES = {
@@ -56,13 +63,17 @@ FAMILIES = {
     "ablate": Family("ablate", (("budget", "tables.class_budgets"), ("seed", "tables.seeds")),
                      "${tables.ablation_model}", "${tables.detector_subset}", "${item.budget}",
                      ("tables.detector_subset", "tables.ablation_model"), "never", False),
+    "matched": Family("matched", (("model", "tables.matched_models"), ("subset", "tables.subsets"),
+                                  ("seed", "tables.seeds")),
+                      "${item.model}", "${item.subset}", FULL, ("tables.detector_subset",), "never", False, True),
 }
 
 
 def _stage(f: Family) -> Stage:
     name = run_name(f.name, f.model, f.subset, "${item.seed}", f.budget)
     return Stage(name=f.name, notebook=NOTEBOOK, module=__name__, params=(*COMMON_PARAMS, *f.extra_params),
-                 deps=(paths.SPLITS, paths.DEGRADED, *((paths.SHARPNESS_MATCHED,) if f.sharpness else ())),
+                 deps=(paths.SPLITS, paths.DEGRADED, *((paths.SHARPNESS_MATCHED,) if f.sharpness else ()),
+                       *((paths.MATCHED_VARIANT_MANIFEST,) if f.variant else ())),
                  outs=(Out(f"{paths.RUNS}/{name}"), Out(f"{paths.RUN_CHECKPOINTS}/{name}", cache=False, persist=True)),
                  matrix=f.matrix, arguments=(("family", f.name),), report=f"reports/runs/{name}.ipynb",
                  detectors=(f.model,))
@@ -95,7 +106,7 @@ class Config:
         p = select(params, (*COMMON_PARAMS, *f.extra_params))
         tables = p["tables"]
         model = tables["ablation_model"] if family == "ablate" else model
-        subset = subset if family == "xgen" else tables["detector_subset"]
+        subset = subset if family in ("xgen", "matched") else tables["detector_subset"]
         if model is None or subset is None:
             raise ValueError(f"a {family} run needs {'a model' if model is None else 'a training subset'}: "
                              "set the notebook's parameters (papermill -p model ... -p subset ...)")
@@ -121,16 +132,23 @@ def run(params: dict, family: str, seed: int, model: str | None = None, subset: 
     cfg = Config.from_params(params, family, seed, model, subset, budget)
     out, checkpoints = Path(paths.RUNS) / cfg.name, Path(paths.RUN_CHECKPOINTS) / cfg.name
     class_budget = None if cfg.budget == FULL else cfg.budget
-    # the run that repeats the train stage's (by default xgen@<model>-<train_subset>-<seed>) reuses it
-    result = train_on_manifest(Path(paths.SPLITS), out, checkpoints, cfg.model, cfg.subset, cfg.train, cfg.seed,
-                               cfg.model_kwargs, class_budget, cfg.device, cfg.debias,
-                               reuse=(Path(paths.DETECTOR),), release=False)
+    variant = matched_variant() if FAMILIES[cfg.family].variant else None
+    # the run that repeats the train stage's (by default xgen@<model>-<train_subset>-<seed>) reuses it, and
+    # the matched run that repeats the audit's on the variant (matched@<model>-<train_subset>-<seed>) the audit's
+    reuse = (Path(paths.AUDIT_CHECKPOINTS) / "matched" / "detector.pt",) if variant is not None else (
+        Path(paths.DETECTOR),)
+    result = train_on_manifest(Path(paths.MATCHED_VARIANT_MANIFEST if variant is not None else paths.SPLITS), out,
+                               checkpoints, cfg.model, cfg.subset, cfg.train, cfg.seed, cfg.model_kwargs,
+                               class_budget, cfg.device, cfg.debias, reuse=reuse, release=False)
     table = pd.read_parquet(paths.DEGRADED)
     keep = table["condition"] == "clean"
     degraded = FAMILIES[cfg.family].degraded
     if degraded == "always" or (degraded == "detector_subset" and cfg.subset == cfg.detector_subset):
         keep |= True if cfg.subset == "all" else table["subset"] == cfg.subset
     table = table[keep]
+    if variant is not None:  # the variant's test images, beside the benchmark's clean ones
+        table = pd.concat([table, sharpness.variant_test_rows(variant, MATCHED_CONDITION, table.columns)],
+                          ignore_index=True)
     if FAMILIES[cfg.family].sharpness:  # reals blurred, fakes sharpened: the sharpness gap closed
         matched = pd.read_parquet(paths.SHARPNESS_MATCHED)
         table = pd.concat([table, matched], ignore_index=True) if len(matched) else table
@@ -148,3 +166,13 @@ def run(params: dict, family: str, seed: int, model: str | None = None, subset: 
     return Result(tables={f"{cfg.name}: clean test images": clean.round(3),
                           "training history": pd.DataFrame(result["history"])},
                   metrics={"name": cfg.name, "seconds": result["seconds"]})
+
+
+def matched_variant() -> pd.DataFrame:
+    """The degrade stage's sharpness-matched variant (its manifest), or a clear error where it was not built."""
+    variant = read_manifest(Path(paths.MATCHED_VARIANT_MANIFEST))
+    if variant.empty:
+        raise ValueError(f"{paths.MATCHED_VARIANT_MANIFEST}: no sharpness-matched variant to train on (it is built "
+                         "from the embedded benchmark, with degrade.sharpness_variant: true); leave these runs out "
+                         "with -S 'tables.matched_models=[]'")
+    return variant

@@ -17,7 +17,7 @@ from synthdet.fsutil import write_json
 from synthdet.genimage import tables as T
 from synthdet.stages import paths
 from synthdet.stages.base import Out, Result, Stage, select
-from synthdet.stages.paths import EACH, probe_model, run_name
+from synthdet.stages.paths import EACH, MATCHED_CONDITION, probe_model, run_name
 from synthdet.transforms.degrade import natural_order
 
 PLOTS = f"{paths.PLOTS}/tables"
@@ -37,6 +37,7 @@ class Config:
     subsets: tuple[str, ...]
     detector_subset: str  # tables.detector_subset: what tables 2-6 train on
     xgen_models: tuple[str, ...]
+    matched_models: tuple[str, ...]  # table 1 on the sharpness-matched variant (the `matched` runs)
     detectors: tuple[str, ...]
     ablation_model: str
     class_budgets: tuple[str, ...]
@@ -49,7 +50,8 @@ class Config:
         p = select(params, STAGE.params)
         t = p["tables"]
         return cls(int(p["seed"]), tuple(t["seeds"]), tuple(t["subsets"]), t["detector_subset"],
-                   tuple(t["xgen_models"]), tuple(t["detectors"]), t["ablation_model"],
+                   tuple(t["xgen_models"]), tuple(t["matched_models"] or ()), tuple(t["detectors"]),
+                   t["ablation_model"],
                    tuple(map(str, t["class_budgets"])), tuple(t["content_subsets"]), int(t["n_bootstrap"]),
                    tuple(p["probe"]["backbones"] or ()))
 
@@ -62,13 +64,19 @@ class Config:
         names += [run_name("probe", b, EACH, self.seed) for b in self.probe_backbones]  # no random start: one seed
         return names
 
+    def matched_runs(self) -> list[str]:
+        """The runs on the sharpness-matched variant (read apart: their clean scores are not table 1's)."""
+        return [run_name("matched", m, s, k) for m in self.matched_models for s in self.subsets for k in self.seeds]
 
-def read_scores(cfg: Config, root: Path = Path(paths.RUNS)) -> pd.DataFrame:
-    missing = [r for r in cfg.runs() if not (root / r / "scores.parquet").is_file()]
+
+def read_scores(cfg: Config, root: Path = Path(paths.RUNS), runs: list[str] | None = None) -> pd.DataFrame:
+    """The score files of ``runs`` (default: every run of the GenImage tables but the matched ones)."""
+    runs = cfg.runs() if runs is None else runs
+    missing = [r for r in runs if not (root / r / "scores.parquet").is_file()]
     if missing:
         raise FileNotFoundError(f"{root}: {len(missing)} runs have no scores.parquet, e.g. {missing[:3]}; "
-                                "run `dvc repro` (the xgen/zoo/ablate stages) first")
-    return pd.concat([pd.read_parquet(root / r / "scores.parquet") for r in cfg.runs()], ignore_index=True)
+                                "run `dvc repro` (the xgen/zoo/ablate/matched stages) first")
+    return pd.concat([pd.read_parquet(root / r / "scores.parquet") for r in runs], ignore_index=True)
 
 
 def read_paper(folder: Path = Path(paths.PAPER)) -> dict[str, pd.DataFrame]:
@@ -78,6 +86,12 @@ def read_paper(folder: Path = Path(paths.PAPER)) -> dict[str, pd.DataFrame]:
 def run(params: dict) -> Result:
     cfg = Config.from_params(params)
     scores = read_scores(cfg)
+    # the runs on the sharpness-matched variant (the matched runs', the probes' matched heads) apart: their
+    # clean scores are of detectors trained on the variant, not table 1's
+    on_variant = scores["family"] == "matched"
+    matched, scores = scores[on_variant], scores[~on_variant]
+    if cfg.matched_models:
+        matched = pd.concat([matched, read_scores(cfg, runs=cfg.matched_runs())], ignore_index=True)
     paper = read_paper()
     out, plots = Path(paths.TABLES), Path(PLOTS)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,6 +212,27 @@ def run(params: dict) -> Result:
     else:
         res.notes.append("No table run scored the sharpness counterfactual (the xgen and zoo runs do)")
 
+    # Table 1 on the sharpness-matched variant: trained and tested where blur tells nothing, and what that
+    # detector keeps on the benchmark as stored, beside table 1 as stored
+    matched_summary = {}
+    if len(matched):
+        matched = matched[matched["subset"].isin(order)]
+        for model in matched["model"].unique():
+            on_variant = T.cross_generator(matched, model, condition=MATCHED_CONDITION, **kw)
+            to_stored = T.cross_generator(matched, model, **kw)
+            add(f"table1 on the sharpness-matched variant: {model}", on_variant, f"cross_generator_matched_{model}.csv",
+                T.wide(on_variant, "train_subset", "subset", order=order).reindex(order), None,
+                report.heatmap(on_variant, "train_subset", "subset", "acc",
+                               f"{model} on the sharpness-matched variant: train subset (rows) x test subset",
+                               plots / f"cross_generator_matched_{model}.png", row_order=order, col_order=order))
+            add(f"table1, trained on the sharpness-matched variant, tested as stored: {model}", to_stored,
+                f"cross_generator_matched_to_stored_{model}.csv",
+                T.wide(to_stored, "train_subset", "subset", order=order).reindex(order), None)
+            stored = T.cross_generator(generator_scores, model, **kw)
+            matched_summary[model] = T.matched_survival(stored, on_variant, to_stored)
+        res.tables["table1: same vs cross generator, as stored and on the sharpness-matched variant"] = pd.DataFrame(
+            {(m, k): v for m, per in matched_summary.items() for k, v in per.items()}).T.round(3)
+
     res.notes += T.conclusions(xgen, paper, det, wide_deg, size, subs, content, diff, order)
     best = T.wide(det, "model", "subset", order=order)["Avg"].sort_values(ascending=False)
     summary = {
@@ -220,6 +255,8 @@ def run(params: dict) -> Result:
             for (m, t), g in sharp.groupby(["model", "train_subset"])} if len(sharp) else {},
         "sharpness_cross_generator_acc": {k: {c: round(float(v), 4) for c, v in row.items()}
                                           for k, row in survives.items()},
+        "matched_cross_generator": {m: {k: {c: round(float(v), 4) for c, v in cells.items()}
+                                        for k, cells in per.items()} for m, per in matched_summary.items()},
         "runs": int(scores.groupby(["family", "model", "train_subset", "class_budget", "seed"]).ngroups),
     }
     write_json(summary, Path(paths.metrics_file("tables")))

@@ -282,8 +282,11 @@ def train_on_manifest(splits_path: Path, out_dir: Path, checkpoint_dir: Path, mo
     if class_budget:
         train_rows = class_subset(train_rows, *parse_class_budget(class_budget), seed=seed)
         val_rows = val_rows[val_rows["class"].isin(set(train_rows["class"]))]
-    tc = TrainConfig(model=model, seed=seed, model_kwargs=model_kwargs or {}, **cfg, debias=debias)
     protocol = DebiasConfig.from_params(debias)
+    # the protocol off is one configuration however it is written (None, or data.debias with enabled: false),
+    # so that runs that differ only there share a fingerprint (and one may reuse the other's weights)
+    tc = TrainConfig(model=model, seed=seed, model_kwargs=model_kwargs or {}, **cfg,
+                     debias=debias if protocol.enabled else None)
     train_rows = select_debiased(train_rows, protocol, seed, f"{train_subset} train split")
     if len(val_rows):
         val_rows = select_debiased(val_rows, protocol, seed, f"{train_subset} validation split", allow_empty=True)
