@@ -102,16 +102,28 @@ def test_path_traversal_in_an_archive_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()  # names are checked before anything is written
 
 
-def test_corrupt_archive_data_is_detected(tmp_path):
-    path = tmp_path / "one.zip"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+def _tampered_zip(path: Path, compression: int, tamper) -> Path:  # noqa: ANN001
+    """A one-entry archive (5,000 bytes of ``A``) whose bytes ``tamper`` edits in place."""
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
         zf.writestr("imagenet_glide/a.bin", b"A" * 5000)
     data = bytearray(path.read_bytes())
-    data[100] ^= 0xFF  # flip a byte inside the stored data
+    tamper(data)
     path.write_bytes(bytes(data))
-    with SplitZip([path]) as archive, pytest.raises(DataSourceError, match="CRC mismatch"):
-        extract(archive, tmp_path / "out")
-    assert not list((tmp_path / "out").rglob("*.bin"))
+    return path
+
+
+def _assert_refused(path: Path, out: Path, match: str) -> None:
+    """Extraction fails with ``match`` and leaves no member behind."""
+    with SplitZip([path]) as archive, pytest.raises(DataSourceError, match=match):
+        extract(archive, out)
+    assert not list(out.rglob("*.bin"))
+
+
+def test_corrupt_archive_data_is_detected(tmp_path):
+    def flip(data: bytearray) -> None:
+        data[100] ^= 0xFF  # flip a byte inside the stored data
+
+    _assert_refused(_tampered_zip(tmp_path / "one.zip", zipfile.ZIP_STORED, flip), tmp_path / "out", "CRC mismatch")
 
 
 def test_an_archive_given_the_wrong_number_of_parts_is_refused(tmp_path):
@@ -125,33 +137,24 @@ def test_an_archive_given_the_wrong_number_of_parts_is_refused(tmp_path):
 
 
 def test_encrypted_entries_are_refused(tmp_path):
-    path = tmp_path / "locked.zip"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr("imagenet_glide/a.bin", b"A" * 500)
-    data = bytearray(path.read_bytes())
-    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers
-        i = data.find(signature)
-        data[i + flags_at] |= 0x1  # general-purpose bit 0: encrypted (the data itself is left readable)
-    path.write_bytes(bytes(data))
-    with SplitZip([path]) as archive, pytest.raises(DataSourceError, match="encrypted entries are not supported"):
-        extract(archive, tmp_path / "out")
-    assert not list((tmp_path / "out").rglob("*.bin"))
+    def lock(data: bytearray) -> None:
+        for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers
+            data[data.find(signature) + flags_at] |= 0x1  # bit 0: encrypted (the data itself is left readable)
+
+    _assert_refused(_tampered_zip(tmp_path / "locked.zip", zipfile.ZIP_STORED, lock), tmp_path / "out",
+                    "encrypted entries are not supported")
 
 
 def test_an_entry_shorter_than_its_directory_declares_is_refused(tmp_path):
     import struct
 
-    path = tmp_path / "short.zip"
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("imagenet_glide/a.bin", b"A" * 5000)
-    data = bytearray(path.read_bytes())
-    for signature, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size, both headers
-        i = data.find(signature) + size_at
-        data[i:i + 4] = struct.pack("<I", 5010)  # the data (and its CRC) intact: only the size lies
-    path.write_bytes(bytes(data))
-    with SplitZip([path]) as archive, pytest.raises(DataSourceError, match="5,000 bytes, the directory declares 5,010"):
-        extract(archive, tmp_path / "out")
-    assert not list((tmp_path / "out").rglob("*.bin"))
+    def lie(data: bytearray) -> None:
+        for signature, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # uncompressed size, both headers
+            i = data.find(signature) + size_at
+            data[i:i + 4] = struct.pack("<I", 5010)  # the data (and its CRC) intact: only the size lies
+
+    _assert_refused(_tampered_zip(tmp_path / "short.zip", zipfile.ZIP_DEFLATED, lie), tmp_path / "out",
+                    "5,000 bytes, the directory declares 5,010")
 
 
 def test_a_kept_file_changed_in_place_is_extracted_again(tmp_path):
