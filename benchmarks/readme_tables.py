@@ -140,15 +140,20 @@ MATCHED = "sharpness-matched variant"
 
 
 def matched_variant(audit: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """metrics/audit.json's sharpness-matched variant: per subset the low-level probe's AUC and the
-    reals' and fakes' median Laplacian variance, as stored and on the variant; and the detectors
+    """metrics/audit.json's sharpness-matched variant: per subset the low-level probe's AUC (with and
+    without its sharpness statistics) and the reals' and fakes' median Laplacian variance, as stored
+    and on the variant; and the detectors
     trained on each, scored on both test sets. None when the run built no variant."""
     if MATCHED not in audit.get("bias_scores", {}) or "sharpness_matched" not in audit:
         return None
     rows = []
     for subset, stored in audit["bias_scores"]["as stored"].items():
+        matched = audit["bias_scores"][MATCHED].get(subset, {})
         row = {"subset": subset, "low-level AUC, as stored": stored["lowlevel_auc"],
-               "low-level AUC, matched": audit["bias_scores"][MATCHED].get(subset, {}).get("lowlevel_auc")}
+               "low-level AUC, matched": matched.get("lowlevel_auc"),
+               # what is left once sharpness tells nothing: colour, brightness, contrast (older runs: -)
+               "without sharpness, as stored": stored.get("lowlevel_no_sharpness_auc"),
+               "without sharpness, matched": matched.get("lowlevel_no_sharpness_auc")}
         for name, label in (("as stored", "as stored"), (MATCHED, "matched")):
             m = audit["sharpness"].get(name, {}).get(subset)
             row[f"Laplacian var. real / fake, {label}"] = (

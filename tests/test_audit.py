@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 from synthdet.analysis import audit, sharpness
 from synthdet.data.dataset import DataConfig, make_transform
 from synthdet.data.manifest import describe_files, normalise
-from synthdet.datasets.embedded.biased import write_biased_variant
+from synthdet.datasets.embedded.biased import write_biased_variant, write_variant
 from synthdet.genimage.layout import index_genimage_tree
 from synthdet.metrics import expected_calibration_error, fit_temperature, select_temperature, sigmoid
 from synthdet.training.config import TrainConfig
@@ -146,15 +146,19 @@ class _ReadsOneCue(torch.nn.Module):
         return self
 
 
-def _textures(root: Path, n: int, blur_fakes: float = 0.0, tint: bool = False) -> pd.DataFrame:
-    """Reals and fakes of one fine-grained noise process (64 px): the fakes blurred, or both of one
-    sharpness with a colour cast each (reals reddish, fakes bluish), nothing else different."""
+def _textures(root: Path, n: int, blur_fakes: float = 0.0, tint: bool = False, spread: bool = False) -> pd.DataFrame:
+    """Reals and fakes of one fine-grained noise process (64 px): the fakes blurred (``spread``: each
+    by its own strength, 0.3 to 1.7 times ``blur_fakes``, as a generator's outputs vary, and the
+    reals by up to a third of it, as photographs do), or both of one sharpness with a colour cast
+    each (reals reddish, fakes bluish), nothing else different."""
     rows = _manifest(root, n, {"format": "PNG"}, {"format": "PNG"})
     for r in rows.itertuples():
         rng = np.random.default_rng(zlib.crc32(r.path.encode()))
         img = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).resize((64, 64), Image.BICUBIC)
         if r.label and blur_fakes:
-            img = img.filter(ImageFilter.GaussianBlur(blur_fakes))
+            img = img.filter(ImageFilter.GaussianBlur(blur_fakes * (0.3 + 1.4 * rng.random() if spread else 1.0)))
+        elif spread:
+            img = img.filter(ImageFilter.GaussianBlur(blur_fakes * rng.random() / 3))
         if tint:
             rgb = np.asarray(img, dtype=np.float64)
             rgb[..., 0 if r.label else 2] *= 0.6
@@ -277,21 +281,22 @@ def test_the_biased_variant_stores_reals_as_jpeg_and_fakes_byte_for_byte_in_geni
         write_biased_variant(rows, tmp_path / "theirs")
 
 
-def test_the_sharpness_matched_variant_blurs_every_splits_reals_and_leaves_the_probe_nothing(tmp_path):
-    """The sharpness counterfactual made to every split: a matched subset's reals are their view
-    blurred by the strength chosen on its training split; its fakes, and every image of a subset
-    without a match, keep their view's pixels; all PNG of one size (no file fact to read), splits
-    and groups kept, in GenImage's layout. And it does what it is for: the low-level probe that
-    separates reals from blurred fakes as stored cannot on the variant."""
+def test_the_sharpness_matched_variant_blurs_each_real_to_the_fakes_distribution_and_leaves_the_probe_nothing(
+        tmp_path):
+    """Every split's reals blurred, each on its own, to the fakes' high-frequency share at its own
+    rank among the reals (quantile mapping on the training views); its fakes, and every image of a
+    subset without a match, keep their view's pixels; all PNG of one size (no file fact to read),
+    splits and groups kept, in GenImage's layout. And it does what it is for: fakes blurred each by
+    its own strength, which one blur of all reals cannot match (it moves the median, not the
+    spread), stop being told apart from the variant's reals by the low-level probe."""
     from synthdet.data.imageio import load_rgb
 
-    rows = _textures(tmp_path / "b", 60, blur_fakes=1.0)
+    rows = _textures(tmp_path / "b", 60, blur_fakes=1.0, spread=True)
     other = _textures(tmp_path / "o", 4).assign(subset="other")  # test-only, say: no match
     match = sharpness.match_sharpness(rows[rows["split"] == "train"], 64, seed=0)
-    sigma = float(match.iloc[0]["blur_sigma"])
-    assert list(match["subset"]) == ["gen"] and sigma > 0
+    assert list(match["subset"]) == ["gen"]
     both = pd.concat([rows, other], ignore_index=True)
-    variant = sharpness.write_matched_variant(both, match, tmp_path / "variant", 64)
+    variant = sharpness.write_matched_variant(both, match, tmp_path / "variant", 64, seed=0)
     assert len(variant) == len(both) and (variant["status"] == "ok").all()
     assert set(variant["format"]) == {"PNG"} and set(variant["width"]) == set(variant["height"]) == {64}
     copies = variant.set_index("path")
@@ -300,14 +305,37 @@ def test_the_sharpness_matched_variant_blurs_every_splits_reals_and_leaves_the_p
         copy = copies.loc[(tmp_path / "variant" / original.subset / folder / ("ai" if original.label else "nature")
                            / f"{Path(original.path).stem}.png").as_posix()]
         assert (copy["split"], copy["group"], copy["label"]) == (original.split, original.group, original.label)
+        sigma = float(copy["variant_blur_sigma"])
+        if not (original.label == 0 and original.subset == "gen"):
+            assert sigma == 0, (copy.name, sigma)
         want = np.asarray(load_rgb(original.path))  # 64 px already: the view is the image
-        if original.label == 0 and original.subset == "gen":
+        if sigma:
             want = np.asarray(load_rgb(original.path).filter(ImageFilter.GaussianBlur(sigma)))
         assert np.array_equal(np.asarray(load_rgb(copy.name)), want), copy.name
+    reals = variant[(variant["subset"] == "gen") & (variant["label"] == 0)]
+    # each its own blur, not one per subset (a real already as smooth as its draw keeps its view)
+    assert reals["variant_blur_sigma"].nunique() > 5 and (reals["variant_blur_sigma"] > 0).mean() > 0.8
     assert len(index_genimage_tree(tmp_path / "variant")) == len(both)
+    # the two labels' shares now follow one distribution (all splits: the draws are from the training
+    # fakes, the other splits' fakes come from the same process)
+    from scipy.stats import ks_2samp
+
+    share = {label: [sharpness.share_of(load_rgb(p)) for p in g["path"]]
+             for label, g in variant[variant["subset"] == "gen"].groupby("label")}
+    assert ks_2samp(share[0], share[1]).pvalue > 0.05, share
+    sigma = float(match.iloc[0]["blur_sigma"])  # the counterfactual's one blur of the subset, for contrast
+
+    def one_blur(r, folder: str) -> Path:
+        target = tmp_path / "one_blur" / folder / f"{Path(r.path).stem}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (sharpness.blurred(sigma, 64)(load_rgb(r.path)) if r.label == 0 else load_rgb(r.path)).save(target)
+        return target
+
+    single = write_variant(rows, tmp_path / "one_blur", "one blur", one_blur)
     probes = {name: audit.shortcut_probes(m[m["subset"] == "gen"], 64, seed=0).iloc[0]["low-level"]
-              for name, m in (("as stored", rows), ("variant", variant))}
-    assert probes["as stored"] > 0.95 and probes["variant"] < 0.75, probes
+              for name, m in (("as stored", rows), ("one blur", single), ("variant", variant))}
+    assert probes["one blur"] > probes["variant"] + 0.1, probes
+    assert probes["as stored"] > 0.95 and probes["variant"] < 0.7, probes
 
 
 def test_the_debiased_protocol_keeps_q96_reals_in_the_window_balances_classes_and_prepares_fakes(tmp_path):

@@ -97,8 +97,10 @@ def test_readme_tables_come_from_the_tables_outputs_and_the_params(tmp_path):
             "variant_to_stored": {"same_generator_acc": 0.8, "cross_generator_acc": 0.65}}}}))
     sharp = {"real_laplacian_var": 0.0123, "fake_laplacian_var": 0.000456}
     (tmp_path / "metrics/audit.json").write_text(json.dumps({
-        "bias_scores": {"as stored": {"ldm": {"metadata_auc": 0.5, "lowlevel_auc": 0.989}},
-                        "sharpness-matched variant": {"ldm": {"metadata_auc": 0.5, "lowlevel_auc": 0.612}}},
+        "bias_scores": {"as stored": {"ldm": {"metadata_auc": 0.5, "lowlevel_auc": 0.989,
+                                              "lowlevel_no_sharpness_auc": 0.871}},
+                        "sharpness-matched variant": {"ldm": {"metadata_auc": 0.5, "lowlevel_auc": 0.612,
+                                                              "lowlevel_no_sharpness_auc": 0.593}}},
         "sharpness": {"as stored": {"ldm": sharp},
                       "sharpness-matched variant": {"ldm": {**sharp, "real_laplacian_var": 0.0004}}},
         "sharpness_matched": {"sharpness-matched variant": {"clean_acc": 0.71, "matched_acc": 0.93}}}))
@@ -114,7 +116,8 @@ def test_readme_tables_come_from_the_tables_outputs_and_the_params(tmp_path):
     assert any("table 1 off the diagonal" in line and "80%" in line and "40%" in line for line in lines)
     # the sharpness-matched variant: the probe and the medians as stored and matched; the run trained on it
     assert any(line.startswith("| ldm") and "0.989" in line and "0.612" in line and "0.0123 / 0.000456" in line
-               and "0.0004 / 0.000456" in line for line in lines)
+               and "0.0004 / 0.000456" in line and line.index("0.612") < line.index("0.871") < line.index("0.593")
+               for line in lines)
     assert any("sharpness-matched variant" in line and "0.710" in line and "0.930" in line for line in lines)
     # table 1 on the variant, and the share of table 1's cross-generator accuracy above chance each keeps
     assert any(line.startswith("| ldm") and "0.500" in line and "0.900" in line for line in lines)

@@ -35,7 +35,8 @@ from synthdet.training.checkpoint import load_detector
 from synthdet.transforms.degrade import jpeg  # 4:2:0, as ImageNet's camera files mostly are
 
 LABEL_NAMES = {0: "real", 1: "fake"}
-PROBES = ("metadata", "low-level")
+NO_SHARPNESS = "low-level without sharpness"  # the low-level probe without laplacian_var and high_freq_share
+PROBES = ("metadata", "low-level", NO_SHARPNESS)
 AS_IS_CONDITION = "as_is"
 HISTOGRAM_BINS = 4  # per channel: coarse colour, no texture
 MIN_PROBE_IMAGES = 50  # per label, by default: below it a score follows the folds' class priors more than
@@ -93,6 +94,7 @@ def image_statistics(img: Image.Image) -> np.ndarray:
                             sharpness.high_frequency_share(g)], *histogram])
 
 
+SHARPNESS_STATISTICS = ("laplacian_var", "high_freq_share")
 STATISTIC_NAMES = ["brightness", "contrast", "saturation", "laplacian_var", "high_freq_share",
                    *[f"hist_{c}{b}" for c in "rgb" for b in range(HISTOGRAM_BINS)]]
 
@@ -155,7 +157,10 @@ def sample_per_group(manifest: pd.DataFrame, max_images: int | None, seed: int) 
 
 def shortcut_probes(manifest: pd.DataFrame, input_size: int, seed: int, max_images: int | None = None,
                     folds: int = 5, min_images: int = MIN_PROBE_IMAGES) -> pd.DataFrame:
-    """Per subset: the metadata and low-level probes' AUC (reals vs fakes of that subset)."""
+    """Per subset: the metadata and low-level probes' AUC (reals vs fakes of that subset), and the
+    low-level probe's without the two sharpness statistics: what is left to read once sharpness
+    tells nothing (colour, brightness, contrast), so that a probe still high on the
+    sharpness-matched variant says which shortcut remains."""
     manifest = manifest.reset_index(drop=True)
     meta = metadata_features(manifest)
     sampled = sample_per_group(manifest, max_images, seed)
@@ -171,6 +176,9 @@ def shortcut_probes(manifest: pd.DataFrame, input_size: int, seed: int, max_imag
                      "metadata": probe_auc(meta.loc[g.index], g["label"], g["group"], seed, folds, min_images, cv),
                      "low-level": probe_auc(stats.loc[s.index], s["label"], s["group"], seed, folds, min_images,
                                             cv if s.index.equals(g.index) else None),
+                     NO_SHARPNESS: probe_auc(stats.loc[s.index].drop(columns=list(SHARPNESS_STATISTICS)), s["label"],
+                                             s["group"], seed, folds, min_images,
+                                             cv if s.index.equals(g.index) else None),
                      "most telling statistic": name, "its AUC": auc})
     return pd.DataFrame(rows)
 

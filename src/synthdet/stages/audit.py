@@ -183,7 +183,8 @@ def run(params: dict) -> Result:
     match_t.to_csv(out / "sharpness.csv", index=False)
     metrics = {
         "bias_scores": {d: {r["subset"]: {"metadata_auc": round(r["metadata"], 4),
-                                          "lowlevel_auc": round(r["low-level"], 4)}
+                                          "lowlevel_auc": round(r["low-level"], 4),
+                                          "lowlevel_no_sharpness_auc": round(r[audit.NO_SHARPNESS], 4)}
                             for r in g.to_dict("records")} for d, g in probes_t.groupby("dataset")},
         "counterfactual_acc_change": {
             d: {c: {r["subset"]: round(r["acc_change"], 4) for r in gc.to_dict("records")}

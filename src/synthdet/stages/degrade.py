@@ -2,7 +2,8 @@
 the sharpness counterfactual (:mod:`synthdet.analysis.sharpness`: per subset the reals blurred to
 the fakes' high-frequency share, the fakes sharpened to the reals', strengths chosen on the
 training split), which every table run scores beside the clean ones; and, on the embedded benchmark
-(``degrade.sharpness_variant``), the sharpness-matched variant: that change made to every split
+(``degrade.sharpness_variant``), the sharpness-matched variant: every split's reals blurred, each
+to the share of a fake drawn from its subset's training fakes
 (:func:`synthdet.analysis.sharpness.write_matched_variant`), which the audit probes and trains on."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ STAGE = Stage(
 
 @dataclass(frozen=True)
 class Config:
-    seed: int  # which training views choose the sharpness counterfactual's strengths
+    seed: int  # which training views choose the sharpness counterfactual's strengths; the variant's draws
     input_size: int
     conditions: tuple[Condition, ...]
     sharpness_variant: bool  # build the sharpness-matched variant (the embedded benchmark only)
@@ -49,7 +50,7 @@ def run(params: dict) -> Result:
     matched = sharpness.write_matched(df[df["split"] == "test"], matching, Path(paths.DEGRADE), cfg.input_size)
     matched.to_parquet(Path(paths.SHARPNESS_MATCHED), index=False)
     if cfg.sharpness_variant:
-        variant = sharpness.write_matched_variant(df, matching, Path(paths.MATCHED_VARIANT), cfg.input_size)
+        variant = sharpness.write_matched_variant(df, matching, Path(paths.MATCHED_VARIANT), cfg.input_size, cfg.seed)
     else:  # an empty manifest: what reads it sees that there is no variant
         variant = df.iloc[:0]
     variant.to_parquet(Path(paths.MATCHED_VARIANT_MANIFEST), index=False)
