@@ -6,7 +6,15 @@ import yaml
 from PIL import Image
 
 from synthdet.datasets.embedded.build import build_benchmark, model_groups
-from synthdet.datasets.embedded.generators import dcgan, latent_diffusion, pretrained, upsample_gan, vae, vq_autoencoder
+from synthdet.datasets.embedded.generators import (
+    common,
+    dcgan,
+    latent_diffusion,
+    pretrained,
+    upsample_gan,
+    vae,
+    vq_autoencoder,
+)
 from synthdet.datasets.embedded.generators.common import images_to_tensor, tensor_to_images
 from synthdet.datasets.embedded.reproducible import subset_hash
 from synthdet.datasets.embedded.sources import prepare_reals
@@ -257,11 +265,11 @@ def test_a_rerun_keeps_the_groups_an_interrupted_build_finished_and_trusts_none_
     built, kill = [], {"group": ["gan_face"]}
     build_group = build._build_group
 
-    def build_or_die(plan, group):
+    def build_or_die(plan, group, state_dir=None):
         if group == kill["group"]:
             raise KeyboardInterrupt  # the stage killed while this group trains
         built.append(group)
-        return build_group(plan, group)
+        return build_group(plan, group, state_dir)
 
     monkeypatch.setattr(build, "_build_group", build_or_die)
 
@@ -293,3 +301,115 @@ def test_a_rerun_keeps_the_groups_an_interrupted_build_finished_and_trusts_none_
     run({**subsets, "dcgan": {**subsets["dcgan"], "width": 16}})
     assert built == [["dcgan"]] and len([p for p in kept.iterdir() if p.name != OWNED_MARKER]) == 3
     assert subset_hash(out / "dcgan") != subset_hash(tmp_path / "reference/dcgan")
+
+
+def _killed_after(monkeypatch, epoch: int) -> None:
+    """Every training saves its resume state after each epoch and is killed once ``epoch`` is saved."""
+    monkeypatch.setattr(common, "RESUME_EVERY_S", 0.0)
+    end_of_epoch = common.EpochResume.end_of_epoch
+
+    def end_and_die(self, done, epochs):
+        end_of_epoch(self, done, epochs)
+        if done == epoch:
+            raise KeyboardInterrupt  # the stage killed here
+
+    monkeypatch.setattr(common.EpochResume, "end_of_epoch", end_and_die)
+
+
+def _state(model) -> dict:
+    model = model[0] if isinstance(model, tuple) else model
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _seeded(build):
+    """A model built from one seed, as the download stage builds each (its initial weights)."""
+    torch.manual_seed(7)
+    return build()
+
+
+_TRAININGS = {  # a fresh model each call: (train with resume=path) -> the trained model
+    "gan": lambda path: dcgan.train_gan(_seeded(lambda: dcgan.DCGANGenerator(nz=8, ngf=8, size=32)), _reals(), 4,
+                                        8, 0, ndf=8, resume=path),
+    "vae": lambda path: vae.train_vae(_seeded(lambda: vae.ConvVAE(ch=8, n_down=2)), _reals(), 4, 8, 0, resume=path),
+    "vq": lambda path: vq_autoencoder.train_vq(
+        _seeded(lambda: vq_autoencoder.VQAutoencoder(ch=8, codebook_size=16, code_dim=8)), _reals(), 4, 8, 0,
+        resume=path),
+    "ldm": lambda path: latent_diffusion.train_ldm(
+        _seeded(lambda: latent_diffusion.LatentUNet(in_ch=4, ch=16, emb=32, n_classes=3, n_contents=2)), torch.randn(
+            16, 4, 8, 8, generator=torch.Generator().manual_seed(1)), 4, 8, 0,
+        labels=torch.tensor([[i % 3, i % 2] for i in range(16)]), resume=path),
+}
+
+
+@pytest.mark.parametrize("name", list(_TRAININGS))
+def test_a_generator_killed_mid_training_resumes_to_the_weights_of_an_uninterrupted_run(
+        name, tmp_path, monkeypatch, capsys):
+    """Killed after its second of four epochs, a rerun loads the saved state (weights, optimiser,
+    both random generators) and trains epochs 3-4 only, to the same weights bit for bit as a run
+    never interrupted; a corrupt or foreign state file is reported, deleted and trained over from
+    the first epoch, to the same weights again."""
+    train = _TRAININGS[name]
+    reference = _state(train(None))
+    path = tmp_path / "state.pt"
+    with monkeypatch.context() as m:
+        _killed_after(m, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train(path)
+    assert torch.load(path, weights_only=True)["epoch"] == 2
+    starts = []
+    start = common.EpochResume.start
+    monkeypatch.setattr(common.EpochResume, "start", lambda self, epochs: starts.append(start(self, epochs)) or
+                        starts[-1])
+    resumed = _state(train(path))
+    assert starts == [2] and resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference), name
+    # with another state than the one it trains (corrupt, or shapes of another model), it starts over
+    for bad in (b"not a checkpoint", None):
+        if bad is None:
+            torch.save({"epoch": 1, "parts": {"model": {"w": torch.zeros(1)}}, "torch_rng": torch.get_rng_state(),
+                        "loop_rng": torch.get_rng_state()}, path)
+        else:
+            path.write_bytes(bad)
+        starts.clear()
+        again = _state(train(path))
+        assert starts == [0] and all(torch.equal(again[k], reference[k]) for k in reference), name
+        assert "resume state not usable" in capsys.readouterr().err
+    # an impossible epoch is refused, not "resumed" past the end
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "epoch": 10**9}, path)
+    starts.clear()
+    train(path)
+    assert starts == [0]
+
+
+def test_a_download_killed_mid_training_goes_on_from_the_saved_epoch_to_the_same_bytes(
+        embedded_data, tmp_path, monkeypatch):
+    """The build, killed in the third of four epochs of a group's generator, keeps its training
+    state beside the finished groups; the rerun goes on from it (not from epoch 0) and writes the
+    bytes of an uninterrupted build; once the group is kept, its training state is gone."""
+    from synthdet.datasets.embedded import finished
+
+    reals = prepare_reals(embedded_data, tmp_path / "reals")
+    reals = reals[reals.status == "ok"].assign(group=lambda d: d["original"])
+    subsets = {"dcgan": {"generator": "dcgan", "family": "gan", "epochs": 4, "width": 8}}
+
+    def run(folder, resume):
+        return build_benchmark(reals, folder, embedded_data / "weights", subsets, 20, 0.25, 0, 64, 8, processes=0,
+                               resume=resume)
+
+    run(tmp_path / "reference", None)
+    kept = tmp_path / "kept"
+    with monkeypatch.context() as m:
+        _killed_after(m, 3)
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "bench", kept)
+    states = list(kept.glob(f"*{finished.TRAINING}/*.pt"))
+    assert len(states) == 1 and torch.load(states[0], weights_only=True)["epoch"] == 3
+    starts = []
+    start = common.EpochResume.start
+    monkeypatch.setattr(common.EpochResume, "start", lambda self, epochs: starts.append(start(self, epochs)) or
+                        starts[-1])
+    run(tmp_path / "bench", kept)
+    assert starts == [3]
+    assert subset_hash(tmp_path / "bench/dcgan") == subset_hash(tmp_path / "reference/dcgan")
+    assert not list(kept.glob(f"*{finished.TRAINING}"))

@@ -101,8 +101,10 @@ def _vae_key(cfg: dict) -> str:
 class _Trained:
     """Generators trained once per worker and shared (the LDM reuses the VAE)."""
 
-    def __init__(self, train_paths: list[str], labels: pd.DataFrame, seed: int, batch_size: int) -> None:
+    def __init__(self, train_paths: list[str], labels: pd.DataFrame, seed: int, batch_size: int,
+                 state_dir: Path | None = None) -> None:
         self.train_paths, self.seed, self.bs = train_paths, seed, batch_size
+        self.state_dir = state_dir  # where each training keeps its per-epoch resume state (None: nowhere)
         self._x: torch.Tensor | None = None
         self.cache: dict[str, object] = {}
         # (class, content) vocabularies of the training pool, for conditional generators
@@ -116,6 +118,14 @@ class _Trained:
         if self._x is None:
             self._x = _load(self.train_paths)
         return self._x
+
+    def resume(self, key: str) -> Path | None:
+        """The resume-state file of the training of cache entry ``key`` (a short hash of it: keys
+        hold JSON), in this group's state folder."""
+        if self.state_dir is None:
+            return None
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return self.state_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
     def encode(self, labels: pd.DataFrame) -> torch.Tensor:
         """(class, content) -> indices; a class the generator never saw (a test-only class) gets the
@@ -132,7 +142,7 @@ class _Trained:
             _seed_init(self.seed, key)
             model = vae.ConvVAE(ch=cfg.get("width", 32))
             self.cache[key] = vae.train_vae(model, self.x, cfg["epochs"], self.bs, self.seed,
-                                            beta=cfg.get("beta", 0.02))
+                                            beta=cfg.get("beta", 0.02), resume=self.resume(key))
         return self.cache[key]  # type: ignore[return-value]
 
 
@@ -152,7 +162,8 @@ def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weig
             _seed_init(trained.seed, key)
             cls = dcgan.DCGANGenerator if kind == "dcgan" else upsample_gan.UpsampleGenerator
             gen = cls(nz=cfg.get("nz", 100), ngf=cfg.get("width", 32), size=size)
-            trained.cache[key] = dcgan.train_gan(gen, trained.x, cfg["epochs"], trained.bs, trained.seed, desc=name)
+            trained.cache[key] = dcgan.train_gan(gen, trained.x, cfg["epochs"], trained.bs, trained.seed, desc=name,
+                                                 resume=trained.resume(key))
         return dcgan.sample_gan(trained.cache[key], n, seed, batch_size=trained.bs, batch_stats=True)
     if kind == "vae":
         return vae.sample_vae(trained.vae(cfg), n, seed, latent_hw=size // 8)
@@ -160,7 +171,8 @@ def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weig
         if key not in trained.cache:
             _seed_init(trained.seed, key)
             model = vq_autoencoder.VQAutoencoder(ch=cfg.get("width", 32), codebook_size=cfg.get("codebook_size", 256))
-            trained.cache[key] = vq_autoencoder.train_vq(model, trained.x, cfg["epochs"], trained.bs, trained.seed)
+            trained.cache[key] = vq_autoencoder.train_vq(model, trained.x, cfg["epochs"], trained.bs, trained.seed,
+                                                         resume=trained.resume(key))
         return vq_autoencoder.reconstruct(trained.cache[key], recon_source(n))
     if kind == "latent_diffusion":
         v = trained.vae(cfg["vae"])
@@ -172,7 +184,8 @@ def make_fakes(name: str, cfg: dict, n: int, split: str, trained: _Trained, weig
             unet = latent_diffusion.LatentUNet(in_ch=v.latent_channels, ch=cfg.get("width", 64),
                                                n_classes=n_cls, n_contents=n_con)
             trained.cache[key] = latent_diffusion.train_ldm(unet, latents, cfg["epochs"], trained.bs, trained.seed,
-                                                            labels=trained.labels if conditional else None)
+                                                            labels=trained.labels if conditional else None,
+                                                            resume=trained.resume(key))
         unet, scale = trained.cache[key]
         y = trained.encode(labels) if conditional and labels is not None else None
         return latent_diffusion.sample_ldm(unet, v, scale, n, seed, size // 8, cfg.get("ddim_steps", 50),
@@ -268,9 +281,12 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
         progress.set_postfix_str(",".join(groups[i]))
         progress.update()
 
+    def state_dir(i: int) -> Path | None:  # where group i's trainings keep their per-epoch state
+        return finished.training_state(resume, keys[i]) if resume is not None else None
+
     if processes == 0:
         for i in todo:
-            done(i, _build_group(plan, groups[i]))
+            done(i, _build_group(plan, groups[i], state_dir(i)))
     elif todo:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         workers = max(1, min(processes or cores, len(todo)))
@@ -279,7 +295,7 @@ def build_benchmark(reals: pd.DataFrame, out: Path, weights: Path, subsets: dict
                 initargs=(os.getpid(),)) as pool:
             # the longest groups (the most training epochs) first, so the last one to start is short
             order = sorted(todo, key=lambda i: -_work(subsets, groups[i]))
-            futures = {pool.submit(_build_group, plan, groups[i]): i for i in order}
+            futures = {pool.submit(_build_group, plan, groups[i], state_dir(i)): i for i in order}
             try:
                 for future in as_completed(futures):
                     done(futures[future], future.result())
@@ -343,10 +359,12 @@ class _Plan:
     batch_size: int
 
 
-def _build_group(plan: _Plan, group: list[str]) -> tuple[list[dict], dict[str, float]]:
-    """Train the group's generators once and write each of its subsets; rows and seconds per subset."""
+def _build_group(plan: _Plan, group: list[str], state_dir: Path | None = None) -> tuple[list[dict], dict[str, float]]:
+    """Train the group's generators once and write each of its subsets; rows and seconds per subset.
+    ``state_dir``: where its trainings keep their per-epoch resume state (a rerun after a kill goes
+    on from the last one saved, with the same bytes in the end)."""
     out, pools, seed = plan.out, plan.pools, plan.seed
-    trained = _Trained(plan.train_pool["path"].tolist(), plan.train_pool, seed, plan.batch_size)
+    trained = _Trained(plan.train_pool["path"].tolist(), plan.train_pool, seed, plan.batch_size, state_dir)
     rows: list[dict] = []
     timings: dict[str, float] = {}
 

@@ -10,6 +10,11 @@ and the pinned arithmetic (:func:`synthdet.datasets.embedded.build.group_key`). 
 kept group back instead of training it again, after checking every file against the subset hash
 recorded when it was kept; anything missing, changed or half-written is built again. Keys that the
 current plan no longer has are deleted (the folder holds only what a rerun can use).
+
+A group killed before it finished is not lost either: each of its generators' trainings keeps its
+per-epoch resume state in ``<key>.training/`` (:class:`~synthdet.datasets.embedded.generators.common.EpochResume`),
+so a rerun goes on from the last state saved (at most 30 s of training redone) and ends with the
+same bytes; the folder goes once the group is kept.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from synthdet.fsutil import atomic_write_bytes, hard_link_or_copy, inside, make_
 
 STATE = "done.json"  # written last: an entry without it is unfinished and never used
 FORMAT = 1
+TRAINING = ".training"  # suffix of a group's folder of per-epoch training states
 
 
 def _link_tree(source: Path, target: Path) -> None:
@@ -36,11 +42,18 @@ def _link_tree(source: Path, target: Path) -> None:
             hard_link_or_copy(Path(folder) / name, target / rel / name)
 
 
+def training_state(folder: Path, key: str) -> Path:
+    """The folder where the trainings of the group ``key`` keep their per-epoch resume state."""
+    return inside(folder, f"{key}{TRAINING}", "finished generator groups")
+
+
 def prepare(folder: Path, keys: list[str]) -> None:
-    """The resume folder (ours), without entries that none of ``keys`` names."""
+    """The resume folder (ours), without entries that none of ``keys`` names (a group's training
+    states stay with its key)."""
     make_owned_dir(folder)
+    wanted = {*keys, *(f"{key}{TRAINING}" for key in keys)}
     for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink() and entry.name not in keys:
+        if entry.is_dir() and not entry.is_symlink() and entry.name not in wanted:
             shutil.rmtree(inside(folder, entry.name, "finished generator groups"))
 
 
@@ -58,6 +71,9 @@ def keep(folder: Path, key: str, out: Path, names: list[str], rows: list[dict], 
              "hashes": {name: subset_hash(partial / name) for name in names}}
     atomic_write_bytes(partial / STATE, json.dumps(state).encode())
     partial.rename(entry)
+    training = training_state(folder, key)
+    if training.exists():  # the group is kept whole: its trainings' states have done their job
+        shutil.rmtree(training)
 
 
 def restore(folder: Path, key: str, out: Path, names: list[str]) -> tuple[list[dict], dict[str, float]] | None:

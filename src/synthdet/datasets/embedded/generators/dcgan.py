@@ -7,12 +7,13 @@ tutorial architecture), so trained and pretrained DCGANs share one definition.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthdet.datasets.embedded.generators.common import init_dcgan_weights, minibatches
+from synthdet.datasets.embedded.generators.common import EpochResume, init_dcgan_weights, minibatches
 
 
 class DCGANGenerator(nn.Module):
@@ -54,9 +55,10 @@ class DCGANDiscriminator(nn.Module):
 
 def train_gan(
     generator: nn.Module, reals: torch.Tensor, epochs: int, batch_size: int, seed: int,
-    lr: float = 2e-4, ndf: int = 32, desc: str = "gan",
+    lr: float = 2e-4, ndf: int = 32, desc: str = "gan", resume: Path | None = None,
 ) -> nn.Module:
-    """Non-saturating GAN training with Adam(0.5, 0.999), the DCGAN recipe."""
+    """Non-saturating GAN training with Adam(0.5, 0.999), the DCGAN recipe. ``resume``: the file of
+    its per-epoch resume state (:class:`EpochResume`)."""
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     disc = DCGANDiscriminator(ndf=ndf, size=reals.shape[-1])
@@ -66,7 +68,10 @@ def train_gan(
     opt_d = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
     bce = nn.BCEWithLogitsLoss()
     generator.train()
-    for _ in tqdm(range(epochs), desc=f"train {desc}"):
+    state = EpochResume(resume, {"generator": generator, "discriminator": disc, "optimizer_g": opt_g,
+                                 "optimizer_d": opt_d}, rng)
+    first = state.start(epochs)
+    for epoch in tqdm(range(first, epochs), desc=f"train {desc}", initial=first, total=epochs):
         for idx in minibatches(len(reals), batch_size, rng):
             real = reals[idx]
             z = torch.randn(len(real), generator.nz, 1, 1)
@@ -79,6 +84,7 @@ def train_gan(
             opt_g.zero_grad()
             loss_g.backward()
             opt_g.step()
+        state.end_of_epoch(epoch + 1, epochs)
     return generator.eval()
 
 

@@ -10,13 +10,14 @@ sampling can use classifier-free guidance (Ho and Salimans 2022).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthdet.datasets.embedded.generators.common import minibatches
+from synthdet.datasets.embedded.generators.common import EpochResume, minibatches
 from synthdet.datasets.embedded.generators.vae import ConvVAE
 
 
@@ -93,10 +94,11 @@ def encode_latents(vae: ConvVAE, reals: torch.Tensor, batch_size: int = 256) -> 
 
 def train_ldm(unet: LatentUNet, latents: torch.Tensor, epochs: int, batch_size: int, seed: int,
               steps: int = 1000, lr: float = 2e-4, labels: torch.Tensor | None = None,
-              p_uncond: float = 0.1) -> tuple[LatentUNet, float]:
+              p_uncond: float = 0.1, resume: Path | None = None) -> tuple[LatentUNet, float]:
     """Returns the trained UNet and the latent scale factor (latents are scaled to unit std).
 
     ``labels`` (N, 2) trains a conditional UNet; each label is dropped with ``p_uncond``.
+    ``resume``: the file of its per-epoch resume state (:class:`EpochResume`).
     """
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
@@ -105,7 +107,9 @@ def train_ldm(unet: LatentUNet, latents: torch.Tensor, epochs: int, batch_size: 
     abar = _alphas_cumprod(steps)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr)
     unet.train()
-    for _ in tqdm(range(epochs), desc="train ldm"):
+    state = EpochResume(resume, {"model": unet, "optimizer": opt}, rng)
+    first = state.start(epochs)
+    for epoch in tqdm(range(first, epochs), desc="train ldm", initial=first, total=epochs):
         for idx in minibatches(len(latents), batch_size, rng):
             x0 = latents[idx]
             t = torch.randint(0, steps, (len(x0),))
@@ -119,6 +123,7 @@ def train_ldm(unet: LatentUNet, latents: torch.Tensor, epochs: int, batch_size: 
             opt.zero_grad()
             loss.backward()
             opt.step()
+        state.end_of_epoch(epoch + 1, epochs)
     return unet.eval(), scale
 
 

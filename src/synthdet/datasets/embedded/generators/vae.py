@@ -6,12 +6,14 @@ generator, as in Rombach et al.'s LDM.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthdet.datasets.embedded.generators.common import minibatches
+from synthdet.datasets.embedded.generators.common import EpochResume, minibatches
 
 
 def _down(cin: int, cout: int) -> nn.Module:
@@ -67,12 +69,15 @@ class ConvVAE(nn.Module):
 
 
 def train_vae(vae: ConvVAE, reals: torch.Tensor, epochs: int, batch_size: int, seed: int,
-              lr: float = 1e-3, beta: float = 0.02) -> ConvVAE:
+              lr: float = 1e-3, beta: float = 0.02, resume: Path | None = None) -> ConvVAE:
+    """``resume``: the file of its per-epoch resume state (:class:`EpochResume`)."""
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     vae.train()
-    for _ in tqdm(range(epochs), desc="train vae"):
+    state = EpochResume(resume, {"model": vae, "optimizer": opt}, rng)
+    first = state.start(epochs)
+    for epoch in tqdm(range(first, epochs), desc="train vae", initial=first, total=epochs):
         for idx in minibatches(len(reals), batch_size, rng):
             x = reals[idx]
             recon, mean, logvar = vae(x)
@@ -81,6 +86,7 @@ def train_vae(vae: ConvVAE, reals: torch.Tensor, epochs: int, batch_size: int, s
             opt.zero_grad()
             loss.backward()
             opt.step()
+        state.end_of_epoch(epoch + 1, epochs)
     return vae.eval()
 
 

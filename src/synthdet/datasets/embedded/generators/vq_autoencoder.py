@@ -5,12 +5,14 @@ images, so content matches the real side and only the codec's fingerprint differ
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from synthdet.datasets.embedded.generators.common import minibatches
+from synthdet.datasets.embedded.generators.common import EpochResume, minibatches
 from synthdet.datasets.embedded.generators.vae import conv_decoder, conv_encoder
 
 
@@ -37,18 +39,22 @@ class VQAutoencoder(nn.Module):
 
 
 def train_vq(model: VQAutoencoder, reals: torch.Tensor, epochs: int, batch_size: int, seed: int,
-             lr: float = 1e-3) -> VQAutoencoder:
+             lr: float = 1e-3, resume: Path | None = None) -> VQAutoencoder:
+    """``resume``: the file of its per-epoch resume state (:class:`EpochResume`)."""
     torch.manual_seed(seed)
     rng = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    for _ in tqdm(range(epochs), desc="train vq"):
+    state = EpochResume(resume, {"model": model, "optimizer": opt}, rng)
+    first = state.start(epochs)
+    for epoch in tqdm(range(first, epochs), desc="train vq", initial=first, total=epochs):
         for idx in minibatches(len(reals), batch_size, rng):
             recon, commit = model(reals[idx])
             loss = F.mse_loss(recon, reals[idx]) + commit
             opt.zero_grad()
             loss.backward()
             opt.step()
+        state.end_of_epoch(epoch + 1, epochs)
     return model.eval()
 
 
