@@ -362,6 +362,7 @@ def test_a_generator_killed_mid_training_resumes_to_the_weights_of_an_uninterrup
                         starts[-1])
     resumed = _state(train(path))
     assert starts == [2] and resumed.keys() == reference.keys()
+    assert "resuming after epoch 2 of 4" in capsys.readouterr().err
     assert all(torch.equal(resumed[k], reference[k]) for k in reference), name
     # with another state than the one it trains (corrupt, or shapes of another model), it starts over
     for bad in (b"not a checkpoint", None):

@@ -87,7 +87,9 @@ class EpochResume:
             return 0
         before = copy.deepcopy(self._state(0))
         try:
-            return self._load(torch.load(self.path, map_location="cpu", weights_only=True), epochs)
+            epoch = self._load(torch.load(self.path, map_location="cpu", weights_only=True), epochs)
+            print(f"{self.path}: resuming after epoch {epoch} of {epochs}", file=sys.stderr)
+            return epoch
         except Exception as e:  # noqa: BLE001 - any unusable state: report it and start over
             self._load(before, epochs)
             print(f"{self.path}: resume state not usable ({type(e).__name__}: {e}); deleted, training from "
