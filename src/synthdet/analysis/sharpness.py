@@ -8,8 +8,9 @@ fakes sharpened (an unsharp mask) until theirs matches the reals'; the strengths
 training split, never on the test images, and recorded. A detector that keeps its accuracy under
 both did not rely on sharpness; one that loses it did.
 
-The sharpness-matched variant (:func:`write_matched_variant`) makes that change to every split
-of the embedded benchmark, so that the probes and detectors can be trained where blur tells nothing.
+The sharpness-matched variant (:func:`write_matched_variant`) blurs the reals of every split of the
+embedded benchmark, each to the sharpness of a fake drawn from its subset's training fakes, so that
+the probes and detectors can be trained where blur tells nothing.
 """
 
 from __future__ import annotations
@@ -184,6 +185,7 @@ VARIANT_MAX_SIGMA = 6.0
 
 
 def share_of(view: Image.Image) -> float:
+    """The high-frequency share of an image as it is (a view already at the detector's size)."""
     return high_frequency_share(grey(view))
 
 
@@ -225,7 +227,7 @@ def write_matched_variant(manifest: pd.DataFrame, matching: pd.DataFrame, out: P
     """The sharpness-matched benchmark: every split's reals blurred so that their high-frequency
     shares follow the fakes', so that a detector can be trained and probed where blur tells nothing.
     One blur per subset (the counterfactual's) matches the medians only: the reals' spread stays,
-    and the probe still reads it (measured: AUC 0.86-0.99 on the embedded subsets). Here each real
+    and the probe still reads it (measured: AUC 0.86-1.00 on the embedded subsets). Here each real
     is blurred on its own, to the share of a fake drawn for it (seeded by ``seed`` and its file
     name) from its subset's training fakes, so that the blurred reals' shares follow the training
     fakes' distribution in every split (a real already at or below its draw is left as it is).
