@@ -123,8 +123,7 @@ class _Trained:
         """The resume-state file of the training of cache entry ``key`` (a short hash of it: keys
         hold JSON), in this group's state folder."""
         if self.state_dir is None:
-            return None
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+            return None  # (the folder is made by the first state written)
         return self.state_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
 
     def encode(self, labels: pd.DataFrame) -> torch.Tensor:
