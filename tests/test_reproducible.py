@@ -99,6 +99,56 @@ def test_the_smoke_benchmark_rebuilt_from_the_real_sources_has_its_recorded_hash
     assert check["observed"] == reproducible.load_expected()[key]
 
 
+def test_a_build_equal_to_another_machine_types_record_is_identical_to_that_record(tmp_path, capsys, monkeypatch):
+    """A second machine type that was measured (an Intel Xeon builds other bytes than the AMD machines
+    of the README's record: issue 39) verifies as identical to the record made on it, and says that
+    the README's record differs; a build equal to neither record still differs, and its warning names
+    the likely cause for this CPU's vendor. ``synthdet hashes --record --machine`` writes such a record
+    beside the README's, keeping it."""
+    root = _bench(tmp_path / "bench")
+    key = reproducible.config_key(0, {"a": 1}, {"b": 2})
+    observed = {s: reproducible.subset_hash(root / s) for s in ("dcgan", "vae")}
+    readme_record = {key: {**observed, "vae": "0" * 64}}
+    intel = [{"machine": "a 2-core Intel Xeon", "configs": {key: observed}}]
+    report = reproducible.verify(observed, key, readme_record, intel, "a 2-core AMD EPYC")
+    assert report["status"] == "identical" and report["record"] == "a 2-core Intel Xeon"
+    assert report["differing"] == ["vae"]  # from the README's record
+    same = reproducible.verify(observed, key, {key: observed}, intel, "a 2-core AMD EPYC")
+    assert same["status"] == "identical" and same["record"] == "a 2-core AMD EPYC" and same["differing"] == []
+    neither = reproducible.verify({**observed, "dcgan": "1" * 64}, key, readme_record, intel)
+    assert neither["status"] == "differs" and neither["differing"] == ["dcgan", "vae"]
+    # the stage reads both records from expected_hashes.json and says which one it matched
+    expected = tmp_path / "expected_hashes.json"
+    expected.write_text(json.dumps({"recorded_on": "a 2-core AMD EPYC", "configs": readme_record,
+                                    "other_machines": intel}))
+    monkeypatch.setattr(reproducible.resources, "files", lambda package: tmp_path)
+    assert check_reproducible(root, ["dcgan", "vae"], 0, {"a": 1}, {"b": 2})["status"] == "identical"
+    out = capsys.readouterr().out
+    assert "byte-identical to the record made on a 2-core Intel Xeon" in out and "differs in ['vae']" in out
+    # the likely cause, by vendor
+    intel_facts = {"cpu": "Intel(R) Xeon(R) Processor", "machine": "x86_64", "cpu_flags": ["avx2"]}
+    assert "Intel CPU" in reproducible.likely_cause(intel_facts) and "issue 39" in reproducible.likely_cause(
+        intel_facts)
+    assert "architecture" in reproducible.likely_cause({"cpu": "", "machine": "aarch64", "cpu_flags": []})
+    intel[0]["configs"] = {}
+    expected.write_text(json.dumps({"recorded_on": "a 2-core AMD EPYC", "configs": readme_record,
+                                    "other_machines": intel}))
+    facts = {**machine.machine_facts(), **intel_facts}
+    monkeypatch.setattr("synthdet.stages.download.machine_facts", lambda: facts)
+    with pytest.warns(UserWarning, match=r"recorded with the repository \(on a 2-core AMD EPYC\)") as caught:
+        check_reproducible(root, ["dcgan", "vae"], 0, {"a": 1}, {"b": 2})
+    assert "Likely cause: an Intel CPU" in str(caught[0].message)
+    # recording another machine type's hashes keeps the README's record
+    metrics = tmp_path / "download.json"
+    metrics.write_text(json.dumps({"reproducibility": {"config_key": key, "observed": observed}}))
+    assert cli.main(["hashes", "--metrics", str(metrics), "--record", "--machine", "a 2-core Intel Xeon"]) == 0
+    data = json.loads(expected.read_text())
+    assert data["configs"] == readme_record and data["other_machines"][0]["configs"] == {key: observed}
+    assert cli.main(["hashes", "--metrics", str(metrics)]) == 0
+    assert "identical to the record made on a 2-core Intel Xeon" in capsys.readouterr().out
+    assert cli.main(["hashes", "--metrics", str(metrics), "--machine", "x"]) == 2  # --machine without --record
+
+
 def test_hashes_cli_reports_and_refuses_other_metrics(tmp_path, capsys):
     metrics = tmp_path / "download.json"
     e = PARAMS["embedded"]

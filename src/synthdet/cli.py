@@ -325,8 +325,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_hashes(args: argparse.Namespace) -> int:
-    """Show whether the last download built the recorded embedded benchmark; ``--record`` makes its
-    hashes the expected ones (after a deliberate change to the generators or the default params)."""
+    """Show whether the last download built the recorded embedded benchmark (the README's record or
+    another machine type's); ``--record`` makes its hashes the expected ones (after a deliberate
+    change to the generators or the default params), ``--machine`` those of one machine type."""
     from synthdet.datasets.embedded import reproducible
 
     path = Path(args.metrics)
@@ -334,12 +335,20 @@ def cmd_hashes(args: argparse.Namespace) -> int:
     check = read_json(path, "metrics file", hint).get("reproducibility")
     if not isinstance(check, dict) or not isinstance(check.get("observed"), dict):
         raise UserError(f"{path}: no embedded-benchmark hashes in it (data.name must be embedded); {hint}")
-    now = reproducible.verify(check["observed"], check["config_key"], reproducible.load_expected())
-    print(f"configuration {check['config_key']}: {now['status']} against the recorded hashes"
-          + (f" (differing: {', '.join(now['differing'])})" if now["differing"] else ""))
+    now = reproducible.verify(check["observed"], check["config_key"], reproducible.load_expected(),
+                              reproducible.load_other_machines(), reproducible.recorded_on())
+    if now["status"] == "identical":
+        print(f"configuration {check['config_key']}: identical to the record made on {now['record']}"
+              + (f" (the README's record differs in: {', '.join(now['differing'])})" if now["differing"] else ""))
+    else:
+        print(f"configuration {check['config_key']}: {now['status']} against the recorded hashes"
+              + (f" (differing: {', '.join(now['differing'])})" if now["differing"] else ""))
+    if args.machine and not args.record:
+        raise UserError("--machine names the machine type of a record: use it with --record")
     if args.record:
-        target = reproducible.record(check["config_key"], check["observed"])
-        print(f"{target}: recorded {len(check['observed'])} subset hashes for configuration {check['config_key']}")
+        target = reproducible.record(check["config_key"], check["observed"], args.machine)
+        print(f"{target}: recorded {len(check['observed'])} subset hashes for configuration {check['config_key']}"
+              + (f" as the record of {args.machine}" if args.machine else " as the README's record"))
     return 0
 
 
@@ -414,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("hashes", help="did the last download build the recorded embedded benchmark? (--record)")
     p.add_argument("--metrics", default="metrics/download.json")
     p.add_argument("--record", action="store_true", help="record its subset hashes with the repository")
+    p.add_argument("--machine", help="with --record: record them as this machine type's (beside the README's "
+                                     "record), e.g. \"2-core Intel Xeon, AVX-512\"")
     p.set_defaults(func=cmd_hashes)
     p = sub.add_parser("weights", help="list pretrained-weights sources; check SOURCE: top-1 on ImageNet photos")
     p.add_argument("action", nargs="?", choices=("list", "check"), default="list")

@@ -142,17 +142,24 @@ def download_embedded(data_root: Path, out: Path, embedded: dict, seed: int,
 
 def check_reproducible(benchmark_dir: Path, names: list[str], seed: int, prepare: dict, benchmark: dict,
                        on_mismatch: str = "warn", expected: dict | None = None) -> dict:
-    """Hash every generated subset and compare with ``expected_hashes.json``; warn (or raise,
-    ``on_mismatch="error"``) naming the subsets that differ and the machine facts that matter."""
+    """Hash every generated subset and compare with ``expected_hashes.json`` (the README's record and
+    those of other machine types); warn (or raise, ``on_mismatch="error"``) naming the subsets that
+    differ, the likely cause and the machine facts that matter. ``expected``: a record to use instead
+    (tests)."""
     if on_mismatch not in ("warn", "error"):
         raise ValueError(f"embedded.reproducibility must be warn or error, not {on_mismatch!r}")
     observed = {name: reproducible.subset_hash(benchmark_dir / name) for name in names}
     key = reproducible.config_key(seed, prepare, benchmark)
-    report = reproducible.verify(observed, key, reproducible.load_expected() if expected is None else expected)
+    if expected is None:
+        report = reproducible.verify(observed, key, reproducible.load_expected(), reproducible.load_other_machines(),
+                                     reproducible.recorded_on())
+    else:
+        report = reproducible.verify(observed, key, expected)
     facts = machine_facts()
     if report["status"] == "identical":
-        print(f"embedded benchmark: all {len(names)} subsets byte-identical to the recorded ones "
-              f"(configuration {key})")
+        print(f"embedded benchmark: all {len(names)} subsets byte-identical to the record made on {report['record']} "
+              f"(configuration {key})" + (f"; the README's tables come from another machine's record, which differs "
+                                          f"in {report['differing']}" if report["differing"] else ""))
     elif report["status"] == "unrecorded":
         print(f"embedded benchmark: no recorded hashes for configuration {key} (params differ from the recorded "
               "profiles); its subsets cannot be compared")
