@@ -98,9 +98,10 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert matched["stored"] == pytest.approx(tables["cross_generator"], abs=1e-4)  # table 1 as stored
     assert all(0 <= v <= 1 for cells in matched.values() for v in cells.values())
     variant_rows = pd.read_parquet(ws / "artifacts/degrade/sharpness_matched_variant.parquet")
-    # each real's own blur (to a drawn fake's sharpness); a subset whose reals needed none is as stored
+    # each real's own blur (to a drawn fake's sharpness); a subset whose reals needed none (its tiny
+    # generator's fakes sharper than its reals) is as stored; fakes are never changed
     sigma = variant_rows[variant_rows["label"] == 0].groupby("subset")["variant_blur_sigma"].max()
-    assert sigma["ldm"] > 0 and (variant_rows.loc[variant_rows["label"] == 1, "variant_blur_sigma"] == 0).all()
+    assert (sigma > 0).any() and (variant_rows.loc[variant_rows["label"] == 1, "variant_blur_sigma"] == 0).all()
     for subset in ("ldm", "dcgan"):
         variant_run = pd.read_parquet(ws / f"artifacts/runs/matched/resnet50__{subset}__s0/scores.parquet")
         on_variant = variant_run[variant_run["condition"] == "sharpness_matched"]
