@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from synthdet.fsutil import atomic_write_bytes
+from synthdet.fsutil import atomic_write_bytes, load_torch_file
 
 
 def images_to_tensor(images: list[np.ndarray]) -> torch.Tensor:
@@ -56,7 +56,9 @@ class EpochResume:
     bit those of an uninterrupted run (tested). ``path`` None: nothing is saved or read. A state
     file that cannot be used (corrupt, another model's shapes, an impossible epoch) is reported,
     deleted and training starts from the first epoch, with the initial weights and generators as
-    they were before it was read."""
+    they were before it was read. Not the detectors' checkpoint format (``training/checkpoint.py``):
+    that floor sits above the datasets, and a generator needs no fingerprint or calibration, only
+    its own loop's state."""
 
     def __init__(self, path: Path | None, parts: dict[str, Any], rng: torch.Generator,
                  every_s: float | None = None) -> None:
@@ -87,7 +89,7 @@ class EpochResume:
             return 0
         before = copy.deepcopy(self._state(0))
         try:
-            epoch = self._load(torch.load(self.path, map_location="cpu", weights_only=True), epochs)
+            epoch = self._load(load_torch_file(self.path, "generator resume state"), epochs)
             print(f"{self.path}: resuming after epoch {epoch} of {epochs}", file=sys.stderr)
             return epoch
         except Exception as e:  # noqa: BLE001 - any unusable state: report it and start over
