@@ -227,3 +227,34 @@ def test_generation_workers_die_with_the_stage_that_started_them(tmp_path):
         if survivors[mode]:
             os.kill(worker, signal.SIGKILL)
     assert survivors == {"arm": False, "unarmed": True}
+
+
+def test_the_op_trace_names_the_op_a_pin_moves_and_matches_this_machine_types_record(tmp_path, capsys):
+    """The DCGAN's first training steps, op by op, under the download stage's pins: another oneDNN
+    instruction set moves the generator's first (transposed) convolution, and the trace names it;
+    on a machine type with a recorded trace, this machine's equals it entry for entry."""
+    from synthdet.datasets.embedded import optrace
+
+    mine = optrace.trace()
+    assert len(mine["entries"]) > 200 and mine["env"]["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    (tmp_path / "plain.json").write_text(json.dumps(mine))
+    assert cli.main(["optrace", "--env", "ONEDNN_MAX_CPU_ISA=SSE41", "--compare", str(tmp_path / "plain.json"),
+                     "--out", str(tmp_path / "sse41.json")]) == 0
+    moved = json.loads((tmp_path / "sse41.json").read_text())
+    assert moved["env"]["ONEDNN_MAX_CPU_ISA"] == "SSE41"
+    diff = optrace.first_difference(moved["entries"], mine["entries"])
+    assert diff is not None and diff["here"][:4] == [0, "forward", "G.main.0", "ConvTranspose2d"]
+    line = next(t for t in capsys.readouterr().out.splitlines() if t.startswith(f"against {tmp_path / 'plain.json'}"))
+    assert "first differs at training step 0: the output of G.main.0 (ConvTranspose2d" in line
+    with pytest.raises(ValueError, match="own pins"):
+        optrace.record(moved, "a machine under other pins")
+    assert optrace.first_difference(mine["entries"], mine["entries"][:-1])["index"] == len(mine["entries"]) - 1
+    # this machine type's record, when there is one (the file names the CPU it came from)
+    records = optrace.load_records()
+    compared = optrace.compare(mine, records)
+    rows = [r for r, rec in zip(compared, records, strict=True)
+            if rec["cpu"] == mine["cpu"] and rec["cpu_flags"] == mine["cpu_flags"]]
+    if not rows:
+        others = "; ".join(f"against {r['machine']}: {r['summary']}" for r in compared)
+        pytest.skip(f"no op trace recorded for this CPU ({mine['cpu']}); {others or 'none recorded'}")
+    assert all(r["difference"] is None for r in rows), rows

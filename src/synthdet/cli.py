@@ -352,6 +352,42 @@ def cmd_hashes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optrace(args: argparse.Namespace) -> int:
+    """Trace the DCGAN's first training steps under the pins; print the first op that differs from
+    each recorded machine type's trace (and ``--compare``'s)."""
+    from synthdet.datasets.embedded import optrace
+
+    env = {}
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--env {item!r}: expected KEY=VALUE")
+        env[key] = value
+    if args.record and (not args.machine or env or args.no_onednn):
+        raise UserError("--record needs --machine NAME and the download stage's own pins (no --env, no --no-onednn)")
+    mine = optrace.trace(env=env, no_onednn=args.no_onednn)
+    print(f"{len(mine['entries'])} entries on {mine['cpu']} (torch {mine['torch']}, pins {mine['env']}"
+          + (", oneDNN off" if args.no_onednn else "") + ")")
+    if args.out:
+        with atomic_output(Path(args.out)) as tmp:
+            tmp.write_text(json.dumps(mine, separators=(",", ":")) + "\n")
+    others = optrace.load_records()
+    if args.compare:
+        other = read_json(Path(args.compare), "trace file", "write one with synthdet optrace --out")
+        if not isinstance(other.get("entries"), list):
+            raise UserError(f"{args.compare}: not a trace (no entries)")
+        others = [*others, {"machine": args.compare, "cpu": other.get("cpu", "?"), "entries": other["entries"]}]
+    for row in optrace.compare(mine, others):
+        print(f"against {row['machine']} ({row['cpu']}): {row['summary']}")
+        if row["difference"]:
+            print(f"  here:  {row['difference']['here']}\n  there: {row['difference']['there']}")
+    if not others:
+        print("no recorded trace to compare with")
+    if args.record:
+        print(f"{optrace.record(mine, args.machine)}: recorded as the trace of {args.machine}")
+    return 0
+
+
 def cmd_weights(args: argparse.Namespace) -> int:
     """List the pretrained-weights sources, or check one on the labelled ImageNet photos."""
     from synthdet.detectors import weights
@@ -426,6 +462,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--machine", help="with --record: record them as this machine type's (beside the README's "
                                      "record), e.g. \"2-core Intel Xeon, AVX-512\"")
     p.set_defaults(func=cmd_hashes)
+    p = sub.add_parser("optrace", help="the generators' arithmetic op by op, against the records of other "
+                       "machine types: the first op where this CPU parts ways (seconds, no build)")
+    p.add_argument("--out", help="also write this machine's trace to this JSON file")
+    p.add_argument("--compare", help="a trace file (written by --out elsewhere) to compare with, besides the records")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one of the download stage's pins (e.g. MKL_CBWR=COMPATIBLE) to see which op it moves")
+    p.add_argument("--no-onednn", action="store_true", help="ATen's own convolutions instead of oneDNN's")
+    p.add_argument("--record", action="store_true", help="record this trace with the repository as --machine's")
+    p.add_argument("--machine", help="with --record: the machine type's name (e.g. 'AMD EPYC Zen 3, 2 cores')")
+    p.set_defaults(func=cmd_optrace)
     p = sub.add_parser("weights", help="list pretrained-weights sources; check SOURCE: top-1 on ImageNet photos")
     p.add_argument("action", nargs="?", choices=("list", "check"), default="list")
     p.add_argument("source", nargs="?", help="a packaged source (efficientnet_lite0 ...), timm:<name>, or a file")
