@@ -17,6 +17,7 @@ import yaml
 from synthdet import cli
 from synthdet.analysis import sharpness
 from synthdet.cli import deep_update, load_profile, make_workspace
+from synthdet.datasets.embedded import reproducible
 from synthdet.detectors import list_detectors
 from tests.conftest import make_embedded_data
 
@@ -161,6 +162,7 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
     assert re.findall(r"Running stage '([^']+)'", again.stdout) == ["source"]
     assert (ws / "dvc.lock").read_text() == first
 
+    _a_pulled_download_is_the_built_one_and_is_not_rebuilt(ws, tmp_path / "pulled", data.parent)
     _every_finished_run_keeps_its_weights_once(ws)
     _every_imported_file_is_a_dependency(ws)
     _rerunning_train_and_evaluate_gives_the_same_numbers(ws, evaluate)
@@ -206,6 +208,28 @@ def test_smoke_pipeline_runs_is_idempotent_and_swaps_models(tmp_path, monkeypatc
         assert set(json.loads((ws / "metrics/evaluate.json").read_text())) == conditions
     monkeypatch.chdir(ROOT)
     shutil.rmtree(ws)  # ~4 GB of checkpoints and DVC cache; a failing test keeps its workspace
+
+
+def _a_pulled_download_is_the_built_one_and_is_not_rebuilt(ws: Path, clone: Path, data: Path) -> None:
+    """The download stage's outputs pushed to a (local-folder) remote and pulled into a fresh copy of
+    the repository with that run's dvc.lock: `dvc repro download` there builds nothing, and every
+    subset has the built one's hash (the way to the recorded bytes on a machine that builds others)."""
+    remote = clone.parent / "remote"
+    _dvc(ws, "remote", "add", "-d", "store", str(remote))
+    _dvc(ws, "push", "download")
+    built = json.loads((ws / "metrics/download.json").read_text())["reproducibility"]["observed"]
+    make_workspace(clone, TINY, data=data, copy_data=True)
+    _dvc(clone, "add", "data")
+    shutil.copy2(ws / "dvc.lock", clone / "dvc.lock")  # what a user's `git pull` of the recording run brings
+    _dvc(clone, "remote", "add", "-d", "store", str(remote))
+    _dvc(clone, "pull", "download")
+    out = _dvc(clone, "repro", "download").stdout
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {"source", "code"}  # code: its outputs were not pulled
+    assert "Stage 'download' didn't change, skipping" in out
+    benchmark = clone / "artifacts/download/benchmark"
+    assert {s: reproducible.subset_hash(benchmark / s) for s in built} == built
+    assert json.loads((clone / "metrics/download.json").read_text())["reproducibility"]["observed"] == built
+    shutil.rmtree(clone)
 
 
 def _every_imported_file_is_a_dependency(ws: Path) -> None:

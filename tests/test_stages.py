@@ -267,3 +267,19 @@ def test_a_params_file_with_a_renamed_key_says_what_it_is_called_now(tmp_path):
     with pytest.raises(ValueError, match=r"params.yaml: tables.train_subset is now tables.detector_subset"):
         load_params(tmp_path / "params.yaml")
     assert load_params(ROOT / "params.yaml")["tables"]["detector_subset"] == PARAMS["train_subset"] == "ldm"
+
+
+def test_a_pullable_stage_caches_every_output_and_refuses_an_uncached_one():
+    """The download stage: every output (its metrics too) in DVC's cache, so `dvc pull download`
+    restores the whole stage; a pullable stage with an uncached output is refused when written."""
+    from synthdet.stages.base import Out, Stage
+
+    download = next(s for s in table.all_stages() if s.name == "download")
+    entry = download.entry()
+    assert download.pullable and all(isinstance(o, str) for o in entry["outs"] + entry["metrics"])
+    train = next(s for s in table.all_stages() if s.name == "train").entry()
+    assert all(isinstance(m, dict) and m[next(iter(m))] == {"cache": False} for m in train["metrics"])
+    bad = Stage(name="x", notebook="", module="synthdet.stages.source", params=(),
+                outs=(Out("a"), Out("b", cache=False, persist=True)), pullable=True)
+    with pytest.raises(ValueError, match="stage x: pullable, so every output must be cached"):
+        bad.entry()

@@ -71,6 +71,10 @@ class Stage:
     # the stages that build it. None: every file it imports (a stage using every detector)
     detectors: tuple[str, ...] | None = None
     code_dep: bool = True  # depends on its module's code file (artifacts/code/stage/<module>); not the code stage
+    # every output in DVC's cache, its metrics too, and no uncached folder among its outs: `dvc pull <stage>`
+    # from a remote then restores the whole stage and `dvc repro` skips it (the download stage: the recorded
+    # benchmark's bytes on a machine whose float arithmetic builds others)
+    pullable: bool = False
 
     @property
     def report_path(self) -> str:
@@ -102,8 +106,10 @@ class Stage:
         entry["deps"] = [*self.deps, *code, *([self.notebook] if self.notebook else [])]
         entry["params"] = list(self.params)
         entry["outs"] = [o.entry() for o in self.outs] + ([self.report_path] if self.notebook else [])
+        if self.pullable and any(not o.cache for o in self.outs):
+            raise ValueError(f"stage {self.name}: pullable, so every output must be cached")
         if self.metrics:
-            entry["metrics"] = [{m: {"cache": False}} for m in self.metrics]
+            entry["metrics"] = [m if self.pullable else {m: {"cache": False}} for m in self.metrics]
         if self.plots:
             entry["plots"] = [{p: {"cache": False}} for p in self.plots]
         if self.always_changed:

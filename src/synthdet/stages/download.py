@@ -2,6 +2,12 @@
 
 ``data.name`` picks the dataset: the embedded benchmark (real images from ``data/``, fakes made
 here), GenImage's archives, or ImagiNet's annotation files.
+
+Every output is in DVC's cache (``pullable``): on a machine whose float arithmetic builds other
+fakes (another CPU vendor), ``dvc pull download`` from a remote that holds a recorded build restores
+the stage and ``dvc repro`` skips it, so the tables start from the recorded bytes. The stage's two
+resume folders (the archive index cache, the finished generator groups) are therefore not DVC
+outputs: DVC neither deletes them before a rerun (they persist) nor asks a pulled workspace for them.
 """
 
 from __future__ import annotations
@@ -32,9 +38,7 @@ from synthdet.stages.source import dataset_folder
 STAGE = Stage(
     name="download", notebook="notebooks/01_download.ipynb", module=__name__,
     params=("seed", "data", "embedded"), deps=(paths.DATA, paths.FINGERPRINT),
-    outs=(Out(paths.DOWNLOAD), Out(paths.INDEX_CACHE, cache=False, persist=True),
-          Out(paths.GENERATOR_GROUPS, cache=False, persist=True)),
-    metrics=(paths.metrics_file("download"),),
+    outs=(Out(paths.DOWNLOAD),), metrics=(paths.metrics_file("download"),), pullable=True,
 )
 
 
@@ -64,7 +68,7 @@ class Config:
 def run(params: dict) -> Result:
     cfg = Config.from_params(params)
     out = Path(paths.DOWNLOAD)
-    make_owned_dir(Path(paths.INDEX_CACHE))  # a declared output: there even when no dataset uses it
+    make_owned_dir(Path(paths.INDEX_CACHE))  # resume folders of this stage (not DVC outputs: see above)
     make_owned_dir(Path(paths.GENERATOR_GROUPS))
     t0 = time.perf_counter()
     extra: dict = {}
