@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from synthdet.detectors import list_detectors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,13 @@ def test_datapath_benchmark_runs_on_a_few_files():
     result = json.loads(out.stdout)
     assert result["setting"]["images"] == 8 and all(v > 0 for v in result["images_per_s"].values())
     assert set(result["ratios"]) >= {"pixel_cache_vs_naive", "decode_limit_vs_decoding"}
+    # the ratios it reports are the ones its measurements give (rounded to 2 decimals)
+    rate = result["images_per_s"]
+    ratios = result["ratios"]
+    assert ratios["pixel_cache_vs_naive"] == pytest.approx(rate["project_pixel_cache"] / rate["naive_imagefolder"],
+                                                           rel=0.02)
+    assert ratios["decode_limit_vs_decoding"] == pytest.approx(rate["decode_only_limit"] / rate["project_decoding"],
+                                                               rel=0.02)
 
 
 def test_metrics_comparison_prints_a_moved_number_and_ignores_timings(tmp_path):

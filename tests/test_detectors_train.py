@@ -65,12 +65,24 @@ def test_detector_specific_pieces():
     with torch.no_grad():
         fad.learnable.zero_()  # base masks only: the "all" band reconstructs the image exactly
     assert torch.allclose(fad(x)[:, 9:12], x, atol=1e-4)
+    # LFS: per window, the energy in 6 DCT bands, low to high; a flat image has energy only in the
+    # lowest band (the DC term), and a checkerboard's sits in the highest
     assert LFS()(x).shape == (2, 6, 5, 5)
+    flat = LFS()(torch.full((1, 3, 16, 16), 0.5))
+    assert (flat[:, 0] > -1).all() and (flat[:, 1:] < -5).all()  # log10: 1e-6 where a band is empty
+    checker = ((torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2).float().expand(1, 3, 16, 16)
+    bands = LFS()(checker).mean(dim=(2, 3))[0]
+    assert bands.argmax() == 5 and (bands[5] > bands[1:5]).all()
     # NPR: an image upsampled by nearest neighbour has zero residual; noise does not
     up = torch.nn.functional.interpolate(torch.randn(1, 3, 8, 8), scale_factor=2.0, mode="nearest")
     assert npr_residual(up).abs().max() == 0 and npr_residual(x).abs().max() > 0
-    # Spec: a periodic pattern concentrates its spectrum in a few peaks
+    # Spec: a periodic pattern concentrates its spectrum in a few peaks, at its frequency
     assert log_spectrum(x).shape == x.shape
+    wave = torch.cos(2 * torch.pi * 4 * torch.arange(16) / 16).expand(1, 3, 16, 16)  # 4 cycles across
+    spectrum = log_spectrum(wave)[0, 0]
+    peaks = {tuple(int(i) for i in row) for row in torch.nonzero(spectrum == spectrum.max())}
+    assert peaks == {(8, 4), (8, 12)}  # centred (fftshift): +-4 cycles from the centre column 8
+    assert spectrum.max() - spectrum.median() > 5  # standard deviations above the rest
     # CNNSpot carries its blur + JPEG augmentation
     aug = create_detector("cnnspot", img_size=64).data_config.train_augment
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))

@@ -34,16 +34,50 @@ def test_gans_train_and_sample_deterministically(cls):
     assert not torch.equal(a, dcgan.sample_gan(gen, 5, seed=4))
 
 
+def _smooth_reals(n=16, size=32):
+    """Images with structure to learn (4x4 colour grids, smoothly upsampled), unlike uniform noise."""
+    g = torch.Generator().manual_seed(0)
+    coarse = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
+    return torch.nn.functional.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
+
+
 def test_vae_vq_and_latent_diffusion():
-    x = _reals(size=32)
-    v = vae.train_vae(vae.ConvVAE(ch=8, n_down=2), x, epochs=1, batch_size=8, seed=0)
+    """Each autoencoder learns its training images (reconstruction error falls well below the
+    untrained network's), the VQ decoder reads codebook rows only, training is seeded, and the LDM
+    samples the same images for one seed and others for another."""
+    x = _smooth_reals()
+
+    def vae_error(model):
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(model.decode(model.encode(x)[0]), x).item()
+
+    def new_vae():
+        torch.manual_seed(0)  # the build seeds each model's initial weights
+        return vae.ConvVAE(ch=8, n_down=2)
+
+    untrained = vae_error(new_vae())
+    v = vae.train_vae(new_vae(), x, epochs=20, batch_size=8, seed=0)
+    again = vae.train_vae(new_vae(), x, epochs=20, batch_size=8, seed=0)
+    assert vae_error(v) < 0.5 * untrained
+    assert all(torch.equal(a, b) for a, b in zip(v.state_dict().values(), again.state_dict().values(), strict=True))
     assert vae.sample_vae(v, 3, 0, latent_hw=8).shape == (3, 3, 32, 32)
-    q = vq_autoencoder.train_vq(vq_autoencoder.VQAutoencoder(ch=8, codebook_size=16, code_dim=8), x, 1, 8, 0)
-    assert vq_autoencoder.reconstruct(q, x[:4]).shape == (4, 3, 32, 32)
+
+    torch.manual_seed(0)
+    before = torch.nn.functional.mse_loss(vq_autoencoder.reconstruct(
+        vq_autoencoder.VQAutoencoder(ch=8, codebook_size=16, code_dim=8), x), x).item()
+    q = vq_autoencoder.train_vq(vq_autoencoder.VQAutoencoder(ch=8, codebook_size=16, code_dim=8), x, 20, 8, 0)
+    assert torch.nn.functional.mse_loss(vq_autoencoder.reconstruct(q, x), x).item() < 0.5 * before
+    with torch.no_grad():
+        quantised, idx = q.quantize(q.encoder(x[:4]))
+    rows = quantised.permute(0, 2, 3, 1).reshape(-1, quantised.shape[1])
+    assert torch.equal(rows, q.codebook.weight[idx]) and idx.max() < 16
+
     lat = latent_diffusion.encode_latents(v, x)
     unet, scale = latent_diffusion.train_ldm(latent_diffusion.LatentUNet(in_ch=4, ch=16, emb=32), lat, 1, 8, 0)
     s = latent_diffusion.sample_ldm(unet, v, scale, 3, seed=0, latent_hw=8, ddim_steps=4)
     assert s.shape == (3, 3, 32, 32) and torch.isfinite(s).all()
+    assert torch.equal(s, latent_diffusion.sample_ldm(unet, v, scale, 3, seed=0, latent_hw=8, ddim_steps=4))
+    assert not torch.equal(s, latent_diffusion.sample_ldm(unet, v, scale, 3, seed=1, latent_hw=8, ddim_steps=4))
 
 
 def test_pretrained_weight_formats_load_on_cpu(embedded_data):

@@ -191,12 +191,25 @@ def test_the_packed_distribution_is_extracted_resumably_and_used_as_it_is(tmp_pa
         download_imaginet(download, tmp_path / "out", cfg, {"enabled": "auto"}, seed=0)
 
 
-def test_a_member_leaving_the_folder_is_refused_before_anything_is_written(tmp_path, monkeypatch):
-    monkeypatch.setattr(sevenzip, "list_entries", lambda archive: [sevenzip.Entry("ok.txt", 1, None),
-                                                                   sevenzip.Entry("../../evil.txt", 1, None)])
+@pytest.mark.skipif(SEVEN_ZIP is None,
+                    reason="the 7-Zip command is not installed (make setup installs Debian's 7zip where it can)")
+def test_a_member_leaving_the_folder_is_refused_before_anything_is_written(tmp_path):
+    """A real archive whose member is stored as ``../../evil.txt`` (7-Zip's -spf keeps the path as
+    given): refused by name before a byte is extracted, here or above the folder."""
+    import subprocess
+
+    inner = tmp_path / "make/a/b"
+    inner.mkdir(parents=True)
+    (inner / "ok.txt").write_text("ok")
+    (tmp_path / "make/evil.txt").write_text("evil")
+    archive = tmp_path / "hostile.7z"
+    subprocess.run([SEVEN_ZIP, "a", "-spf", "-bso0", "-bd", str(archive), "ok.txt", "../../evil.txt"], cwd=inner,
+                   check=True)
+    assert "../../evil.txt" in {e.name for e in sevenzip.list_entries(archive)}
+    out = tmp_path / "deep/er/out"
     with pytest.raises(DataSourceError, match=r"evil.txt"):
-        sevenzip.extract(tmp_path / "x.7z", tmp_path / "out")
-    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "evil.txt").exists()
+        sevenzip.extract(archive, out)
+    assert not out.exists() and not (tmp_path / "deep/evil.txt").exists() and not (tmp_path / "evil.txt").exists()
 
 
 def _placed(out):

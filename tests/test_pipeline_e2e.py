@@ -427,18 +427,21 @@ def test_imaginet_annotations_run_the_same_tables(tmp_path, monkeypatch):
     audit = json.loads((ws / "metrics/audit.json").read_text())
     assert set(audit["bias_scores"]) == {"as stored"} and "sharpness_matched" not in audit
     _assert_sharpness_audited(audit, sorted(set(manifest[manifest.split == "train"]["subset"])))
-    if SEVEN_ZIP:  # (tests/test_imaginet.py says when it is missing)
-        # the packed distribution: a split 7z holding the sources and the ready WebP test set listed in
-        # test_all.txt; the ingest stages extract it and use that test set as it is
-        packed = add_ready_testset(make_imaginet_dataset(tmp_path / "packed"), per_cell=2)
-        first_part = pack_7z(packed, tmp_path / "ImagiNet-7z", volume="2m")
-        _dvc(ws, "exp", "run", "-S", f"data.imaginet.root={first_part.parent}",
-             "-S", "data.imaginet.annotations.test=annotations/test_all.txt", "split")
-        manifest = pd.read_parquet(ws / "artifacts/download/manifest.parquet")
-        test = manifest[manifest.split == "test"]
-        assert len(test) == 16 and (test["format"] == "WEBP").all() and (test["status"] == "ok").all()
-        assert test["path"].str.startswith(str(first_part.parent / "extracted/testset/")).all()
-        report = json.loads((ws / "metrics/download.json").read_text())["imaginet"]
-        assert report["test_set"].startswith("used as it is: test_all.txt")
-        assert set(pd.read_parquet(ws / "artifacts/split/splits.parquet")["split"]) >= {"train", "val", "test"}
+    if SEVEN_ZIP is None:  # reported, not silent: everything above has passed
+        shutil.rmtree(ws)
+        pytest.skip("the packed-distribution part needs the 7-Zip command (make setup installs Debian's 7zip); "
+                    "the rest of this test passed")
+    # the packed distribution: a split 7z holding the sources and the ready WebP test set listed in
+    # test_all.txt; the ingest stages extract it and use that test set as it is
+    packed = add_ready_testset(make_imaginet_dataset(tmp_path / "packed"), per_cell=2)
+    first_part = pack_7z(packed, tmp_path / "ImagiNet-7z", volume="2m")
+    _dvc(ws, "exp", "run", "-S", f"data.imaginet.root={first_part.parent}",
+         "-S", "data.imaginet.annotations.test=annotations/test_all.txt", "split")
+    manifest = pd.read_parquet(ws / "artifacts/download/manifest.parquet")
+    test = manifest[manifest.split == "test"]
+    assert len(test) == 16 and (test["format"] == "WEBP").all() and (test["status"] == "ok").all()
+    assert test["path"].str.startswith(str(first_part.parent / "extracted/testset/")).all()
+    report = json.loads((ws / "metrics/download.json").read_text())["imaginet"]
+    assert report["test_set"].startswith("used as it is: test_all.txt")
+    assert set(pd.read_parquet(ws / "artifacts/split/splits.parquet")["split"]) >= {"train", "val", "test"}
     shutil.rmtree(ws)
