@@ -9,10 +9,12 @@ list``: files and ``PIP_*`` variables) are handed to it as its own variables, an
 version over all of them as pip does. Any uv failure falls back to pip, which finishes the job;
 ``SYNTHDET_INSTALLER=pip`` skips uv.
 
-The last uv step compiles the venv's bytecode (``--compile-bytecode``), as pip does by default: uv
-does not, and where ``PYTHONDONTWRITEBYTECODE`` is set nothing ever writes it, so every stage process
-(each notebook kernel, ``dvc`` call and generator worker) compiled torch and the rest from source,
-8.6 s of a 14.0 s start on a 2-core Intel Xeon (``benchmarks/startup.py``).
+Then the venv's bytecode is compiled (``compileall`` over site-packages), as pip does for what it
+installs: uv does not (its ``--compile-bytecode`` covers only the packages one call installs, so an
+existing venv would stay uncompiled), and where ``PYTHONDONTWRITEBYTECODE`` is set nothing ever
+writes it, so every stage process (each notebook kernel, ``dvc`` call and generator worker) compiled
+torch and the rest from source: 8.6 s of a 14.0 s start on a 2-core Intel Xeon
+(``benchmarks/startup.py``). Files already compiled are skipped, so a rerun costs seconds.
 
 Run with the venv's interpreter, stdlib only: ``.venv/bin/python scripts/install.py``.
 """
@@ -23,6 +25,7 @@ import argparse
 import os
 import subprocess
 import sys
+import sysconfig
 
 UV = "uv==0.13.9"
 # pip option -> uv variable; pip's index-url is uv's default index
@@ -66,8 +69,7 @@ def install(requirements: list[str], no_deps: list[str], editable: str) -> None:
         config = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True)
         env = uv_environment(config.stdout)
         uv = [sys.executable, "-m", "uv", "pip", "install", "-q", "--python", sys.executable]
-        compiled = [*steps[:-1], ["--compile-bytecode", *steps[-1]]]  # once, over the whole venv, at the end
-        if all(run(uv + step, env) for step in compiled):
+        if all(run(uv + step, env) for step in steps):
             return
         print("uv could not install the requirements; installing them with pip", flush=True)
     else:
@@ -75,6 +77,15 @@ def install(requirements: list[str], no_deps: list[str], editable: str) -> None:
     for step in steps:
         if not run(pip + step):
             sys.exit(f"pip install {' '.join(step)} failed")
+
+
+def compile_bytecode() -> None:
+    """Compile every module of the venv's site-packages that has no current bytecode yet. A few files
+    that are not Python 3 (packages ship such examples) fail to compile: they are never imported."""
+    paths = sorted({sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]})
+    print(f"+ compiling the bytecode of {', '.join(paths)}", flush=True)
+    for path in paths:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0", path], stdout=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -85,6 +96,7 @@ def main() -> None:
     parser.add_argument("-e", "--editable", default=".", help="the project, installed editable (without deps)")
     args = parser.parse_args()
     install(args.requirement, args.no_deps_requirement, args.editable)
+    compile_bytecode()
 
 
 if __name__ == "__main__":

@@ -153,7 +153,9 @@ def _textures(root: Path, n: int, blur_fakes: float = 0.0, tint: bool = False, s
     each (reals reddish, fakes bluish), nothing else different."""
     rows = _manifest(root, n, {"format": "PNG"}, {"format": "PNG"})
     for r in rows.itertuples():
-        rng = np.random.default_rng(zlib.crc32(r.path.encode()))
+        # seeded by the file's place in this tree, not its absolute path (pytest's folder changes from run
+        # to run: the images, and a statistical assertion on them, would too)
+        rng = np.random.default_rng(zlib.crc32(f"{root.name}/{Path(r.path).relative_to(root).as_posix()}".encode()))
         img = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).resize((64, 64), Image.BICUBIC)
         if r.label and blur_fakes:
             img = img.filter(ImageFilter.GaussianBlur(blur_fakes * (0.3 + 1.4 * rng.random() if spread else 1.0)))

@@ -264,8 +264,9 @@ def test_make_setup_falls_back_to_pip_when_uv_fails(monkeypatch, failing):
 
 def test_make_setup_leaves_the_venv_compiled_so_no_stage_process_compiles_torch():
     """uv installs without bytecode and PYTHONDONTWRITEBYTECODE stops Python writing it: make setup
-    compiles the venv (uv --compile-bytecode, pip's default), so the modules every stage process
-    imports load from bytecode (8.6 s of a 14 s start otherwise: benchmarks/startup.py)."""
+    compiles the venv's site-packages (scripts/install.py, after installing), so the modules every
+    stage process imports load from bytecode (8.6 s of a 14 s start otherwise: benchmarks/startup.py).
+    Seen to fail in a fresh clone whose setup passed --compile-bytecode to uv's last step only."""
     import importlib.util
 
     import papermill
