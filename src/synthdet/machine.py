@@ -30,10 +30,12 @@ PINNED_ENV = {
 
 
 @contextlib.contextmanager
-def pinned_environment() -> Iterator[None]:
-    """``os.environ`` with ``PINNED_ENV`` while worker processes are spawned, then as it was."""
-    saved = {k: os.environ.get(k) for k in PINNED_ENV}
-    os.environ.update(PINNED_ENV)
+def pinned_environment(overrides: dict[str, str] | None = None) -> Iterator[None]:
+    """``os.environ`` with ``PINNED_ENV`` (``overrides`` replacing some of it: the op trace tries
+    other library paths) while worker processes are spawned, then as it was."""
+    wanted = {**PINNED_ENV, **(overrides or {})}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
     try:
         yield
     finally:
@@ -59,12 +61,12 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def init_worker(parent_pid: int | None = None) -> None:
+def init_worker(parent_pid: int | None = None, overrides: dict[str, str] | None = None) -> None:
     """First call in every generation worker: dies with ``parent_pid``, one thread, deterministic
-    kernels, pins in effect."""
+    kernels, pins (with ``overrides``, as ``pinned_environment`` set them) in effect."""
     if parent_pid is not None:
         die_with_parent(parent_pid)
-    missing = {k: v for k, v in PINNED_ENV.items() if os.environ.get(k) != v}
+    missing = {k: v for k, v in {**PINNED_ENV, **(overrides or {})}.items() if os.environ.get(k) != v}
     if missing:
         raise RuntimeError(f"generation worker started without the pinned environment {missing}; start it "
                            "inside machine.pinned_environment()")

@@ -95,29 +95,10 @@ def _worker(steps: int, no_onednn: bool) -> dict:
 def trace(steps: int = STEPS, env: dict[str, str] | None = None, no_onednn: bool = False) -> dict:
     """This machine's trace, computed in a spawned worker under the download stage's pins (``env``
     overrides some of them: to try another library path, e.g. ``MKL_CBWR=COMPATIBLE``)."""
-    saved = {k: os.environ.get(k) for k in env or {}}
-    with machine.pinned_environment():
-        os.environ.update(env or {})
-        try:
-            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                     initializer=_init_worker, initargs=(os.getpid(), env or {})) as pool:
-                return pool.submit(_worker, steps, no_onednn).result()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-
-def _init_worker(parent_pid: int, overrides: dict[str, str]) -> None:
-    """``machine.init_worker``'s checks, allowing the overridden pins."""
-    machine.die_with_parent(parent_pid)
-    wrong = {k: v for k, v in {**machine.PINNED_ENV, **overrides}.items() if os.environ.get(k) != v}
-    if wrong:
-        raise RuntimeError(f"op-trace worker started without the environment {wrong}")
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    with machine.pinned_environment(env), ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("spawn"), initializer=machine.init_worker,
+            initargs=(os.getpid(), env)) as pool:
+        return pool.submit(_worker, steps, no_onednn).result()
 
 
 def first_difference(mine: list[list], theirs: list[list]) -> dict | None:
